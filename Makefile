@@ -1,0 +1,71 @@
+SHELL := /bin/bash
+
+# Kronkers ML workbench. `make build` runs the pipeline, `make test` runs every check.
+# Every target sets up .venv first (pinned by requirements.lock) when it is missing or stale.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# No telemetry, no version checks over the network, headless plots.
+export PLOOMBER_STATS_ENABLED := false
+export PLOOMBER_VERSION_CHECK_DISABLED := 1
+export WHYLOGS_NO_ANALYTICS := True
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help venv build test check-notebooks nbdev-test pytest lab lock benchmarks clean-outputs
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version.split()[0]' \
+		|| { echo "make: Python 3.11 is needed (set PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	@touch $@
+
+venv: $(STAMP) ## create .venv with the pinned dependencies and kronkers_ml (editable)
+
+build: $(STAMP) ## run the whole pipeline on the default data (env.yaml) into outputs/
+	$(BIN)/ploomber build --entry-point pipeline.yaml
+
+test: $(STAMP) check-notebooks nbdev-test pytest ## notebook checks, nbdev_test, then pytest
+
+check-notebooks: $(STAMP) ## notebooks are clean and kronkers_ml/ matches them
+	@before=$$(find nbs kronkers_ml -type f \( -name '*.ipynb' -o -name '*.py' \) | sort | xargs md5sum); \
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export || exit 1; \
+	after=$$(find nbs kronkers_ml -type f \( -name '*.ipynb' -o -name '*.py' \) | sort | xargs md5sum); \
+	if [ "$$before" != "$$after" ]; then \
+		echo "check-notebooks: notebooks were not clean or kronkers_ml/ was out of date with nbs/."; \
+		echo "They have been fixed in place now; review and commit these files:"; \
+		diff <(echo "$$before") <(echo "$$after") | grep '^>' | awk '{print "  " $$3}'; \
+		exit 1; \
+	fi; echo "check-notebooks: notebooks clean, package in sync"
+
+nbdev-test: $(STAMP) ## run every library notebook's own tests
+	$(BIN)/nbdev_test --n_workers 2
+
+pytest: $(STAMP) ## the pytest suite (builds the pipeline on env.test.yaml)
+	$(BIN)/python -m pytest
+
+lab: $(STAMP) ## JupyterLab on the notebooks
+	$(BIN)/jupyter lab
+
+benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/results/*.json
+	$(BIN)/python benchmarks/geofence_throughput.py
+	$(BIN)/python benchmarks/pipeline_build.py
+
+lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip
+	.lockenv/bin/python -m pip install --quiet -e '.[workbench,dev]'
+	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^kronkers' > requirements.lock
+	rm -rf .lockenv
+
+clean-outputs: ## delete outputs/ (the next build starts cold)
+	rm -rf outputs

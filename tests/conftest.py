@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny pipeline build (env.test.yaml) into a temporary folder, once per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def ploomber_env() -> dict[str, str]:
+    "Environment for a ploomber subprocess: the test env file, no telemetry, headless plots."
+    env = dict(os.environ)
+    env.update(PLOOMBER_ENV_FILENAME="env.test.yaml", PLOOMBER_STATS_ENABLED="false",
+               PLOOMBER_VERSION_CHECK_DISABLED="1", MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1",
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def ploomber_build(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    "Run `ploomber build` on env.test.yaml with products under `out`; extra args go to ploomber."
+    cmd = [str(BIN / "ploomber"), "build", "--entry-point", "pipeline.yaml", "--env--out", str(out), *args]
+    done = subprocess.run(cmd, cwd=ROOT, env=ploomber_env(), capture_output=True, text=True, timeout=1800)
+    if check and done.returncode != 0:
+        raise AssertionError(f"ploomber build failed ({done.returncode}):\n{done.stdout[-5000:]}\n{done.stderr[-10000:]}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    "Products of one full build of the tiny pipeline."
+    out = tmp_path_factory.mktemp("outputs")
+    ploomber_build(out)
+    return out
