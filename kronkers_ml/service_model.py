@@ -7,7 +7,7 @@ __all__ = ['BUSINESS_RULE_S', 'BASELINES', 'TimeSplit', 'time_split', 'FittedBas
            'base_lgb_params', 'make_dataset', 'suggest_lgb_params', 'TuningResult', 'tune_lightgbm', 'scale_rounds',
            'fit_lightgbm', 'predict_lightgbm', 'feature_importance', 'save_model', 'load_model']
 
-# %% ../nbs/06_service_model.ipynb #d6c60878
+# %% ../nbs/06_service_model.ipynb #8345fb98
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +19,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .metrics import mae
-from .service_features import CATEGORICAL_FEATURES, FEATURES, require_columns
+from .core import require_columns, write_atomic
+from .service_features import CATEGORICAL_FEATURES, FEATURES
 
-# %% ../nbs/06_service_model.ipynb #96c72780
+# %% ../nbs/06_service_model.ipynb #c9180568
 @dataclass(frozen=True)
 class TimeSplit:
     """Train (oldest), valid and test (newest) frames of a calendar-month split."""
@@ -50,7 +51,7 @@ def time_split(df: pd.DataFrame, date_col: str = "date", valid_months: int = 3, 
     assert not (is_train & is_valid).any() and not (is_valid & is_test).any() and not (is_train & is_test).any()
     return TimeSplit(df.loc[is_train].copy(), df.loc[is_valid].copy(), df.loc[is_test].copy())
 
-# %% ../nbs/06_service_model.ipynb #bd62946e
+# %% ../nbs/06_service_model.ipynb #259b9e14
 BUSINESS_RULE_S = 420.0
 BASELINES = ["business_rule_7min", "historical_mean", "customer_mean"]
 
@@ -75,7 +76,7 @@ def predict_baselines(fitted: FittedBaselines, frame: pd.DataFrame, key: str = "
     return pd.DataFrame({"business_rule_7min": BUSINESS_RULE_S, "historical_mean": fitted.global_mean,
                          "customer_mean": cust}, index=frame.index)
 
-# %% ../nbs/06_service_model.ipynb #d1ff37c0
+# %% ../nbs/06_service_model.ipynb #59645bde
 def base_lgb_params(seed: int, num_threads: int = 2) -> dict:
     """LightGBM parameters fixed across trials: seeds, determinism, threads, silence."""
     return {"seed": seed, "bagging_seed": seed, "feature_fraction_seed": seed, "data_random_seed": seed,
@@ -90,11 +91,11 @@ def make_dataset(frame: pd.DataFrame, features: Sequence[str], target: str, cate
     return lgb.Dataset(frame[list(features)], label=frame[target].astype(float), categorical_feature=list(categorical),
                        reference=reference, free_raw_data=False, params={"feature_pre_filter": False, "verbose": -1})
 
-# %% ../nbs/06_service_model.ipynb #edd32d29
+# %% ../nbs/06_service_model.ipynb #b7553355
 def suggest_lgb_params(trial: optuna.Trial, objectives: Sequence[str] = ("l1", "huber")) -> dict:
     """Optuna search space: objective (l1/huber) and the usual tree, sampling and regularisation knobs."""
     p = {"objective": trial.suggest_categorical("objective", list(objectives)),
-         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+         "learning_rate": trial.suggest_float("learning_rate", 0.03, 0.3, log=True),
          "num_leaves": trial.suggest_int("num_leaves", 8, 128, log=True),
          "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 5, 200, log=True),
          "feature_fraction": trial.suggest_float("feature_fraction", 0.5, 1.0),
@@ -105,7 +106,7 @@ def suggest_lgb_params(trial: optuna.Trial, objectives: Sequence[str] = ("l1", "
         p["alpha"] = trial.suggest_float("huber_delta", 10.0, 300.0, log=True)   # LightGBM's huber delta, in seconds
     return p
 
-# %% ../nbs/06_service_model.ipynb #e9ddfcac
+# %% ../nbs/06_service_model.ipynb #019cc6ab
 @dataclass(frozen=True)
 class TuningResult:
     """Best LightGBM parameters (fixed ones included), best early-stopped iteration, its valid MAE and the study."""
@@ -116,8 +117,8 @@ class TuningResult:
 
 def tune_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, n_trials: int = 30, seed: int = 0, timeout_s: float | None = None,
                   progress: bool = True, features: Sequence[str] = FEATURES, categorical: Sequence[str] = CATEGORICAL_FEATURES,
-                  target: str = "service_time_s", num_threads: int = 2, max_rounds: int = 3000,
-                  early_stopping_rounds: int = 100, objectives: Sequence[str] = ("l1", "huber")) -> TuningResult:
+                  target: str = "service_time_s", num_threads: int = 2, max_rounds: int = 2000,
+                  early_stopping_rounds: int = 50, objectives: Sequence[str] = ("l1", "huber")) -> TuningResult:
     """Optuna TPE search of LightGBM parameters minimising MAE on `valid`, with early stopping."""
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
@@ -147,7 +148,7 @@ def tune_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, n_trials: int = 30, 
         params["alpha"] = best.params["huber_delta"]
     return TuningResult(params, int(best.user_attrs["best_iteration"]), float(best.value), study)
 
-# %% ../nbs/06_service_model.ipynb #24e89e93
+# %% ../nbs/06_service_model.ipynb #cc780271
 def scale_rounds(best_iteration: int, n_tuned: int, n_final: int) -> int:
     """Boosting rounds for a refit on n_final rows, scaled from the best iteration found on n_tuned rows."""
     if best_iteration < 1 or n_tuned < 1 or n_final < 1:
@@ -176,10 +177,8 @@ def feature_importance(booster: lgb.Booster) -> pd.DataFrame:
     return out.sort_values(["gain", "feature"], ascending=[False, True], ignore_index=True)
 
 def save_model(booster: lgb.Booster, path: str | Path) -> Path:
-    """Write the booster in LightGBM's text format; returns the path."""
-    path = Path(path)
-    booster.save_model(str(path))
-    return path
+    """Write the booster in LightGBM's text format, atomically; returns the path."""
+    return write_atomic(path, lambda tmp: booster.save_model(str(tmp)))
 
 def load_model(path: str | Path) -> lgb.Booster:
     """Read a booster written by `save_model`."""

@@ -8,15 +8,13 @@ import pandas as pd
 import pytest
 
 from conftest import ploomber_build
-from kronkers_ml.service_sim import simulate_service_data
-
-TINY = dict(n_customers=40, n_drivers=2, start="2024-01-01", days=20, stops_per_route=8, ping_interval_s=5, seed=3)
+from kronkers_ml.service_sim import TINY_SIZE, simulate_service_data
 
 
 @pytest.fixture(scope="module")
 def real_tables() -> dict[str, pd.DataFrame]:
     "A small dataset in the real-data layout (no truth: real deliveries have none)."
-    tables = simulate_service_data(**TINY)
+    tables = simulate_service_data(**TINY_SIZE, seed=3, progress=False)
     return {k: tables[k] for k in ("customers", "stops", "pings")}
 
 
