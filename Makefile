@@ -8,12 +8,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# No telemetry, no version checks over the network, headless plots.
+# No telemetry and no version checks over the network.
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := 1
 export WHYLOGS_NO_ANALYTICS := True
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# Notebooks draw their plots inline; an inherited non-interactive backend would silently drop them.
+unexport MPLBACKEND
 
 .PHONY: help venv build test check-notebooks nbdev-test pytest lab lock benchmarks clean-outputs
 

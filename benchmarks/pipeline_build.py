@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def timed_build(out: Path, env_file: str) -> tuple[float, str]:
     "Seconds taken by one `ploomber build` into `out`, and its output."
     env = dict(os.environ, PLOOMBER_ENV_FILENAME=env_file, PLOOMBER_STATS_ENABLED="false",
-               PLOOMBER_VERSION_CHECK_DISABLED="1", MPLBACKEND="Agg",
+               PLOOMBER_VERSION_CHECK_DISABLED="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     cmd = [str(Path(sys.executable).parent / "ploomber"), "build", "--entry-point", "pipeline.yaml", "--env--out", str(out)]
     t0 = time.perf_counter()

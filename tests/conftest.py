@@ -13,11 +13,12 @@ BIN = Path(sys.executable).parent
 
 
 def ploomber_env() -> dict[str, str]:
-    "Environment for a ploomber subprocess: the test env file, no telemetry, headless plots."
+    "Environment for a ploomber subprocess: the test env file, no telemetry."
     env = dict(os.environ)
     env.update(PLOOMBER_ENV_FILENAME="env.test.yaml", PLOOMBER_STATS_ENABLED="false",
-               PLOOMBER_VERSION_CHECK_DISABLED="1", MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1",
+               PLOOMBER_VERSION_CHECK_DISABLED="1", PYDEVD_DISABLE_FILE_VALIDATION="1",
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.pop("MPLBACKEND", None)  # notebooks draw inline; a non-interactive backend would drop their plots
     return env
 
 

@@ -24,6 +24,15 @@ def test_every_task_leaves_an_executed_notebook_and_html(built):
         assert not errors, f"{task}: {errors}"
 
 
+def test_diagnostic_plots_are_in_the_executed_notebooks(built):
+    for task, n_plots in {"clean-geofences": 1, "build-service-features": 1, "train-service-time": 2,
+                          "evaluate-service-time": 2}.items():
+        cells = json.loads((built / "nb" / f"{task}.ipynb").read_text())["cells"]
+        images = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+                  if "image/png" in o.get("data", {})]
+        assert len(images) >= n_plots, f"{task}: {len(images)} plots"
+
+
 def test_products_are_on_disk(built):
     st = built / "service_time"
     for rel in ["raw/pings.parquet", "raw/stops.parquet", "raw/customers.parquet", "raw/truth.parquet",

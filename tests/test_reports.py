@@ -1,0 +1,39 @@
+"""Report notebooks run top to bottom with their defaults' shape, on built outputs and on none."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = sorted((ROOT / "reports").glob("*.ipynb"))
+
+
+def run_report(nb: Path, out: Path, tmp_path: Path) -> list[str]:
+    "Execute a report with `out` as its outputs folder; return the text of every output."
+    executed = tmp_path / nb.name
+    pm.execute_notebook(str(nb), str(executed), parameters={"out": str(out)}, cwd=str(nb.parent),
+                        kernel_name="python3", progress_bar=False)
+    cells = json.loads(executed.read_text())["cells"]
+    texts = []
+    for cell in cells:
+        for o in cell.get("outputs", []):
+            assert o["output_type"] != "error", o
+            data = o.get("data", {})
+            texts.append("".join(data.get("text/markdown", data.get("text/plain", o.get("text", "")))))
+    return texts
+
+
+def test_service_time_report_shows_the_built_figures(built, tmp_path):
+    text = "\n".join(run_report(ROOT / "reports" / "service_time.ipynb", built, tmp_path))
+    metrics = json.loads((built / "service_time" / "metrics.json").read_text())
+    assert f"{metrics['data']['rows_test']:,} test deliveries" in text
+    assert "Figure" in text
+
+
+@pytest.mark.parametrize("nb", REPORTS, ids=[p.stem for p in REPORTS])
+def test_report_says_how_to_build_when_outputs_are_missing(nb, tmp_path):
+    text = "\n".join(run_report(nb, tmp_path / "nothing-built", tmp_path))
+    assert "make build" in text
