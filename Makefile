@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP) ## create .venv with the pinned dependencies and kronkers_ml (editable)
 
-build: $(STAMP) ## run the whole pipeline on the default data (env.yaml) into outputs/
+build: $(STAMP) ## export kronkers_ml from nbs/, then run the pipeline on the default data (env.yaml) into outputs/
+	$(BIN)/nbdev_export
 	$(BIN)/ploomber build --entry-point pipeline.yaml
 
 test: $(STAMP) check-notebooks nbdev-test pytest ## notebook checks, nbdev_test, then pytest

@@ -62,6 +62,8 @@ def test_metrics_file_has_the_documented_shape(metrics):
     assert metrics["oracle_mae_s"] > 0
     for key in ("stop_recall", "stop_precision", "service_time_mae_s"):
         assert key in metrics["geofence"], key
+    importance = {row["feature"]: row["gain_share"] for row in metrics["feature_importance"]}
+    assert 0 < sum(importance.values()) <= 1 and all(v >= 0 for v in importance.values())
 
 
 def test_model_beats_all_three_baselines(metrics):
