@@ -1,0 +1,134 @@
+"""Demand backtest: SARIMA fit time per fold, serial vs parallel folds, and the demand branch's wall time.
+
+    .venv/bin/python benchmarks/demand_backtest.py              # default run's parameters (env.yaml)
+    .venv/bin/python benchmarks/demand_backtest.py --env test   # the tiny run (env.test.yaml)
+
+The backtest is run twice in one process on the same data and folds, first with one process (serial),
+then with one process per core (parallel); the JSON gives both wall times, their ratio (the speed-up),
+SARIMA's fit time in every fold of the serial run, and whether both runs gave identical forecasts. Then the
+demand branch of the pipeline (get-demand-data .. forecast-demand) is built cold into a temporary folder and
+timed, task by task. Nothing is written under outputs/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kronkers_ml.backtest import rolling_origins, run_backtest  # noqa: E402
+from kronkers_ml.demand_models import (closed_on_holidays, sarima_candidates, sarima_design,  # noqa: E402
+                                       select_sarima_order)
+from kronkers_ml.demand_series import daily_revenue, region_daily  # noqa: E402
+from kronkers_ml.demand_sim import simulate_transactions  # noqa: E402
+from kronkers_ml.transactions import check_transactions, clean_transactions, load_transactions  # noqa: E402
+
+
+def demand_params(env_file: str) -> tuple[dict, int]:
+    "The `demand:` block and the seed of an env file."
+    env = yaml.safe_load((ROOT / env_file).read_text())
+    return env["demand"], int(env["seed"])
+
+
+def build_branch(env_file: str) -> tuple[float, dict[str, float]]:
+    "Wall seconds of a cold `ploomber build --partially forecast-demand` into a temporary folder, and per-task seconds."
+    env = dict(os.environ, PLOOMBER_ENV_FILENAME=env_file, PLOOMBER_STATS_ENABLED="false",
+               PLOOMBER_VERSION_CHECK_DISABLED="1", MPLBACKEND="Agg",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    with tempfile.TemporaryDirectory(prefix="kronkers-bench-") as tmp:
+        cmd = [str(Path(sys.executable).parent / "ploomber"), "build", "--entry-point", "pipeline.yaml",
+               "--env--out", tmp, "--partially", "forecast-demand"]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    if done.returncode:
+        sys.exit(f"ploomber build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    tasks = {m[0]: float(m[1]) for m in re.findall(r"^(\S+)\s+True\s+([\d.]+)", done.stdout, flags=re.M)}
+    return seconds, tasks
+
+
+def max_rel_diff(a, b) -> float:
+    "Largest relative difference between the numeric columns of two forecast tables of the same shape."
+    cols = a.select_dtypes("number").columns
+    x, y = a[cols].to_numpy(dtype=float), b[cols].to_numpy(dtype=float)
+    return float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1.0)))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", choices=["default", "test"], default="default", help="which env file's parameters")
+    parser.add_argument("--n-jobs", type=int, default=-1, help="processes for the parallel run (-1: every core)")
+    parser.add_argument("--skip-build", action="store_true", help="do not time the pipeline branch")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file to write (default benchmarks/results/)")
+    args = parser.parse_args(argv)
+    env_file = "env.yaml" if args.env == "default" else "env.test.yaml"
+    output = args.output or ROOT / "benchmarks" / "results" / f"demand_backtest_{args.env}.json"
+    p, seed = demand_params(env_file)
+
+    t0 = time.perf_counter()
+    if p.get("transactions"):
+        log = load_transactions(p["transactions"])
+    else:
+        log = check_transactions(simulate_transactions(start=p["start"], days=int(p["days"]),
+                                                       invoices_per_day=float(p["invoices_per_day"]),
+                                                       n_products=int(p["n_products"]), n_customers=int(p["n_customers"]),
+                                                       growth=float(p["growth"]), seed=seed), "generated log")
+    lines, _ = clean_transactions(log)
+    daily, cells = daily_revenue(lines), region_daily(lines)
+    data_s = time.perf_counter() - t0
+    horizon, n_origins, step = int(p["horizon"]), int(p["n_origins"]), int(p["step"])
+    origins = rolling_origins(daily.date.max(), n_origins, horizon, step)
+    closed = closed_on_holidays(daily)
+    t0 = time.perf_counter()
+    y, X = sarima_design(daily[daily.date <= origins[0]], closed)
+    search = select_sarima_order(y, X, sarima_candidates(int(p["max_p"]), int(p["max_q"]), int(p["max_P"]), int(p["max_Q"])),
+                                 n_jobs=args.n_jobs)
+    search_s = time.perf_counter() - t0
+    order, seasonal = tuple(search.order[0]), tuple(search.seasonal_order[0])
+    common = dict(daily=daily, cells=cells, origins=origins, horizon=horizon, order=order, seasonal_order=seasonal,
+                  closed=closed, seed=seed, ma_window=int(p["ma_window"]))
+    t0 = time.perf_counter()
+    serial, serial_folds = run_backtest(**common, n_jobs=1)
+    serial_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parallel, _ = run_backtest(**common, n_jobs=args.n_jobs)
+    parallel_s = time.perf_counter() - t0
+    result = {
+        "benchmark": "demand_backtest", "env_file": env_file,
+        "data": {"transaction_lines": len(log), "days": len(daily), "seconds": round(data_s, 2)},
+        "folds": n_origins, "horizon_days": horizon,
+        "sarima_order": [list(order), list(seasonal)], "order_search": {"candidates": len(search), "seconds": round(search_s, 2)},
+        "sarima_fit_s_per_fold": [round(s, 3) for s in serial_folds.sarima_fit_s],
+        "sarima_fit_s_mean": round(float(serial_folds.sarima_fit_s.mean()), 3),
+        "lightgbm_fit_s_per_fold": [round(s, 3) for s in serial_folds.lightgbm_fit_s],
+        "backtest_serial_s": round(serial_s, 2), "backtest_parallel_s": round(parallel_s, 2),
+        "parallel_n_jobs": args.n_jobs, "parallel_speedup": round(serial_s / parallel_s, 3),
+        # worker processes limit BLAS threads, so sums may round differently: compare within a tolerance
+        "parallel_max_rel_diff": float(max_rel_diff(serial, parallel)),
+        "parallel_matches_serial": bool(max_rel_diff(serial, parallel) < 1e-6),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+    if not args.skip_build:
+        wall, tasks = build_branch(env_file)
+        result["demand_branch_build_s"] = round(wall, 2)
+        result["demand_branch_tasks_s"] = tasks
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
