@@ -15,7 +15,7 @@ export WHYLOGS_NO_ANALYTICS := True
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv build test check-notebooks nbdev-test pytest lab lock benchmarks clean-outputs
+.PHONY: help venv build test check-notebooks nbdev-test pytest lab serve lock benchmarks clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,9 +57,13 @@ pytest: $(STAMP) ## the pytest suite (builds the pipeline on env.test.yaml)
 lab: $(STAMP) ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab
 
+serve: $(STAMP) ## the model service on 127.0.0.1:8000 (champions of outputs/mlflow; see README)
+	$(BIN)/kronkers serve
+
 benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/results/*.json
 	$(BIN)/python benchmarks/geofence_throughput.py
 	$(BIN)/python benchmarks/pipeline_build.py
+	$(BIN)/python benchmarks/service_latency.py
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip

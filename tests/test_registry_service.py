@@ -127,12 +127,13 @@ def _free_port() -> int:
 def service(env):
     port = _free_port()
     cmd = [str(BIN / "kronkers"), "serve", "--port", str(port), "--max-rows", "50", "--max-body-bytes", "200000", *env["opts"]]
-    proc = subprocess.Popen(cmd, env=env["cli_env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = env["out"] / "service.log"                      # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen(cmd, env=env["cli_env"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):                                  # up to 60 s for the first start
             if proc.poll() is not None:
-                raise AssertionError(f"service exited: {proc.stdout.read()}")
+                raise AssertionError(f"service exited: {log.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{base}/ready", timeout=1).status_code == 200: break
             except httpx.TransportError:
