@@ -16,7 +16,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Notebooks draw their plots inline; an inherited non-interactive backend would silently drop them.
 unexport MPLBACKEND
 
-.PHONY: help venv build test check-notebooks nbdev-test pytest lab lock benchmarks clean-outputs
+.PHONY: help venv build test check-notebooks nbdev-test pytest lab serve lock benchmarks clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -59,10 +59,14 @@ pytest: $(STAMP) ## the pytest suite (builds the pipeline on env.test.yaml)
 lab: $(STAMP) ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab
 
+serve: $(STAMP) ## the model service on 127.0.0.1:8000 (champions of outputs/mlflow; see README)
+	$(BIN)/kronkers serve
+
 benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/results/*.json
 	$(BIN)/python benchmarks/geofence_throughput.py
 	$(BIN)/python benchmarks/pipeline_build.py
 	$(BIN)/python benchmarks/demand_backtest.py
+	$(BIN)/python benchmarks/service_latency.py
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip

@@ -1,0 +1,341 @@
+"""Registry, promotion gate, rollback, access control, audit and the model service on a real socket.
+
+Uses the session's tiny pipeline build (`built`) for data and the trained model, and a fresh MLflow store of its own
+(so the build's store is never modified)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from kronkers_ml.access import create_key, load_roles, read_audit
+from kronkers_ml.registry import champion_version, log_service_time_model, register_and_gate, show_version
+from kronkers_ml.service_features import FEATURES
+from kronkers_ml.service_model import fit_lightgbm, save_model
+from kronkers_ml.tracking import artifact_root, log_training_run, use_store
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ROLES = ROOT / "config" / "roles.yaml"
+
+
+# --- the pipeline's own registration --------------------------------------------------------------------------
+
+def test_pipeline_registers_and_promotes_the_first_version(built):
+    reg = json.loads((built / "service_time" / "registration.json").read_text())
+    metrics = json.loads((built / "service_time" / "metrics.json").read_text())
+    assert reg["model"] == "service-time" and reg["decision"] == "promoted" and reg["champion_version_after"] == reg["version"]
+    assert reg["candidate"] == pytest.approx(metrics["model"]["mae_s"], rel=1e-9)
+    db = built / "mlflow" / "mlflow.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)   # read-only: the build's store stays untouched
+    try:
+        alias = con.execute("select version from registered_model_aliases where name='service-time' and alias='champion'").fetchone()
+        tags = dict(con.execute("select key, value from tags where run_uuid=?", (reg["run_id"],)).fetchall())
+        params = dict(con.execute("select key, value from params where run_uuid=?", (reg["run_id"],)).fetchall())
+    finally:
+        con.close()
+    assert str(alias[0]) == reg["version"]
+    assert tags["data.sha256"] == metrics["data"]["sha256"] and tags["data.rows_test"] == str(metrics["data"]["rows_test"])
+    assert "git.commit" in tags and params["seed"] == "7"
+    arts = list((built / "mlflow" / "artifacts").rglob("train-service-time.ipynb"))
+    assert arts, "the executed training notebook is not among the run's artifacts"
+
+
+# --- a registry of our own ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def env(built, tmp_path_factory):
+    "A fresh store with: v1 = a weak model promoted by hand, v2 = the pipeline's model (gated in), v3 = weak (gated out)."
+    out = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{out}/mlflow/mlflow.db"
+    use_store(uri, "service-time", artifact_root(out))
+    st = built / "service_time"
+    metrics = json.loads((st / "metrics.json").read_text())
+    training = json.loads((st / "training.json").read_text())
+    features = pd.read_parquet(st / "features.parquet")
+    test_from = pd.Timestamp(training["split"]["test"]["from"])
+    heldout, history = features[features.date >= test_from], features[features.date < test_from]
+    weak = out / "weak.txt"
+    save_model(fit_lightgbm(history, training["params"], 2, seed=7), weak)
+
+    def register(model_path):
+        run = log_training_run("service-time", {"seed": 7}, metrics,
+                               lambda: log_service_time_model(model_path))
+        return register_and_gate(uri, "service_time", run["model_uri"], run["run_id"], metrics, heldout)
+
+    first = register(weak)
+    cli_env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    opts = ["--out", str(out), "--roles", str(ROLES)]
+    promote = subprocess.run([str(BIN / "kronkers"), "models", "promote", "service-time", first["version"], *opts],
+                             capture_output=True, text=True, env=cli_env, timeout=120)
+    assert promote.returncode == 0, promote.stderr
+    second = register(st / "model.txt")
+    third = register(weak)
+    roles = load_roles(ROLES)
+    keys = {role: create_key(out / "service" / "keys.json", role, roles, f"test {role}")[1] for role in roles}
+    return {"out": out, "uri": uri, "records": [first, second, third], "heldout": heldout, "keys": keys,
+            "opts": opts, "cli_env": cli_env, "metrics": metrics}
+
+
+def test_gate_lets_a_better_model_in_and_keeps_a_worse_one_out(env):
+    first, second, third = env["records"]
+    assert first["decision"] == "rejected"                     # the weak model does not beat the baselines
+    assert second["decision"] == "promoted" and second["champion_version_before"] == first["version"]
+    assert second["candidate"] < second["champion"]             # on the same held-out rows
+    assert third["decision"] == "rejected" and third["champion_version_after"] == second["version"]
+    assert third["candidate"] > third["champion"]
+    tags = show_version(env["uri"], "service-time", third["version"])["tags"]
+    assert tags["gate.decision"] == "rejected" and float(tags["gate.champion"]) == pytest.approx(second["candidate"], rel=1e-5)
+    assert int(tags["gate.heldout_rows"]) == len(env["heldout"])
+    assert {"gate.baseline.business_rule_7min", "gate.baseline.historical_mean", "gate.baseline.customer_mean"} <= set(tags)
+
+
+def test_cli_shows_history_and_audits_the_manual_promotion(env):
+    done = subprocess.run([str(BIN / "kronkers"), "models", "history", "service-time", *env["opts"]],
+                          capture_output=True, text=True, env=env["cli_env"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "promoted" in done.stdout and "rejected" in done.stdout and "champion stack" in done.stdout
+    audit = read_audit(env["out"] / "service" / "audit.jsonl")
+    row = audit[audit.action == "promote"].iloc[0]
+    assert row.model == "service-time" and row.version == env["records"][0]["version"] and row.status == 200
+    for sub in (["models", "--help"], ["keys", "--help"], ["serve", "--help"], ["models", "rollback", "--help"]):
+        assert subprocess.run([str(BIN / "kronkers"), *sub], capture_output=True, timeout=60).returncode == 0
+
+
+# --- the service on a real socket --------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(env):
+    port = _free_port()
+    cmd = [str(BIN / "kronkers"), "serve", "--port", str(port), "--max-rows", "50", "--max-body-bytes", "200000", *env["opts"]]
+    log = env["out"] / "service.log"                      # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen(cmd, env=env["cli_env"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):                                  # up to 60 s for the first start
+            if proc.poll() is not None:
+                raise AssertionError(f"service exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200: break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("service did not become ready")
+        with httpx.Client(base_url=base, timeout=30) as client:
+            yield {"client": client, **env}
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired: proc.kill()
+
+
+def _rows(heldout: pd.DataFrame, n: int) -> list[dict]:
+    part = heldout.head(n)
+    rows = part[FEATURES].astype(object).where(part[FEATURES].notna(), None).to_dict("records")
+    for r, sid in zip(rows, part.stop_id): r["zone"] = str(r["zone"]); r["stop_id"] = str(sid)
+    return rows
+
+
+def _csv(heldout: pd.DataFrame, n: int) -> bytes:
+    return heldout.head(n)[["stop_id", *FEATURES]].to_csv(index=False).encode()
+
+
+def test_service_answers_on_a_socket_with_the_champion(service, built):
+    c, keys = service["client"], service["keys"]
+    assert c.get("/health").json() == {"status": "ok"}
+    ready = c.get("/ready").json()
+    assert ready["ready"] and ready["models"]["service-time"] == service["records"][1]["version"]
+    r = c.post("/v1/models/service-time/predict", json={"stops": _rows(service["heldout"], 5)}, headers={"X-API-Key": keys["operations"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["version"] == service["records"][1]["version"] and len(body["predictions"]) == 5
+    from kronkers_ml.service_model import load_model, predict_lightgbm
+    expect = predict_lightgbm(load_model(built / "service_time" / "model.txt"), service["heldout"].head(5))
+    assert np.allclose([p["service_time_s"] for p in body["predictions"]], expect)
+    r = c.post("/v1/models/service-time/predict.csv", content=_csv(service["heldout"], 7),
+               headers={"X-API-Key": keys["operations"], "Content-Type": "text/csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    out = pd.read_csv(io.StringIO(r.text))
+    assert out.columns.tolist() == ["stop_id", "service_time_s"] and len(out) == 7
+    assert np.allclose(out.service_time_s[:5], expect)
+    metrics = c.get("/metrics").text
+    assert 'kronkers_requests_total{endpoint="/v1/models/service-time/predict",model="service-time",status="200"}' in metrics
+    assert "kronkers_request_latency_seconds_bucket" in metrics
+    assert c.get("/openapi.json").json()["paths"]["/v1/models/service-time/predict"]
+
+
+# who may call what: role -> endpoint -> expected status
+ENDPOINTS = {
+    "list": ("GET", "/v1/models"),
+    "versions": ("GET", "/v1/models/service-time"),
+    "predict": ("POST", "/v1/models/service-time/predict"),
+    "predict_csv": ("POST", "/v1/models/service-time/predict.csv"),
+    "reload": ("POST", "/v1/admin/reload"),
+}
+EXPECTED = {
+    None:          {e: 401 for e in ENDPOINTS},
+    "bad":         {e: 401 for e in ENDPOINTS},
+    "operations":  {"list": 200, "versions": 200, "predict": 200, "predict_csv": 200, "reload": 403},
+    "marketing":   {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "reload": 403},
+    "procurement": {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "reload": 403},
+    "admin":       {e: 200 for e in ENDPOINTS},
+}
+
+
+def _call(c: httpx.Client, endpoint: str, key: str | None, heldout: pd.DataFrame, rid: str) -> httpx.Response:
+    method, path = ENDPOINTS[endpoint]
+    headers = {"X-Request-ID": rid, **({"X-API-Key": key} if key else {})}
+    if endpoint == "predict": return c.post(path, json={"stops": _rows(heldout, 2)}, headers=headers)
+    if endpoint == "predict_csv": return c.post(path, content=_csv(heldout, 2), headers={**headers, "Content-Type": "text/csv"})
+    return c.request(method, path, headers=headers)
+
+
+def test_role_by_endpoint_matrix_and_an_audit_line_for_every_call(service):
+    c, keys, audit_path = service["client"], service["keys"], service["out"] / "service" / "audit.jsonl"
+    assert set(EXPECTED) - {None, "bad"} == set(load_roles(ROLES)), "the matrix must cover every role in config/roles.yaml"
+    before = len(read_audit(audit_path))
+    sent = {}
+    for role, expected in EXPECTED.items():
+        key = {None: None, "bad": "kk_000000000000_not-a-real-key"}.get(role, keys.get(role))
+        for endpoint, status in expected.items():
+            rid = uuid.uuid4().hex
+            r = _call(c, endpoint, key, service["heldout"], rid)
+            assert r.status_code == status, f"{role} {endpoint}: {r.status_code} {r.text[:300]}"
+            assert r.headers["x-request-id"] == rid
+            sent[rid] = (role, endpoint, status)
+    audit = read_audit(audit_path).iloc[before:]
+    assert len(audit) == len(sent), "one audit line per call"
+    by_id = audit.set_index("request_id")
+    for rid, (role, endpoint, status) in sent.items():
+        line = by_id.loc[rid]
+        assert line.status == status and line.role == (role if role not in (None, "bad") else None)
+        assert line.latency_ms >= 0 and line.endpoint.startswith(ENDPOINTS[endpoint][0])
+        if status == 200 and endpoint.startswith("predict"):
+            assert line.model == "service-time" and line.version == service["records"][1]["version"]
+    raw = audit_path.read_text()
+    assert "cust_hist_mean" not in raw and "weight_kg" not in raw, "payloads must not reach the audit log"
+    for k in keys.values(): assert k.split("_", 2)[2] not in raw
+
+
+def test_revoked_key_is_refused_at_once(service):
+    c, out = service["client"], service["out"]
+    env = service["cli_env"]
+    created = subprocess.run([str(BIN / "kronkers"), "keys", "create", "--role", "operations", *service["opts"]],
+                             capture_output=True, text=True, env=env, timeout=60)
+    key_id = created.stdout.split("key id: ")[1].split()[0]
+    key = created.stdout.split("key:    ")[1].split()[0]
+    assert c.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
+    assert key not in (out / "service" / "keys.json").read_text()
+    subprocess.run([str(BIN / "kronkers"), "keys", "revoke", key_id, *service["opts"]], check=True, env=env, timeout=60,
+                   capture_output=True)
+    assert c.get("/v1/models", headers={"X-API-Key": key}).status_code == 401
+
+
+@pytest.mark.parametrize("case", ["missing_field", "wrong_type", "unknown_field", "bad_zone", "negative", "empty", "too_many",
+                                  "not_json", "csv_malformed", "csv_not_utf8", "csv_missing_column", "csv_bad_value",
+                                  "csv_too_large", "csv_empty"])
+def test_bad_payloads_give_a_clear_4xx_and_the_service_stays_up(service, case):
+    c, key, held = service["client"], service["keys"]["operations"], service["heldout"]
+    row = _rows(held, 1)[0]
+    J, C = "/v1/models/service-time/predict", "/v1/models/service-time/predict.csv"
+    h, hc = {"X-API-Key": key}, {"X-API-Key": key, "Content-Type": "text/csv"}
+    good_csv = _csv(held, 3).decode()
+    calls = {
+        "missing_field": (lambda: c.post(J, json={"stops": [{k: v for k, v in row.items() if k != "n_items"}]}, headers=h), 422, "n_items"),
+        "wrong_type": (lambda: c.post(J, json={"stops": [{**row, "weight_kg": "heavy"}]}, headers=h), 422, "weight_kg"),
+        "unknown_field": (lambda: c.post(J, json={"stops": [{**row, "n_itmes": 3}]}, headers=h), 422, "n_itmes"),
+        "bad_zone": (lambda: c.post(J, json={"stops": [{**row, "zone": "mars"}]}, headers=h), 422, "zone"),
+        "negative": (lambda: c.post(J, json={"stops": [{**row, "n_boxes": -2}]}, headers=h), 422, "n_boxes"),
+        "empty": (lambda: c.post(J, json={"stops": []}, headers=h), 422, "stops"),
+        "too_many": (lambda: c.post(J, json={"stops": [row] * 51}, headers=h), 422, "stops"),
+        "not_json": (lambda: c.post(J, content=b"{not json", headers={**h, "Content-Type": "application/json"}), 422, "JSON"),
+        "csv_malformed": (lambda: c.post(C, content=b'stop_id,hour\n"1,2\n', headers=hc), 400, "malformed CSV"),
+        "csv_not_utf8": (lambda: c.post(C, content=b"\xff\xfe\xfa\x00", headers=hc), 400, "UTF-8"),
+        "csv_missing_column": (lambda: c.post(C, content=good_csv.replace("n_items", "items").encode(), headers=hc), 422, "n_items"),
+        "csv_bad_value": (lambda: c.post(C, content=(good_csv.split("\n")[0] + "\n" + ",".join(
+            ["x" if col == "weight_kg" else v for col, v in zip(good_csv.split("\n")[0].split(","), good_csv.split("\n")[1].split(","))])
+            + "\n").encode(), headers=hc), 422, "weight_kg"),
+        "csv_too_large": (lambda: c.post(C, content=good_csv.encode() + b"x" * 300_000, headers=hc), 413, "limit"),
+        "csv_empty": (lambda: c.post(C, content=b"", headers=hc), 400, "CSV"),
+    }
+    call, status, word = calls[case]
+    r = call()
+    assert r.status_code == status, f"{case}: {r.status_code} {r.text[:300]}"
+    assert word.lower() in r.text.lower(), f"{case}: {r.text[:300]}"
+    assert c.get("/health").status_code == 200
+
+
+def test_rollback_restores_the_previous_version_and_serving_follows_after_reload(service):
+    c, admin = service["client"], service["keys"]["admin"]
+    first, second, _ = service["records"]
+    done = subprocess.run([str(BIN / "kronkers"), "models", "rollback", "service-time", *service["opts"]],
+                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert champion_version(service["uri"], "service-time") == first["version"]
+    assert c.get("/ready").json()["models"]["service-time"] == second["version"]      # not before the reload
+    r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
+    assert r.status_code == 200 and r.json()["models"]["service-time"] == {"from": second["version"], "to": first["version"]}
+    p = c.post("/v1/models/service-time/predict", json={"stops": _rows(service["heldout"], 3)}, headers={"X-API-Key": admin}).json()
+    assert p["version"] == first["version"]
+    audit = read_audit(service["out"] / "service" / "audit.jsonl")
+    assert (audit.action == "rollback").any() and (audit.action == "reload").any()
+    # promote the better version again for the tests that follow
+    subprocess.run([str(BIN / "kronkers"), "models", "promote", "service-time", second["version"], *service["opts"]],
+                   check=True, capture_output=True, env=service["cli_env"], timeout=120)
+    assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["service-time"]["to"] == second["version"]
+
+
+def test_reload_under_concurrent_requests_loses_none(service):
+    c, ops, admin = service["client"], service["keys"]["operations"], service["keys"]["admin"]
+    first, second, _ = service["records"]
+    base = str(c.base_url)
+    body = {"stops": _rows(service["heldout"], 1)}
+    results, stop = [], threading.Event()
+
+    def worker():
+        with httpx.Client(base_url=base, timeout=30) as wc:
+            for _ in range(400):                               # bounded
+                if stop.is_set(): break
+                try:
+                    r = wc.post("/v1/models/service-time/predict", json=body, headers={"X-API-Key": ops})
+                    results.append((r.status_code, r.json().get("version")))
+                except httpx.HTTPError as e:
+                    results.append((type(e).__name__, None))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads: t.start()
+    versions = []
+    try:
+        for target in (first["version"], second["version"], first["version"], second["version"]):
+            subprocess.run([str(BIN / "kronkers"), "models", "promote", "service-time", target, *service["opts"]],
+                           check=True, capture_output=True, env=service["cli_env"], timeout=120)
+            r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
+            assert r.status_code == 200, r.text
+            versions.append(r.json()["models"]["service-time"]["to"])
+    finally:
+        stop.set()
+        for t in threads: t.join(timeout=120)
+    assert versions == [first["version"], second["version"], first["version"], second["version"]]
+    failed = [r for r in results if r[0] != 200]
+    assert results and not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    assert {v for _, v in results} <= {first["version"], second["version"]}
