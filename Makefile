@@ -62,6 +62,7 @@ lab: $(STAMP) ## JupyterLab on the notebooks
 benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/results/*.json
 	$(BIN)/python benchmarks/geofence_throughput.py
 	$(BIN)/python benchmarks/pipeline_build.py
+	$(BIN)/python benchmarks/monitoring.py
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip
