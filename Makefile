@@ -67,6 +67,7 @@ benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/res
 	$(BIN)/python benchmarks/pipeline_build.py
 	$(BIN)/python benchmarks/demand_backtest.py
 	$(BIN)/python benchmarks/service_latency.py
+	$(BIN)/python benchmarks/monitoring.py
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip

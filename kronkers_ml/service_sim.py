@@ -17,10 +17,11 @@ from .ingest import ZONES
 __all__ = ['OSLO_LAT', 'OSLO_LON', 'M_PER_DEG_LAT', 'ZONE_SHARE', 'ZONE_RING_KM', 'ZONE_P_APARTMENT', 'ZONE_P_PARKING',
            'SERVICE_EFFECT_SD', 'PLAN_RULE_S', 'DETOUR', 'ZONE_SPEED_MS', 'SHIFT_STARTS_H', 'SHIFT_P', 'SERVICE_SCALE',
            'NOISE_SD', 'NOISE_SD_PEAK', 'P_WAIT', 'P_WAIT_PEAK', 'MEAN_WAIT_S', 'MIN_SERVICE_S', 'PARKING_S', 'ZONE_S',
-           'TARGET_MEAN_S', 'DRIVEBY_P', 'CANCEL_P', 'PARK_OFFSET_M', 'DEFAULT_SIZE', 'TINY_SIZE', 'xy_to_latlon',
-           'latlon_to_xy', 'simulate_customers', 'simulate_customer_latents', 'assign_territories', 'christmas_peak',
-           'working_days', 'simulate_routes', 'driver_pace', 'expected_service_time', 'true_service_times',
-           'calibrate_scale', 'simulate_trajectories', 'simulate_pings', 'simulate_service_data', 'oracle_mae']
+           'TARGET_MEAN_S', 'DRIVEBY_P', 'CANCEL_P', 'PARK_OFFSET_M', 'SCENARIOS', 'DEFAULT_SIZE', 'TINY_SIZE',
+           'xy_to_latlon', 'latlon_to_xy', 'simulate_customers', 'simulate_customer_latents', 'assign_territories',
+           'christmas_peak', 'working_days', 'simulate_routes', 'driver_pace', 'expected_service_time',
+           'true_service_times', 'calibrate_scale', 'simulate_trajectories', 'simulate_pings', 'apply_scenario',
+           'simulate_service_data', 'oracle_mae']
 
 # %% ../nbs/02_service_sim.ipynb #87fb22bb
 OSLO_LAT, OSLO_LON = 59.9139, 10.7522
@@ -411,15 +412,29 @@ def simulate_pings(kf: pd.DataFrame, stops: pd.DataFrame, ping_interval_s: float
     pings["timestamp"] = pings["timestamp"].astype("datetime64[ns]")
     return pings
 
+# %% ../nbs/02_service_sim.ipynb #3f84222d
+SCENARIOS = {"hard_parking": {"share": 0.35, "parking_difficulty": 3}}
+
+def apply_scenario(customers: pd.DataFrame, scenario: str | None = None, seed: int = 0) -> pd.DataFrame:
+    "Copy of `customers` changed by the named drift scenario (see SCENARIOS); None or '' returns them unchanged."
+    if not scenario: return customers
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(sorted(SCENARIOS))}")
+    spec = SCENARIOS[scenario]
+    hit = np.random.default_rng([seed, 9]).random(len(customers)) < spec["share"]
+    out = customers.copy()
+    out.loc[hit, "parking_difficulty"] = np.int64(spec["parking_difficulty"])
+    return out
+
 # %% ../nbs/02_service_sim.ipynb #edf90b06
 DEFAULT_SIZE = dict(n_customers=6000, n_drivers=9, start="2024-01-01", days=730, stops_per_route=11.0, ping_interval_s=5.0)
 TINY_SIZE = dict(n_customers=400, n_drivers=2, start="2024-11-25", days=45, stops_per_route=6.0, ping_interval_s=5.0)
 
 def simulate_service_data(n_customers: int = 6000, n_drivers: int = 9, start: str = "2024-01-01", days: int = 730,
                           stops_per_route: float = 11.0, ping_interval_s: float = 5.0, seed: int = 0,
-                          progress: bool = True) -> dict[str, pd.DataFrame]:
-    "Synthetic service-time study data: dict with customers, stops, pings, truth (contract schemas)."
-    customers = simulate_customers(n_customers, seed)
+                          progress: bool = True, scenario: str | None = None) -> dict[str, pd.DataFrame]:
+    "Synthetic service-time study data: dict with customers, stops, pings, truth (contract schemas); `scenario` names a drift (SCENARIOS)."
+    customers = apply_scenario(simulate_customers(n_customers, seed), scenario, seed)
     latents = simulate_customer_latents(customers["customer_id"].to_numpy(), seed)
     stops, hubs = simulate_routes(customers, latents, n_drivers, start, days, stops_per_route, seed)
     scale = calibrate_scale(stops, customers, latents, seed)

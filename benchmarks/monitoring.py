@@ -1,0 +1,137 @@
+"""Monitoring figures: whylogs profiling throughput on a 1M-row frame, the monitoring share of a pipeline build,
+and drift detection on the generator's drift scenario (days until the alert; false alarms on undrifted data).
+
+    .venv/bin/python benchmarks/monitoring.py                  # tiny pipeline run (env.test.yaml), 50 seeds
+    .venv/bin/python benchmarks/monitoring.py --env default    # the nightly-size run (env.yaml): minutes
+    .venv/bin/python benchmarks/monitoring.py --skip-build     # throughput and drift detection only
+
+The build goes into a fresh temporary folder, never outputs/. Writes benchmarks/results/monitoring.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+
+from pipeline_build import task_seconds, timed_build  # noqa: E402
+
+from kronkers_ml.drift import drift_scores, flag_drift  # noqa: E402
+from kronkers_ml.profiles import profile_frame  # noqa: E402
+from kronkers_ml.service_features import location_features  # noqa: E402
+from kronkers_ml.service_sim import (apply_scenario, simulate_customer_latents, simulate_customers,  # noqa: E402
+                                     simulate_routes)
+
+MONITORING_TASKS = ("check-service-data", "profile-service-features")
+
+
+def throughput(n_rows: int = 1_000_000, repeats: int = 3, seed: int = 0) -> dict:
+    "Rows per second of profile_frame on a frame shaped like the stops table joined to customers (11 columns)."
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"stop_id": np.arange(n_rows), "customer_id": rng.integers(1, 6000, n_rows),
+                          "date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 730, n_rows), unit="D"),
+                          "seq": rng.integers(1, 20, n_rows), "n_items": rng.poisson(16, n_rows),
+                          "weight_kg": rng.lognormal(2, 0.5, n_rows), "n_boxes": rng.integers(1, 5, n_rows),
+                          "zone": rng.choice(["urban", "suburban", "rural"], n_rows), "floor": rng.integers(0, 9, n_rows),
+                          "parking_difficulty": rng.integers(1, 4, n_rows), "lat": 59.9 + rng.normal(0, 0.1, n_rows)})
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); profile_frame(frame); seconds.append(time.perf_counter() - t0)
+    best = min(seconds)
+    return {"rows": n_rows, "columns": frame.shape[1], "seconds": seconds, "rows_per_s": n_rows / best}
+
+
+def _with_locations(stops, customers):
+    return stops.merge(location_features(customers), on="customer_id")
+
+
+def drift_detection(seeds: int, columns: list[str], p_value: float, days: int = 14, n_customers: int = 2000) -> dict:
+    """Per seed: a reference year, then `days` nightly checks of the days so far, undrifted and under the scenario
+    (the scenario's customers order from its first day). Returns days until the first alert and false alarms."""
+    until, false_alarms, checks, seeds_alarmed = [], 0, 0, 0
+    for seed in range(seeds):
+        before = false_alarms
+        cust = simulate_customers(n_customers, seed)
+        lat = simulate_customer_latents(cust["customer_id"].to_numpy(), seed)
+        # one route simulation: the reference period, then `days` fresh days of the same customers and routes
+        stops, _ = simulate_routes(cust, lat, 3, "2024-01-01", 300 + days, 10, seed)
+        ref = profile_frame(_with_locations(stops[stops.date < "2024-10-27"], cust), columns)
+        for scenario in (None, "hard_parking"):
+            new = _with_locations(stops[stops.date >= "2024-10-27"], apply_scenario(cust, scenario, seed))
+            hit = None
+            for k in range(1, days + 1):
+                cur = new[new.date < pd.Timestamp("2024-10-27") + pd.Timedelta(days=k)]
+                if not len(cur): continue
+                flagged = flag_drift(drift_scores(profile_frame(cur, columns), ref, columns), p_value=p_value).drifted.any()
+                if scenario is None:
+                    checks += 1; false_alarms += int(flagged)
+                elif flagged:
+                    hit = k; break
+            if scenario: until.append(hit)
+        seeds_alarmed += int(false_alarms > before)
+    caught = [u for u in until if u is not None]
+    return {"seeds": seeds, "nightly_checks_undrifted": checks, "false_alarms": false_alarms,
+            "seeds_with_a_false_alarm": seeds_alarmed, "scenario": "hard_parking",
+            "scenario_caught": len(caught), "days_until_alert": {"min": min(caught, default=None),
+                                                                  "median": float(np.median(caught)) if caught else None,
+                                                                  "max": max(caught, default=None)},
+            "p_value": p_value, "columns": columns, "stops_per_day": 3 * 10}
+
+
+def build_share(env_file: str) -> dict:
+    "Time one cold build; the monitoring tasks' share of it, and one `kronkers-monitor --no-retrain` after it."
+    with tempfile.TemporaryDirectory() as d:
+        total, stdout = timed_build(Path(d), env_file)
+        tasks = task_seconds(stdout)
+        env = dict(os.environ, PLOOMBER_ENV_FILENAME=env_file)
+        t0 = time.perf_counter()
+        done = subprocess.run([str(Path(sys.executable).parent / "kronkers-monitor"), "--env-file", env_file, "--out", d,
+                               "--no-retrain"], cwd=ROOT, env=env, capture_output=True, text=True)
+        monitor_s = time.perf_counter() - t0
+        if done.returncode: sys.exit(f"kronkers-monitor failed:\n{done.stdout}\n{done.stderr}")
+    task_total = sum(tasks.values())
+    mon = sum(tasks.get(t, 0.0) for t in MONITORING_TASKS)
+    return {"env_file": env_file, "build_wall_s": total, "task_seconds": tasks, "tasks_total_s": task_total,
+            "monitoring_tasks_s": mon, "monitoring_share_of_tasks": mon / task_total,
+            "monitor_command_s": monitor_s, "monitor_output": done.stdout.strip(),
+            "monitoring_share_incl_monitor_command": (mon + monitor_s) / (task_total + monitor_s)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", choices=["test", "default"], default="test", help="pipeline run to time (default: test)")
+    p.add_argument("--seeds", type=int, default=50, help="seeds for the drift-detection figures (default 50)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the throughput frame (default 1M)")
+    p.add_argument("--skip-build", action="store_true", help="do not time a pipeline build")
+    args = p.parse_args(argv)
+    env_file = "env.yaml" if args.env == "default" else "env.test.yaml"
+    cfg = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["service_time"]["drift"]
+    p_value = float(yaml.safe_load((ROOT / env_file).read_text())["monitoring"]["drift_p_value"])
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+              "profiling": throughput(args.rows),
+              "drift_detection": drift_detection(args.seeds, cfg["columns"], p_value)}
+    if not args.skip_build:
+        share = build_share(env_file)
+        result["pipeline"] = share
+    out = ROOT / "benchmarks" / "results" / "monitoring.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Monitoring on the tiny pipeline: the data-quality gate, drift on the scenario and not on fresh data, alerts to a
+real HTTP endpoint, and the retrain trigger rebuilding only the affected family."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import BIN, ROOT, ploomber_build, ploomber_env
+from kronkers_ml.drift import drift_scores, flag_drift
+from kronkers_ml.monitor import monitor
+from kronkers_ml.profiles import latest_profile, profile_frame, read_profile
+from kronkers_ml.quality import check_profile, load_constraints
+from kronkers_ml.service_features import location_features
+from kronkers_ml.service_sim import apply_scenario, simulate_customer_latents, simulate_routes
+
+SEED = 7        # env.test.yaml
+N_DRIVERS = 3
+WATCHED = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["service_time"]["drift"]["columns"]
+P_VALUE = float(yaml.safe_load((ROOT / "env.test.yaml").read_text())["monitoring"]["drift_p_value"])
+
+
+def test_gate_and_profiles_are_in_the_build(built):
+    report = json.loads((built / "monitoring" / "quality" / "service_time.json").read_text())
+    assert report["passed"] and report["n_failed"] == 0 and report["n_constraints"] > 40
+    for dataset in ("customers", "stops", "pings", "truth", "features", "features_train"):
+        assert latest_profile(built, "service_time", dataset) is not None, dataset
+    index = json.loads((built / "profiles" / "service_time" / "index.json").read_text())
+    assert index["reference"]["rows"] > index["current"]["rows"] > 0
+    assert index["watched_drifted"] == [], "the undrifted build must not drift on the watched columns"
+
+
+# --- data-quality gate --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def raw(built) -> dict[str, pd.DataFrame]:
+    return {n: pd.read_parquet(built / "service_time" / "raw" / f"{n}.parquet") for n in ("customers", "stops")}
+
+
+BAD = {  # each kind of bad data, and the constraint that must catch it
+    "rows": lambda c: c.head(10),
+    "columns": lambda c: c.drop(columns="floor"),
+    "types": lambda c: c.assign(customer_id=c.customer_id + 0.5),
+    "max_null_fraction": lambda c: c.assign(lat=c.lat.where(c.index % 10 != 0)),
+    "ranges": lambda c: c.assign(parking_difficulty=np.where(c.index == 3, 7, c.parking_difficulty)),
+    "categories": lambda c: c.assign(zone=np.where(c.index == 5, "offshore", c.zone)),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_each_kind_of_bad_data_fails_its_constraint(raw, kind):
+    spec = load_constraints(ROOT / "config" / "quality.yaml", "service_time")["customers"]
+    good = check_profile(profile_frame(raw["customers"]), spec, "customers")
+    assert all(r["passed"] for r in good)
+    failed = [r for r in check_profile(profile_frame(BAD[kind](raw["customers"])), spec, "customers") if not r["passed"]]
+    assert {r["constraint"] for r in failed} == {kind} or (kind == "columns" and "columns" in {r["constraint"] for r in failed}), failed
+
+
+def test_bad_data_stops_the_build_before_training_with_a_report(built, tmp_path):
+    data = tmp_path / "data"; data.mkdir()
+    customers = pd.read_parquet(built / "service_time" / "raw" / "customers.parquet")
+    customers.loc[customers.index[:3], "floor"] = 150          # the ingest contract allows up to 200
+    customers.to_parquet(data / "customers.parquet", index=False)
+    pings = pd.read_parquet(built / "service_time" / "raw" / "pings.parquet")
+    pings.loc[pings.index % 5 == 0, ["lat", "lon"]] = np.nan   # the contract allows missing positions
+    pings.to_parquet(data / "pings.parquet", index=False)
+    shutil.copy(built / "service_time" / "raw" / "stops.parquet", data / "stops.parquet")
+    out = tmp_path / "out"
+    done = ploomber_build(out, "--env--service_time--data_dir", str(data), check=False)
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    assert "check-service-data" in text
+    assert "customers: ranges of column 'floor': expected [-2, 60], observed [" in text, text[-3000:]
+    assert "pings: max_null_fraction of column 'lat': expected 0.05, observed 0.2" in text
+    assert not (out / "service_time" / "visits.parquet").exists() and not (out / "service_time" / "model.txt").exists()
+    report = json.loads((out / "monitoring" / "quality" / "service_time.json").read_text())
+    assert not report["passed"] and {(r["dataset"], r["column"]) for r in report["results"] if not r["passed"]} == {
+        ("customers", "floor"), ("pings", "lat"), ("pings", "lon")}
+
+
+# --- drift --------------------------------------------------------------------------------------------------
+
+FORTNIGHTS = 21     # fresh fortnights simulated after the built year
+
+
+@pytest.fixture(scope="module")
+def future_stops(built) -> pd.DataFrame:
+    "Planned stops of the same customers and routes as the build, continued past its last day (2024-12-30)."
+    customers = pd.read_parquet(built / "service_time" / "raw" / "customers.parquet")
+    latents = simulate_customer_latents(customers["customer_id"].to_numpy(), SEED)
+    stops, _ = simulate_routes(customers, latents, N_DRIVERS, "2024-01-01", 365 + 14 * FORTNIGHTS, 10, SEED)
+    built_stops = pd.read_parquet(built / "service_time" / "raw" / "stops.parquet")
+    assert stops[stops.date <= built_stops.date.max()].stop_id.max() == built_stops.stop_id.max()  # same year, then fresh days
+    return stops[stops.date > built_stops.date.max()]
+
+
+def scoring_batch(customers: pd.DataFrame, stops: pd.DataFrame, fortnight: int, scenario: str | None = None) -> pd.DataFrame:
+    "The planned stops of one fresh fortnight with their customers' location features (optionally drifted)."
+    first = stops.date.min() + pd.Timedelta(days=14 * fortnight)
+    part = stops[(stops.date >= first) & (stops.date < first + pd.Timedelta(days=14))]
+    return part.merge(location_features(apply_scenario(customers, scenario, SEED)), on="customer_id")
+
+
+@pytest.fixture(scope="module")
+def customers(built) -> pd.DataFrame:
+    return pd.read_parquet(built / "service_time" / "raw" / "customers.parquet")
+
+
+@pytest.fixture(scope="module")
+def reference(built):
+    return read_profile(latest_profile(built, "service_time", "features_train"))
+
+
+def test_drift_flags_the_scenario_and_stays_quiet_on_fresh_samples(customers, future_stops, reference):
+    "False-alarm rate over 20 fresh undrifted fortnights: none; the scenario is flagged in every one."
+    alarms, caught = [], []
+    for fortnight in range(20):
+        for scenario, hits in ((None, alarms), ("hard_parking", caught)):
+            batch = scoring_batch(customers, future_stops, fortnight, scenario)
+            scores = flag_drift(drift_scores(profile_frame(batch, WATCHED), reference, WATCHED), p_value=P_VALUE)
+            hits.append(bool(scores.drifted.any()))
+    assert sum(alarms) == 0, f"{sum(alarms)} false alarms in {len(alarms)} undrifted fortnights"
+    assert all(caught), f"scenario missed in {caught.count(False)} of {len(caught)} fortnights"
+
+
+def monitor_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "kronkers-monitor"), "--env-file", "env.test.yaml", *args], cwd=ROOT,
+                          env=env or ploomber_env(), capture_output=True, text=True, timeout=900)
+
+
+def fresh_out(built: Path, tmp_path: Path) -> Path:
+    "An out folder holding only the reference profile, predictions and training summary of the build."
+    out = tmp_path / "out"
+    shutil.copytree(built / "profiles" / "service_time" / "features_train", out / "profiles" / "service_time" / "features_train")
+    (out / "service_time").mkdir(parents=True)
+    for name in ("predictions.parquet", "training.json"):
+        shutil.copy(built / "service_time" / name, out / "service_time" / name)
+    return out
+
+
+def test_monitor_command_flags_the_scenario_only(built, customers, future_stops, tmp_path):
+    out = fresh_out(built, tmp_path)
+    quiet = tmp_path / "quiet.parquet"; scoring_batch(customers, future_stops, 0).to_parquet(quiet)
+    done = monitor_cli("--out", str(out), "--family", "service_time", "--current", str(quiet), "--no-retrain")
+    assert done.returncode == 0, done.stderr
+    assert "service_time: drift ok; performance ok" in done.stdout
+    assert not (out / "monitoring" / "alerts.jsonl").read_text().strip()
+    drifted = tmp_path / "drifted.parquet"
+    scoring_batch(customers, future_stops, 1, "hard_parking").to_parquet(drifted)
+    done = monitor_cli("--out", str(out), "--family", "service_time", "--current", str(drifted), "--no-retrain")
+    assert done.returncode == 0, done.stderr
+    assert "drift BREACH parking_difficulty" in done.stdout
+    alerts = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["family"], a["kind"], a["name"]) for a in alerts] == [("service_time", "drift", "parking_difficulty")]
+    assert alerts[0]["value"] < P_VALUE
+    prom = (out / "monitoring" / "metrics.prom").read_text()
+    assert 'kronkers_monitor_breach{family="service_time",kind="drift"} 1.0' in prom
+
+
+def test_performance_breach_when_the_error_grows(built, tmp_path):
+    out = fresh_out(built, tmp_path)
+    pred = pd.read_parquet(out / "service_time" / "predictions.parquet")
+    ok = monitor(ROOT / "env.test.yaml", ["service_time"], str(out), predictions=pred, retrain_on_breach=False)
+    assert ok["families"]["service_time"]["performance"]["checked"] and not ok["families"]["service_time"]["performance"]["breach"]
+    worse = pred.assign(lightgbm=pred.lightgbm + 300.0)
+    bad = monitor(ROOT / "env.test.yaml", ["service_time"], str(out), predictions=worse, retrain_on_breach=False)
+    perf = bad["families"]["service_time"]["performance"]
+    assert perf["breach"] and "above training MAE" in perf["reason"] and "does not beat the baseline" in perf["reason"]
+
+
+# --- alerts to a real HTTP endpoint --------------------------------------------------------------------------
+
+class Recorder(BaseHTTPRequestHandler):
+    received: list = []
+
+    def _record(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        Recorder.received.append((self.command, self.path, self.headers.get("Content-Type"), body))
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+
+    do_POST = do_PUT = _record
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    Recorder.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True); thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", Recorder.received
+    server.shutdown(); server.server_close()
+
+
+def test_alerts_reach_the_webhook_and_the_pushgateway(built, customers, future_stops, tmp_path, endpoint):
+    url, received = endpoint
+    out = fresh_out(built, tmp_path)
+    drifted = tmp_path / "drifted.parquet"; scoring_batch(customers, future_stops, 2, "hard_parking").to_parquet(drifted)
+    env = dict(ploomber_env(), KRONKERS_ALERT_WEBHOOK=f"{url}/hooks/slack", KRONKERS_PUSHGATEWAY_URL=url)
+    done = monitor_cli("--out", str(out), "--family", "service_time", "--current", str(drifted), "--no-retrain", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "webhook: sent" in done.stdout
+    posts = [r for r in received if r[0] == "POST"]
+    assert len(posts) == 1 and posts[0][1] == "/hooks/slack" and posts[0][2] == "application/json"
+    payload = json.loads(posts[0][3])
+    assert "parking_difficulty" in payload["text"] and payload["text"].startswith("Kronkers monitor: 1 alert(s)")
+    assert payload["alerts"][0]["kind"] == "drift"
+    pushes = [r for r in received if r[0] == "PUT"]
+    assert len(pushes) == 1 and pushes[0][1] == "/metrics/job/kronkers_monitor"
+    assert b'kronkers_monitor_breach{family="service_time",kind="drift"} 1.0' in pushes[0][3]
+
+
+# --- retrain trigger ----------------------------------------------------------------------------------------
+
+def test_retrain_rebuilds_only_the_affected_family(built, customers, future_stops, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(built, out, symlinks=True)
+    # a second family, undrifted (its current batch is its reference), whose retraining would re-run the data task
+    fam2 = out / "profiles" / "quiet_family"
+    shutil.copytree(out / "profiles" / "service_time" / "features_train", fam2 / "reference")
+    shutil.copytree(out / "profiles" / "service_time" / "features_train", fam2 / "current")
+    config = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())
+    config["quiet_family"] = {"drift": {"reference": "reference", "current": "current", "columns": WATCHED},
+                              "retrain_tasks": ["get-service-data"]}
+    (tmp_path / "monitoring.yaml").write_text(yaml.safe_dump(config))
+    drifted = tmp_path / "drifted.parquet"; scoring_batch(customers, future_stops, 3, "hard_parking").to_parquet(drifted)
+    cfg = str(tmp_path / "monitoring.yaml")
+    logged = monitor_cli("--out", str(out), "--config", cfg, "--family", "service_time", "--current", str(drifted), "--no-retrain")
+    assert logged.returncode == 0, logged.stderr
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "nb").glob("*.ipynb")}
+    done = monitor_cli("--out", str(out), "--config", cfg)     # every family, retraining on
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "quiet_family: drift ok" in done.stdout and "service_time: drift BREACH parking_difficulty" in done.stdout
+    assert "retrain train-service-time: ok" in done.stdout
+    ran = {name for name, t in stamp.items() if (out / "nb" / name).stat().st_mtime_ns != t}
+    assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "profile-service-features.ipynb"}
+    records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
+    assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("service_time", True)]
