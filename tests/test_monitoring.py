@@ -242,6 +242,7 @@ def test_retrain_rebuilds_only_the_affected_family(built, customers, future_stop
     assert "quiet_family: drift ok" in done.stdout and "service_time: drift BREACH parking_difficulty" in done.stdout
     assert "retrain train-service-time: ok" in done.stdout
     ran = {name for name, t in stamp.items() if (out / "nb" / name).stat().st_mtime_ns != t}
-    assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "profile-service-features.ipynb"}
+    assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "register-service-time.ipynb",
+                   "profile-service-features.ipynb"}
     records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
     assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("service_time", True)]
