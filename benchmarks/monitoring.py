@@ -35,7 +35,7 @@ from kronkers_ml.service_features import location_features  # noqa: E402
 from kronkers_ml.service_sim import (apply_scenario, simulate_customer_latents, simulate_customers,  # noqa: E402
                                      simulate_routes)
 
-MONITORING_TASKS = ("check-service-data", "profile-service-features")
+MONITORING_TASKS = ("check-service-data", "profile-service-features", "check-demand-data", "profile-demand-data")
 
 
 def throughput(n_rows: int = 1_000_000, repeats: int = 3, seed: int = 0) -> dict:

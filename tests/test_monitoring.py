@@ -18,7 +18,7 @@ from conftest import BIN, ROOT, ploomber_build, ploomber_env
 from kronkers_ml.drift import drift_scores, flag_drift
 from kronkers_ml.monitor import monitor
 from kronkers_ml.profiles import latest_profile, profile_frame, read_profile
-from kronkers_ml.quality import check_profile, load_constraints
+from kronkers_ml.quality import check_frame, check_profile, load_constraints
 from kronkers_ml.service_features import location_features
 from kronkers_ml.service_sim import apply_scenario, simulate_customer_latents, simulate_routes
 
@@ -64,6 +64,22 @@ def test_each_kind_of_bad_data_fails_its_constraint(raw, kind):
     assert {r["constraint"] for r in failed} == {kind} or (kind == "columns" and "columns" in {r["constraint"] for r in failed}), failed
 
 
+@pytest.mark.parametrize("kind", list(BAD))
+def test_each_kind_of_bad_data_fails_its_constraint_on_every_row(raw, kind):
+    spec = load_constraints(ROOT / "config" / "quality.yaml", "service_time")["customers"]
+    assert all(r["passed"] for r in check_frame(raw["customers"], spec, "customers"))
+    failed = {r["constraint"] for r in check_frame(BAD[kind](raw["customers"]), spec, "customers") if not r["passed"]}
+    assert failed == {kind} or (kind == "columns" and "columns" in failed), failed
+
+
+def test_one_bad_ping_among_millions_fails_the_gate(built):
+    pings = pd.read_parquet(built / "service_time" / "raw" / "pings.parquet")
+    spec = load_constraints(ROOT / "config" / "quality.yaml", "service_time")["pings"]
+    bad = pings.assign(lat=np.where(pings.index == len(pings) // 2, 95.0, pings.lat))
+    failed = [(r["constraint"], r["column"]) for r in check_frame(bad, spec, "pings") if not r["passed"]]
+    assert len(pings) > 1_000_000 and failed == [("ranges", "lat")]
+
+
 def test_bad_data_stops_the_build_before_training_with_a_report(built, tmp_path):
     data = tmp_path / "data"; data.mkdir()
     customers = pd.read_parquet(built / "service_time" / "raw" / "customers.parquet")
@@ -84,6 +100,33 @@ def test_bad_data_stops_the_build_before_training_with_a_report(built, tmp_path)
     report = json.loads((out / "monitoring" / "quality" / "service_time.json").read_text())
     assert not report["passed"] and {(r["dataset"], r["column"]) for r in report["results"] if not r["passed"]} == {
         ("customers", "floor"), ("pings", "lat"), ("pings", "lon")}
+
+
+def test_demand_gate_and_profiles_are_in_the_build(built):
+    report = json.loads((built / "monitoring" / "quality" / "demand.json").read_text())
+    assert report["passed"] and report["checked_on"] == "every row" and report["n_constraints"] >= 20
+    assert {r["dataset"] for r in report["results"]} == {"transactions"}
+    assert report["profiled_rows"]["transactions"] <= report["rows"]["transactions"]
+    index = json.loads((built / "profiles" / "demand" / "index.json").read_text())
+    assert index["reference"]["rows"] > index["current"]["rows"] > 0
+    for dataset in ("transactions_history", "transactions"):
+        assert latest_profile(built, "demand", dataset) is not None
+
+
+def test_bad_demand_file_stops_the_build_at_the_gate_with_a_report(built, tmp_path):
+    lines = pd.read_parquet(built / "demand" / "transactions.parquet").drop(columns=["date", "revenue"])
+    lines.loc[lines.index[:2], "unit_price"] = 99_999.0          # the ingest contract allows up to 1e9
+    log = tmp_path / "log.parquet"; lines.to_parquet(log, index=False)
+    out = tmp_path / "out"
+    done = ploomber_build(out, "--env--demand--transactions", str(log), "--partially", "build-daily-revenue", check=False)
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    assert "check-demand-data" in text
+    assert "transactions: ranges of column 'unit_price': expected [0.01, 5000], observed [" in text, text[-3000:]
+    assert (out / "demand" / "transactions.parquet").exists() and not (out / "demand" / "daily.parquet").exists()
+    report = json.loads((out / "monitoring" / "quality" / "demand.json").read_text())
+    failed = {(r["constraint"], r["column"]) for r in report["results"] if not r["passed"]}
+    assert not report["passed"] and ("ranges", "unit_price") in failed and {c for c, _ in failed} == {"ranges"}, failed
 
 
 # --- drift --------------------------------------------------------------------------------------------------
@@ -163,6 +206,23 @@ def test_monitor_command_flags_the_scenario_only(built, customers, future_stops,
     assert alerts[0]["value"] < P_VALUE
     prom = (out / "monitoring" / "metrics.prom").read_text()
     assert 'kronkers_monitor_breach{family="service_time",kind="drift"} 1.0' in prom
+
+
+def test_monitor_command_covers_both_families(built, tmp_path):
+    out = fresh_out(built, tmp_path)
+    shutil.copytree(built / "profiles" / "service_time" / "features", out / "profiles" / "service_time" / "features")
+    shutil.copytree(built / "profiles" / "demand", out / "profiles" / "demand")
+    done = monitor_cli("--out", str(out), "--no-retrain")
+    assert done.returncode == 0, done.stderr
+    assert "service_time: drift ok" in done.stdout and "demand: drift ok" in done.stdout, done.stdout
+    prom = (out / "monitoring" / "metrics.prom").read_text()
+    assert 'kronkers_monitor_breach{family="demand",kind="drift"} 0.0' in prom
+    lines = pd.read_parquet(built / "demand" / "transactions.parquet")
+    newest = lines[lines.date > lines.date.max() - pd.Timedelta(days=14)]
+    dearer = tmp_path / "dearer.parquet"; newest.assign(unit_price=newest.unit_price * 1.5).to_parquet(dearer)
+    done = monitor_cli("--out", str(out), "--family", "demand", "--current", str(dearer), "--no-retrain")
+    assert done.returncode == 0, done.stderr
+    assert "demand: drift BREACH unit_price" in done.stdout, done.stdout
 
 
 def test_performance_breach_when_the_error_grows(built, tmp_path):
