@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['NULLABLE_FEATURES', 'ServiceTimeStop', 'UNAUDITED', 'ServiceSettings', 'LoadedModel', 'load_champion',
            'feature_matrix', 'predict_rows', 'stop_schema', 'predict_request_schema', 'InputError', 'parse_stops_csv',
-           'ServiceMetrics', 'need', 'reload_models', 'create_app']
+           'ServiceMetrics', 'need', 'ObserveMiddleware', 'reload_models', 'create_app']
 
-# %% ../nbs/23_service.ipynb #40511f13
+# %% ../nbs/23_service.ipynb #3810036a
 import asyncio
 import csv
 import io
@@ -29,13 +29,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.datastructures import MutableHeaders
 
 from .access import AuditLog, Caller, KeyStore, allowed, load_roles
 from .ingest import ZONES
 from .registry import champion_version, history, load_version
 from .service_features import FEATURES
 
-# %% ../nbs/23_service.ipynb #fbf4f35e
+# %% ../nbs/23_service.ipynb #88008128
 @dataclass(frozen=True)
 class ServiceSettings:
     "Where the service finds its registry, roles, keys and audit log, and its input limits."
@@ -67,7 +68,7 @@ def load_champion(uri: str, name: str) -> LoadedModel:
     return LoadedModel(name, version, booster, tuple(booster.feature_name()), tuple(cats[0]),
                        datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
-# %% ../nbs/23_service.ipynb #31df2264
+# %% ../nbs/23_service.ipynb #6b471899
 def feature_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str], zones: Sequence[str]) -> np.ndarray:
     "Float matrix of `rows` in `features` order; `zone` as its category code, None as NaN."
     code = {z: float(i) for i, z in enumerate(zones)}
@@ -87,7 +88,7 @@ def predict_rows(model: LoadedModel, rows: Sequence[Mapping[str, Any]]) -> np.nd
     if not len(rows): return np.empty(0)
     return model.booster.predict(feature_matrix(rows, model.features, model.zones), num_threads=1)
 
-# %% ../nbs/23_service.ipynb #3e9b8ebf
+# %% ../nbs/23_service.ipynb #f700f328
 NULLABLE_FEATURES = frozenset(f for f in FEATURES if (f.startswith(("cust_hist_", "driver_hist_")) and not f.endswith("_count"))
                               or f == "days_to_holiday")
 
@@ -107,7 +108,7 @@ def predict_request_schema(max_rows: int) -> type[BaseModel]:
     return create_model("ServiceTimeRequest", __config__=ConfigDict(extra="forbid"),
                         stops=(list[ServiceTimeStop], Field(..., min_length=1, max_length=max_rows)))
 
-# %% ../nbs/23_service.ipynb #c6fbccb0
+# %% ../nbs/23_service.ipynb #e54644ad
 class InputError(ValueError):
     "Bad input: status (400 unreadable, 413 too large, 422 invalid) and a message naming the field."
     def __init__(self, status: int, message: str):
@@ -139,7 +140,7 @@ def parse_stops_csv(data: bytes, features: Sequence[str], max_rows: int) -> tupl
     ids = frame["stop_id"].tolist() if "stop_id" in frame.columns else [None] * len(frame)
     return rows, ids
 
-# %% ../nbs/23_service.ipynb #de8b70bb
+# %% ../nbs/23_service.ipynb #ac7a3dca
 @dataclass
 class ServiceMetrics:
     "The app's Prometheus collectors."
@@ -159,7 +160,7 @@ class ServiceMetrics:
         self.latency.labels(endpoint, model).observe(seconds)
         if status >= 400: self.errors.labels(endpoint, model, str(status)).inc()
 
-# %% ../nbs/23_service.ipynb #3aeb13a0
+# %% ../nbs/23_service.ipynb #d2462079
 UNAUDITED = ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect")
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (`kk_...`); `Authorization: Bearer` works too")
@@ -202,7 +203,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
-# %% ../nbs/23_service.ipynb #081b8910
+# %% ../nbs/23_service.ipynb #37442709
 def _field(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc if p != "body"]
     return "".join(f"[{p}]" if p.isdigit() else (f".{p}" if i else p) for i, p in enumerate(parts)) or "body"
@@ -218,29 +219,53 @@ def _install_handlers(app: FastAPI) -> None:
     async def bad_input(request: Request, exc: InputError):
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        rid = request.headers.get("x-request-id", "")
-        rid = rid if _RID.match(rid) else uuid.uuid4().hex
-        ctx = _ctx(request)
-        try:
-            response = await call_next(request)
-        except Exception:                                   # never lose the audit line; answer 500 without details
-            response = JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500)
-        seconds = time.perf_counter() - t0
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        model = ctx.get("model") or "-"
-        app.state.metrics.observe(endpoint, model, response.status_code, seconds)
-        if endpoint not in UNAUDITED:
-            app.state.audit.write(request_id=rid, key_id=ctx.get("key_id"), role=ctx.get("role"), action=ctx.get("action"),
-                                  endpoint=f"{request.method} {endpoint}", model=ctx.get("model"), version=ctx.get("version"),
-                                  status=response.status_code, latency_ms=round(seconds * 1000, 3))
-        response.headers["X-Request-ID"] = rid
-        return response
+    app.add_middleware(ObserveMiddleware)
 
-# %% ../nbs/23_service.ipynb #2d537bfe
+# %% ../nbs/23_service.ipynb #fb1285f8
+class ObserveMiddleware:
+    "ASGI middleware: request id header, Prometheus request metrics and one audit line per `/v1` call."
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send); return
+        t0 = time.perf_counter()
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        rid = rid if _RID.match(rid) else uuid.uuid4().hex
+        ctx = scope.setdefault("kronkers", {})
+        state = {"status": 500, "started": False, "observed": False}
+
+        def observe():                                      # once, before the last body chunk leaves
+            if state["observed"]: return
+            state["observed"] = True
+            seconds = time.perf_counter() - t0
+            app = scope["app"]
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            app.state.metrics.observe(endpoint, ctx.get("model") or "-", state["status"], seconds)
+            if endpoint not in UNAUDITED:
+                app.state.audit.write(request_id=rid, key_id=ctx.get("key_id"), role=ctx.get("role"), action=ctx.get("action"),
+                                      endpoint=f"{scope['method']} {endpoint}", model=ctx.get("model"), version=ctx.get("version"),
+                                      status=state["status"], latency_ms=round(seconds * 1000, 3))
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                state["status"], state["started"] = message["status"], True
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                observe()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:                                   # never lose the audit line; answer 500 without details
+            if not state["started"]:
+                state["status"] = 500
+                await JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500,
+                                   headers={"X-Request-ID": rid})(scope, receive, send_with_id)
+        observe()
+
+# %% ../nbs/23_service.ipynb #5632497c
 def reload_models(app: FastAPI) -> dict[str, Any]:
     "Load every served model's current champion, then swap the whole table in one assignment; returns from/to versions."
     s: ServiceSettings = app.state.settings
@@ -255,7 +280,7 @@ def reload_models(app: FastAPI) -> dict[str, Any]:
     return {"models": {n: {"from": old[n].version if n in old else None, "to": m.version} for n, m in fresh.items()},
             "errors": errors}
 
-# %% ../nbs/23_service.ipynb #31067e61
+# %% ../nbs/23_service.ipynb #5e5cf5de
 def create_app(settings: ServiceSettings, load: bool = True) -> FastAPI:
     "The service's FastAPI app; with `load`, the champions are loaded before it takes requests."
     from contextlib import asynccontextmanager
