@@ -13,9 +13,9 @@ from .core import require_columns
 from .ingest import SERVICE_TIME_CONTRACT
 
 # %% auto #0
-__all__ = ['PING_COLS', 'STOP_COLS', 'CUSTOMER_COLS', 'M_PER_DEG', 'SORT5', 'VISIT_COLS', 'to_local_metres', 'clean_pings',
-           'fence_table', 'candidate_pairs', 'median5', 'smooth_positions', 'nearest_fences', 'dwell_runs',
-           'choose_runs', 'resolve_shared_runs', 'in_fence_pings', 'detect_visits', 'geofence_accuracy']
+__all__ = ['PING_COLS', 'STOP_COLS', 'CUSTOMER_COLS', 'M_PER_DEG', 'SORT5', 'VISIT_COLS', 'to_local_metres', 'from_local_metres',
+           'clean_pings', 'fence_table', 'candidate_pairs', 'median5', 'smooth_positions', 'nearest_fences',
+           'dwell_runs', 'choose_runs', 'resolve_shared_runs', 'in_fence_pings', 'detect_visits', 'geofence_accuracy']
 
 # %% ../nbs/03_geofence.ipynb #10d61ba0
 PING_COLS = tuple(SERVICE_TIME_CONTRACT["pings"])
@@ -29,6 +29,13 @@ def to_local_metres(lat: np.ndarray, lon: np.ndarray, lat0: float, lon0: float) 
     y = (np.asarray(lat, float) - lat0) * M_PER_DEG
     x = (np.asarray(lon, float) - lon0) * M_PER_DEG * np.cos(np.radians(lat0))
     return x, y
+
+
+def from_local_metres(x: np.ndarray, y: np.ndarray, lat0: float, lon0: float) -> tuple[np.ndarray, np.ndarray]:
+    "Inverse of `to_local_metres`: metres (east, north) around (lat0, lon0) to degrees (lat, lon)."
+    lat = lat0 + np.asarray(y, float) / M_PER_DEG
+    lon = lon0 + np.asarray(x, float) / (M_PER_DEG * np.cos(np.radians(lat0)))
+    return lat, lon
 
 # %% ../nbs/03_geofence.ipynb #8b040351
 def _valid_mask(p: pd.DataFrame) -> np.ndarray:

@@ -11,33 +11,20 @@ from sklearn.neighbors import KDTree
 from tqdm.auto import tqdm
 
 from .core import require_columns
+from .geofence import from_local_metres, to_local_metres
 from .ingest import ZONES
 
 # %% auto #0
-__all__ = ['OSLO_LAT', 'OSLO_LON', 'M_PER_DEG_LAT', 'ZONE_SHARE', 'ZONE_RING_KM', 'ZONE_P_APARTMENT', 'ZONE_P_PARKING',
-           'SERVICE_EFFECT_SD', 'PLAN_RULE_S', 'DETOUR', 'ZONE_SPEED_MS', 'SHIFT_STARTS_H', 'SHIFT_P', 'SERVICE_SCALE',
-           'NOISE_SD', 'NOISE_SD_PEAK', 'P_WAIT', 'P_WAIT_PEAK', 'MEAN_WAIT_S', 'MIN_SERVICE_S', 'PARKING_S', 'ZONE_S',
+__all__ = ['OSLO_LAT', 'OSLO_LON', 'ZONE_SHARE', 'ZONE_RING_KM', 'ZONE_P_APARTMENT', 'ZONE_P_PARKING', 'SERVICE_EFFECT_SD',
+           'PLAN_RULE_S', 'DETOUR', 'ZONE_SPEED_MS', 'SHIFT_STARTS_H', 'SHIFT_P', 'SERVICE_SCALE', 'NOISE_SD',
+           'NOISE_SD_PEAK', 'P_WAIT', 'P_WAIT_PEAK', 'MEAN_WAIT_S', 'MIN_SERVICE_S', 'PARKING_S', 'ZONE_S',
            'TARGET_MEAN_S', 'DRIVEBY_P', 'CANCEL_P', 'PARK_OFFSET_M', 'SCENARIOS', 'DEFAULT_SIZE', 'TINY_SIZE',
-           'xy_to_latlon', 'latlon_to_xy', 'simulate_customers', 'simulate_customer_latents', 'assign_territories',
-           'christmas_peak', 'working_days', 'simulate_routes', 'driver_pace', 'expected_service_time',
-           'true_service_times', 'calibrate_scale', 'simulate_trajectories', 'simulate_pings', 'apply_scenario',
-           'simulate_service_data', 'oracle_mae']
+           'simulate_customers', 'simulate_customer_latents', 'assign_territories', 'christmas_peak', 'working_days',
+           'simulate_routes', 'driver_pace', 'expected_service_time', 'true_service_times', 'calibrate_scale',
+           'simulate_trajectories', 'simulate_pings', 'apply_scenario', 'simulate_service_data', 'oracle_mae']
 
 # %% ../nbs/02_service_sim.ipynb #87fb22bb
-OSLO_LAT, OSLO_LON = 59.9139, 10.7522
-M_PER_DEG_LAT = 111_320.0
-
-def xy_to_latlon(x: np.ndarray, y: np.ndarray, lat0: float = OSLO_LAT, lon0: float = OSLO_LON) -> tuple[np.ndarray, np.ndarray]:
-    "Convert local metres (east, north) around (lat0, lon0) to WGS84 degrees."
-    lat = lat0 + np.asarray(y, dtype=float) / M_PER_DEG_LAT
-    lon = lon0 + np.asarray(x, dtype=float) / (M_PER_DEG_LAT * np.cos(np.radians(lat0)))
-    return lat, lon
-
-def latlon_to_xy(lat: np.ndarray, lon: np.ndarray, lat0: float = OSLO_LAT, lon0: float = OSLO_LON) -> tuple[np.ndarray, np.ndarray]:
-    "Convert WGS84 degrees to local metres (east, north) around (lat0, lon0)."
-    y = (np.asarray(lat, dtype=float) - lat0) * M_PER_DEG_LAT
-    x = (np.asarray(lon, dtype=float) - lon0) * M_PER_DEG_LAT * np.cos(np.radians(lat0))
-    return x, y
+OSLO_LAT, OSLO_LON = 59.9139, 10.7522   # origin of the local frame (Oslo sentrum); projection: geofence.to_local_metres
 
 # %% ../nbs/02_service_sim.ipynb #6ae924dc
 ZONE_SHARE = np.array([0.45, 0.35, 0.20])
@@ -75,7 +62,7 @@ def simulate_customers(n_customers: int, seed: int = 0) -> pd.DataFrame:
     floor = np.where(c["apartment"], np.floor(rng.random(len(c)) * c["storeys"]), 0).astype(np.int64)
     x = c["x"].to_numpy() + np.where(c["apartment"], rng.normal(0, 3.0, len(c)), 0.0)
     y = c["y"].to_numpy() + np.where(c["apartment"], rng.normal(0, 3.0, len(c)), 0.0)
-    lat, lon = xy_to_latlon(x, y)
+    lat, lon = from_local_metres(x, y, OSLO_LAT, OSLO_LON)
     return pd.DataFrame({
         "customer_id": np.arange(1, len(c) + 1, dtype=np.int64),
         "zone": np.array(ZONES, dtype=object)[c["zone_i"].to_numpy()],
@@ -163,7 +150,7 @@ def simulate_routes(customers: pd.DataFrame, latents: pd.DataFrame, n_drivers: i
     "Planned stops (schema `stops`) plus the hub position per driver as a frame (driver_id, hub_x, hub_y)."
     require_columns(customers, ["customer_id", "zone", "lat", "lon"], "customers")
     rng = np.random.default_rng([seed, 4])
-    cx, cy = latlon_to_xy(customers["lat"].to_numpy(), customers["lon"].to_numpy())
+    cx, cy = to_local_metres(customers["lat"].to_numpy(), customers["lon"].to_numpy(), OSLO_LAT, OSLO_LON)
     terr, hubs = assign_territories(cx, cy, n_drivers, seed)
     w = latents.set_index("customer_id").loc[customers["customer_id"], "order_weight"].to_numpy()
     dates = working_days(start, days)
@@ -266,7 +253,7 @@ def simulate_trajectories(stops: pd.DataFrame, customers: pd.DataFrame, hubs: pd
     rng = np.random.default_rng([seed, 7])
     n = len(stops)
     c = customers.set_index("customer_id").loc[stops["customer_id"].to_numpy()]
-    sx, sy = latlon_to_xy(c["lat"].to_numpy(), c["lon"].to_numpy())
+    sx, sy = to_local_metres(c["lat"].to_numpy(), c["lon"].to_numpy(), OSLO_LAT, OSLO_LON)
     zone_i = pd.Categorical(c["zone"].to_numpy(), categories=ZONES).codes
     route = stops["route_id"].to_numpy(); seq = stops["seq"].to_numpy()
     if n and not (np.all(np.diff(route) >= 0) and np.all((np.diff(seq) == 1) | (np.diff(route) > 0))):
@@ -285,7 +272,7 @@ def simulate_trajectories(stops: pd.DataFrame, customers: pd.DataFrame, hubs: pd
     first = seq == 1
     prev_x = np.where(first, h["hub_x"].to_numpy(), np.roll(px, 1)); prev_y = np.where(first, h["hub_y"].to_numpy(), np.roll(py, 1))
     # drive-bys: nearest customer to the leg midpoint
-    cx_all, cy_all = latlon_to_xy(customers["lat"].to_numpy(), customers["lon"].to_numpy())
+    cx_all, cy_all = to_local_metres(customers["lat"].to_numpy(), customers["lon"].to_numpy(), OSLO_LAT, OSLO_LON)
     tree = KDTree(np.column_stack([cx_all, cy_all]))
     mx, my = (prev_x + px) / 2, (prev_y + py) / 2
     _, idx = tree.query(np.column_stack([mx, my]), k=1)
@@ -397,7 +384,7 @@ def simulate_pings(kf: pd.DataFrame, stops: pd.DataFrame, ping_interval_s: float
     for i, ch in enumerate(tqdm(chunks, desc="pings", disable=not progress)):
         rng = np.random.default_rng([seed, 8, i])
         part = _pings_for_routes(kf.iloc[bounds[i]:bounds[i + 1]], rinfo["date"], rinfo["driver_id"], ping_interval_s, rng)
-        lat, lon = xy_to_latlon(part["x"].to_numpy(), part["y"].to_numpy())
+        lat, lon = from_local_metres(part["x"].to_numpy(), part["y"].to_numpy(), OSLO_LAT, OSLO_LON)
         part = pd.DataFrame({"driver_id": part["driver_id"].to_numpy(), "timestamp": part["timestamp"].to_numpy(),
                              "lat": lat, "lon": lon, "route_id": part["route_id"].to_numpy()})
         # upload batches (routes) in random order within the chunk
