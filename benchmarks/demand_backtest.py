@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +23,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import machine_info, task_seconds, timed_build, write_result  # noqa: E402
 
 from kronkers_ml.backtest import rolling_origins, run_backtest  # noqa: E402
 from kronkers_ml.demand_models import (closed_on_holidays, sarima_candidates, sarima_design,  # noqa: E402
@@ -44,19 +42,9 @@ def demand_params(env_file: str) -> tuple[dict, int]:
 
 def build_branch(env_file: str) -> tuple[float, dict[str, float]]:
     "Wall seconds of a cold `ploomber build --partially forecast-demand` into a temporary folder, and per-task seconds."
-    env = dict(os.environ, PLOOMBER_ENV_FILENAME=env_file, PLOOMBER_STATS_ENABLED="false",
-               PLOOMBER_VERSION_CHECK_DISABLED="1", MPLBACKEND="Agg",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     with tempfile.TemporaryDirectory(prefix="kronkers-bench-") as tmp:
-        cmd = [str(Path(sys.executable).parent / "ploomber"), "build", "--entry-point", "pipeline.yaml",
-               "--env--out", tmp, "--partially", "forecast-demand"]
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - t0
-    if done.returncode:
-        sys.exit(f"ploomber build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    tasks = {m[0]: float(m[1]) for m in re.findall(r"^(\S+)\s+True\s+([\d.]+)", done.stdout, flags=re.M)}
-    return seconds, tasks
+        seconds, stdout = timed_build(Path(tmp), env_file, "--partially", "forecast-demand")
+    return seconds, task_seconds(stdout)
 
 
 def max_rel_diff(a, b) -> float:
@@ -118,14 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
         # worker processes limit BLAS threads, so sums may round differently: compare within a tolerance
         "parallel_max_rel_diff": float(max_rel_diff(serial, parallel)),
         "parallel_matches_serial": bool(max_rel_diff(serial, parallel) < 1e-6),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine_info(),
     }
     if not args.skip_build:
         wall, tasks = build_branch(env_file)
         result["demand_branch_build_s"] = round(wall, 2)
         result["demand_branch_tasks_s"] = tasks
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, output)
     print(json.dumps(result, indent=2))
     return result
 

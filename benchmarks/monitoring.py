@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 
-from pipeline_build import task_seconds, timed_build  # noqa: E402
+from common import machine_info, task_seconds, timed_build, write_result  # noqa: E402
 
 from kronkers_ml.drift import drift_scores, flag_drift  # noqa: E402
 from kronkers_ml.profiles import profile_frame  # noqa: E402
@@ -120,15 +119,14 @@ def main(argv=None) -> dict:
     env_file = "env.yaml" if args.env == "default" else "env.test.yaml"
     cfg = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["service_time"]["drift"]
     p_value = float(yaml.safe_load((ROOT / env_file).read_text())["monitoring"]["drift_p_value"])
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+    result = {"machine": machine_info(),
               "profiling": throughput(args.rows),
               "drift_detection": drift_detection(args.seeds, cfg["columns"], p_value)}
     if not args.skip_build:
         share = build_share(env_file)
         result["pipeline"] = share
     out = ROOT / "benchmarks" / "results" / "monitoring.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_result(result, out)
     print(json.dumps(result, indent=2, default=str))
     return result
 

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -26,7 +25,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine_info, write_result  # noqa: E402
+
 BIN = Path(sys.executable).parent
 
 
@@ -110,7 +111,7 @@ def main(argv=None) -> dict:
     # `mlflow models serve` starts `uvicorn` from PATH: the environment's own bin first
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = {"benchmark": "service_latency", "model": "service-time", "version": version,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+              "machine": machine_info(),
               "levels": levels, "requests_per_level": args.requests, "ours": [], "mlflow": [], "mlflow_error": None}
     procs = []
     try:
@@ -165,7 +166,7 @@ def main(argv=None) -> dict:
             try: p.wait(timeout=20)
             except subprocess.TimeoutExpired: p.kill()
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("ours", "mlflow")}, indent=2))
     return result
 
