@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny pipeline build (env.test.yaml) into a temporary folder, once per session."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,22 @@ def ploomber_build(out: Path, *args: str, check: bool = True) -> subprocess.Comp
     if check and done.returncode != 0:
         raise AssertionError(f"ploomber build failed ({done.returncode}):\n{done.stdout[-5000:]}\n{done.stderr[-10000:]}")
     return done
+
+
+def cell_outputs(notebook: Path) -> list[dict]:
+    "Every output of the code cells of an executed notebook."
+    cells = json.loads(notebook.read_text())["cells"]
+    return [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+def error_outputs(notebook: Path) -> list[dict]:
+    "The error outputs of an executed notebook (a cell that raised)."
+    return [o for o in cell_outputs(notebook) if o["output_type"] == "error"]
+
+
+def image_outputs(notebook: Path) -> list[dict]:
+    "The PNG plots an executed notebook shows."
+    return [o for o in cell_outputs(notebook) if "image/png" in o.get("data", {})]
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ rules, and a file that does not fit the schema stops the build with a clear erro
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import error_outputs, image_outputs
+
 TASKS = ["get-demand-data", "build-daily-revenue", "backtest-demand", "forecast-demand"]
 HORIZON = 14   # demand.horizon in env.test.yaml
 
@@ -16,11 +18,9 @@ def test_every_demand_task_leaves_an_executed_notebook_and_html(built):
     for task in TASKS:
         nb = built / "nb" / f"{task}.ipynb"
         assert nb.stat().st_size > 0 and (built / "nb" / f"{task}.html").stat().st_size > 0, task
-        cells = json.loads(nb.read_text())["cells"]
-        errors = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+        errors = error_outputs(nb)
         assert not errors, f"{task}: {errors}"
-    backtest_nb = json.loads((built / "nb" / "backtest-demand.ipynb").read_text())
-    images = [o for c in backtest_nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    images = image_outputs(built / "nb" / "backtest-demand.ipynb")
     assert len(images) >= 2, "the backtest notebook shows forecast-vs-actual and error-by-horizon plots"
 
 

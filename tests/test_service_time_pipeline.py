@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ploomber_build
+from conftest import error_outputs, image_outputs, ploomber_build
 
 TASKS = ["get-service-data", "clean-geofences", "build-service-features", "train-service-time",
          "evaluate-service-time"]
@@ -19,17 +19,14 @@ def test_every_task_leaves_an_executed_notebook_and_html(built):
         nb = built / "nb" / f"{task}.ipynb"
         html = built / "nb" / f"{task}.html"
         assert nb.stat().st_size > 0 and html.stat().st_size > 0, task
-        cells = json.loads(nb.read_text())["cells"]
-        errors = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+        errors = error_outputs(nb)
         assert not errors, f"{task}: {errors}"
 
 
 def test_diagnostic_plots_are_in_the_executed_notebooks(built):
     for task, n_plots in {"clean-geofences": 1, "build-service-features": 1, "train-service-time": 2,
                           "evaluate-service-time": 2}.items():
-        cells = json.loads((built / "nb" / f"{task}.ipynb").read_text())["cells"]
-        images = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
-                  if "image/png" in o.get("data", {})]
+        images = image_outputs(built / "nb" / f"{task}.ipynb")
         assert len(images) >= n_plots, f"{task}: {len(images)} plots"
 
 
