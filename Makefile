@@ -16,7 +16,11 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Notebooks draw their plots inline; an inherited non-interactive backend would silently drop them.
 unexport MPLBACKEND
 
-.PHONY: help venv build test check-notebooks nbdev-test pytest lab serve lock benchmarks clean-outputs
+# Debian packages the pipeline and the tests use: the Fashion-MNIST images (returns), R and its
+# Jupyter kernel (R tasks), Chromium (dashboard tests) and a Prometheus Pushgateway (batch-job tests).
+SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel chromium chromium-driver prometheus-pushgateway
+
+.PHONY: help system-deps venv build test check-notebooks nbdev-test pytest lab serve lock benchmarks clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,13 +35,24 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip check
 	@touch $@
 
+system-deps: ## install the Debian packages above when missing (needs root and apt-get; says what to install otherwise)
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | xargs); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	else \
+		echo "make: these Debian packages are needed and missing: $$missing"; \
+		echo "      install them with: sudo apt-get install $$missing"; exit 1; \
+	fi
+
 venv: $(STAMP) ## create .venv with the pinned dependencies and kronkers_ml (editable)
 
-build: $(STAMP) ## export kronkers_ml from nbs/, then run the pipeline on the default data (env.yaml) into outputs/
+build: system-deps $(STAMP) ## export kronkers_ml from nbs/, then run the pipeline on the default data (env.yaml) into outputs/
 	$(BIN)/nbdev_export
 	$(BIN)/ploomber build --entry-point pipeline.yaml
 
-test: $(STAMP) check-notebooks nbdev-test pytest ## notebook checks, nbdev_test, then pytest
+test: system-deps $(STAMP) check-notebooks nbdev-test pytest ## notebook checks, nbdev_test, then pytest
 
 check-notebooks: $(STAMP) ## notebooks are clean and kronkers_ml/ matches them
 	@before=$$(find nbs kronkers_ml -type f \( -name '*.ipynb' -o -name '*.py' \) | sort | xargs md5sum); \
