@@ -12,9 +12,11 @@ import pandas as pd
 from .core import DataContractError, enforce_contract, find_table, read_table
 
 # %% auto #0
-__all__ = ['ZONES', 'SERVICE_TIME_CONTRACT', 'NULLABLE', 'check_service_tables', 'load_service_data']
+__all__ = ['BUSINESS_RULE_S', 'ZONES', 'SERVICE_TIME_CONTRACT', 'NULLABLE', 'check_service_tables', 'load_service_data']
 
 # %% ../nbs/01_ingest.ipynb #0f57fb38
+# The business rule the models must beat: every stop planned at a fixed 7 minutes.
+BUSINESS_RULE_S = 420.0
 ZONES = ("urban", "suburban", "rural")
 
 SERVICE_TIME_CONTRACT = {

@@ -12,16 +12,16 @@ from tqdm.auto import tqdm
 
 from .core import require_columns
 from .geofence import from_local_metres, to_local_metres
-from .ingest import ZONES
+from .ingest import BUSINESS_RULE_S, ZONES
 
 # %% auto #0
 __all__ = ['OSLO_LAT', 'OSLO_LON', 'ZONE_SHARE', 'ZONE_RING_KM', 'ZONE_P_APARTMENT', 'ZONE_P_PARKING', 'SERVICE_EFFECT_SD',
-           'PLAN_RULE_S', 'DETOUR', 'ZONE_SPEED_MS', 'SHIFT_STARTS_H', 'SHIFT_P', 'SERVICE_SCALE', 'NOISE_SD',
-           'NOISE_SD_PEAK', 'P_WAIT', 'P_WAIT_PEAK', 'MEAN_WAIT_S', 'MIN_SERVICE_S', 'PARKING_S', 'ZONE_S',
-           'TARGET_MEAN_S', 'DRIVEBY_P', 'CANCEL_P', 'PARK_OFFSET_M', 'SCENARIOS', 'DEFAULT_SIZE', 'TINY_SIZE',
-           'simulate_customers', 'simulate_customer_latents', 'assign_territories', 'christmas_peak', 'working_days',
-           'simulate_routes', 'driver_pace', 'expected_service_time', 'true_service_times', 'calibrate_scale',
-           'simulate_trajectories', 'simulate_pings', 'apply_scenario', 'simulate_service_data', 'oracle_mae']
+           'DETOUR', 'ZONE_SPEED_MS', 'SHIFT_STARTS_H', 'SHIFT_P', 'SERVICE_SCALE', 'NOISE_SD', 'NOISE_SD_PEAK',
+           'P_WAIT', 'P_WAIT_PEAK', 'MEAN_WAIT_S', 'MIN_SERVICE_S', 'PARKING_S', 'ZONE_S', 'TARGET_MEAN_S', 'DRIVEBY_P',
+           'CANCEL_P', 'PARK_OFFSET_M', 'SCENARIOS', 'DEFAULT_SIZE', 'TINY_SIZE', 'simulate_customers',
+           'simulate_customer_latents', 'assign_territories', 'christmas_peak', 'working_days', 'simulate_routes',
+           'driver_pace', 'expected_service_time', 'true_service_times', 'calibrate_scale', 'simulate_trajectories',
+           'simulate_pings', 'apply_scenario', 'simulate_service_data', 'oracle_mae']
 
 # %% ../nbs/02_service_sim.ipynb #87fb22bb
 OSLO_LAT, OSLO_LON = 59.9139, 10.7522   # origin of the local frame (Oslo sentrum); projection: geofence.to_local_metres
@@ -101,7 +101,6 @@ def assign_territories(x: np.ndarray, y: np.ndarray, n_drivers: int, seed: int =
     return lab, centres
 
 # %% ../nbs/02_service_sim.ipynb #53a01b4b
-PLAN_RULE_S = 420.0
 DETOUR = 1.3
 ZONE_SPEED_MS = np.array([25.0, 40.0, 60.0]) / 3.6
 SHIFT_STARTS_H = np.array([8.0, 11.0, 15.0])
@@ -169,7 +168,7 @@ def simulate_routes(customers: pd.DataFrame, latents: pd.DataFrame, n_drivers: i
     leg_s = np.hypot(cx[c_i] - px, cy[c_i] - py) * DETOUR / ZONE_SPEED_MS[zone_i]
     n_routes = route_id.max() if len(route_id) else 0
     shift = rng.choice(SHIFT_STARTS_H, size=n_routes, p=SHIFT_P) * 3600 + rng.uniform(0, 1800, n_routes)
-    cum = pd.Series(leg_s + np.where(seq == 1, 0.0, PLAN_RULE_S)).groupby(route_id).cumsum().to_numpy()
+    cum = pd.Series(leg_s + np.where(seq == 1, 0.0, BUSINESS_RULE_S)).groupby(route_id).cumsum().to_numpy()
     date = dates[d_i]
     planned = date + pd.to_timedelta(np.round(shift[route_id - 1] + cum), unit="s")
     basket = latents.set_index("customer_id").loc[customers["customer_id"].to_numpy()[c_i], "basket_factor"].to_numpy()
