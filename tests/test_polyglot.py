@@ -106,7 +106,7 @@ def test_missing_kernel_skips_the_task_and_the_build_succeeds(tmp_path, monkeypa
     with pytest.warns(UserWarning, match="kernel 'julia-0.0-absent' is not installed"):
         report = dag.build(show_progress=False)
     assert not (tmp_path / "out" / "answer.txt").exists()
-    assert [row["Ran?"] for row in report] == [False]
+    assert report.to_pandas()["Ran?"].tolist() == [False]
 
 
 def test_installed_stand_in_kernel_runs_the_task(tmp_path, monkeypatch):
@@ -123,5 +123,6 @@ def test_parameters_are_injected_in_the_kernels_language(tmp_path, monkeypatch):
     _register_kernel(tmp_path / "jupyter", "julia-0.0-syntax", "julia")
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     dag = DAGSpec(_mini_pipeline(tmp_path, "julia-0.0-syntax")).to_dag().render(show_progress=False)
-    rendered = dag["stand-in"].source.nb_str_rendered
-    assert 'product = Dict("nb" => ' in rendered and "value = 2" in rendered
+    cells = nbformat.reads(dag["stand-in"].source.nb_str_rendered, as_version=4).cells
+    injected = next(c.source for c in cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'product = Dict("nb" => ' in injected and "value = 2" in injected
