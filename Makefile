@@ -16,11 +16,12 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Notebooks draw their plots inline; an inherited non-interactive backend would silently drop them.
 unexport MPLBACKEND
 
-# Debian packages the pipeline and the tests use: the Fashion-MNIST images (returns), R and its
-# Jupyter kernel (R tasks), Chromium (dashboard tests) and a Prometheus Pushgateway (batch-job tests).
-SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel chromium chromium-driver prometheus-pushgateway
+# Debian packages the pipeline and the tests use: the Fashion-MNIST images (returns), R, its Jupyter kernel and
+# the R packages of the R tasks (cluster, jsonlite), Chromium (dashboard tests) and a Prometheus Pushgateway
+# (batch-job tests).
+SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel r-cran-cluster r-cran-jsonlite chromium chromium-driver prometheus-pushgateway
 
-.PHONY: help system-deps venv build test check-notebooks nbdev-test pytest lab serve lock benchmarks clean-outputs
+.PHONY: help system-deps kernels venv build test check-notebooks nbdev-test pytest lab serve lock benchmarks clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,13 +47,17 @@ system-deps: ## install the Debian packages above when missing (needs root and a
 		echo "      install them with: sudo apt-get install $$missing"; exit 1; \
 	fi
 
+kernels: system-deps $(STAMP) ## make the R kernel (ir) visible to .venv's Jupyter (registers it into .venv when it is not)
+	@$(BIN)/jupyter kernelspec list 2>/dev/null | grep -qE '^ +ir ' \
+		|| R --quiet --no-save -e 'IRkernel::installspec(name = "ir", displayname = "R", prefix = "$(abspath $(VENV))")' >/dev/null
+
 venv: $(STAMP) ## create .venv with the pinned dependencies and kronkers_ml (editable)
 
-build: system-deps $(STAMP) ## export kronkers_ml from nbs/, then run the pipeline on the default data (env.yaml) into outputs/
+build: system-deps $(STAMP) kernels ## export kronkers_ml from nbs/, then run the pipeline on the default data (env.yaml) into outputs/
 	$(BIN)/nbdev_export
 	$(BIN)/ploomber build --entry-point pipeline.yaml
 
-test: system-deps $(STAMP) check-notebooks nbdev-test pytest ## notebook checks, nbdev_test, then pytest
+test: system-deps $(STAMP) kernels check-notebooks nbdev-test pytest ## notebook checks, nbdev_test, then pytest
 
 check-notebooks: $(STAMP) ## notebooks are clean and kronkers_ml/ matches them
 	@before=$$(find nbs kronkers_ml -type f \( -name '*.ipynb' -o -name '*.py' \) | sort | xargs md5sum); \
