@@ -2,6 +2,7 @@
 its key figures and no horizontal scrolling on a laptop-sized window; a screenshot of each page is kept."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -46,7 +47,9 @@ def voila(out: Path, timeout_s: float = 120):
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=2)
+                break
+            except urllib.error.HTTPError:   # answering: up
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -105,7 +108,7 @@ def page_problems(driver) -> list[str]:
 def screenshot(driver, name: str) -> Path:
     "The whole page at laptop width, as PNG under outputs-test/screenshots/."
     SHOTS.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+    height = driver.execute_script("return Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
     driver.set_window_size(WIDTH, min(int(height) + 120, 12000))
     path = SHOTS / f"{name}.png"
     driver.save_screenshot(str(path))
@@ -163,10 +166,19 @@ def test_page_renders_with_its_key_figures(served, built, page):
 
 
 def test_pages_need_the_token(served):
-    base, _, _ = served
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(f"{base}/voila/render/overview.ipynb", timeout=30)
-    assert err.value.code in (401, 403)
+    base, token, _ = served
+    host, port = base.removeprefix("http://").split(":")
+    def get(path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        conn.request("GET", path)
+        r = conn.getresponse()
+        status, location = r.status, r.getheader("Location") or ""
+        conn.close()
+        return status, location
+    status, location = get("/voila/render/overview.ipynb")
+    assert status in (401, 403) or (status == 302 and "/login" in location), (status, location)
+    status, _ = get(f"/voila/render/overview.ipynb?token=wrong-{token}")
+    assert status in (401, 403) or status == 302, status
 
 
 def test_page_without_outputs_says_how_to_build(tmp_path):
