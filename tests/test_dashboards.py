@@ -116,6 +116,11 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
+def big(x: float) -> str:
+    "A headline figure as the overview writes it: one decimal below 100, none above."
+    return f"{x:,.1f}" if abs(x) < 100 else f"{x:,.0f}"
+
+
 def key_figures(out: Path) -> dict[str, list[str]]:
     "What each page must show, formatted as the pages write it, read straight from the products."
     st = json.loads((out / "service_time" / "metrics.json").read_text())
@@ -128,12 +133,12 @@ def key_figures(out: Path) -> dict[str, list[str]]:
     champion = json.loads((out / "service_time" / "registration.json").read_text())["champion_version_after"]
     quality = {f: json.loads((out / "monitoring" / "quality" / f"{f}.json").read_text()) for f in ("service_time", "demand")}
     return {
-        "overview": [f"{minutes:,.1f}", f"{nok:,.0f}" if abs(nok) >= 100 else f"{nok:,.1f}", f"version {champion}",
+        "overview": [big(minutes), big(nok), f"version {champion}",
                      "driver minutes per route per day"],
         "service_time": [f"{st['data']['rows_test']:,} deliveries", f"{model_min:,.2f} min", f"{rule_min:,.2f} min",
                          f"{minutes:,.1f} driver minutes per route per day"],
         "demand": [f"{dm['model']['mae']:,.0f} NOK", f"{dm['baselines']['seasonal_naive']['mae']:,.0f} NOK",
-                   f"{round(dm['model']['coverage_80'] * 100):,.0f}%"],
+                   f"{dm['model']['coverage_80'] * 100:,.0f}%"],
         "monitoring": [f"{q['n_constraints'] - q['n_failed']:,} of {q['n_constraints']:,} rules pass" for q in quality.values()],
     }
 
