@@ -83,7 +83,8 @@ def chrome(profile: Path):
 DONE_JS = """
 const outs = document.querySelectorAll('.jp-OutputArea-output');
 const busy = document.querySelector('#loading') || document.querySelector('.voila-spinner-color1');
-return outs.length > 0 && !busy && document.readyState === 'complete';
+const widgets = document.body.innerText.includes('Loading widget');
+return outs.length > 0 && !busy && !widgets && document.readyState === 'complete';
 """
 
 
