@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -204,6 +205,8 @@ def test_page_without_outputs_says_how_to_build(tmp_path):
 def test_static_archive_of_every_page(built):
     for page in PAGES:
         html = (built / "reports" / f"{page}.html").read_text()
-        assert "jp-InputArea" not in html and "from kronkers_ml" not in html, f"{page}.html shows code"
+        code_cells = re.findall(r'class="jp-Cell jp-CodeCell[^"]*"', html)
+        assert code_cells and all("jp-mod-noInput" in c for c in code_cells), f"{page}.html shows code"
+        assert "from kronkers_ml" not in html, f"{page}.html shows code"
         assert "Traceback" not in html, page
     assert 'href="service_time.html"' in (built / "reports" / "overview.html").read_text()
