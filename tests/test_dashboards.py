@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +40,8 @@ def voila(out: Path, timeout_s: float = 120):
     port, token = free_port(), "test-" + os.urandom(8).hex()
     env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     env.pop("MPLBACKEND", None)
-    log = open(out.parent / f"voila-{port}.log", "w")
+    log_path = Path(tempfile.mkdtemp(prefix="voila-")) / "voila.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([str(BIN / "voila"), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
                              f"--token={token}", "--show_tracebacks=True", str(ROOT / "reports")],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -54,7 +56,7 @@ def voila(out: Path, timeout_s: float = 120):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"Voila did not start: {(out.parent / f'voila-{port}.log').read_text()[-3000:]}")
+                    raise AssertionError(f"Voila did not start: {log_path.read_text()[-3000:]}")
                 time.sleep(0.3)
         yield base, token
     finally:
