@@ -91,7 +91,7 @@ return outs.length > 0 && !busy && !widgets && document.readyState === 'complete
 """
 
 
-def render(driver, url: str, timeout_s: float = 120) -> float:
+def render(driver, url: str, timeout_s: float = 300) -> float:
     "Open `url` and wait until Voila's kernel-executed outputs are on the page; the seconds it took."
     from selenium.webdriver.support.ui import WebDriverWait
     t0 = time.perf_counter()
