@@ -21,7 +21,7 @@ unexport MPLBACKEND
 # (batch-job tests).
 SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel r-cran-cluster r-cran-jsonlite chromium chromium-driver prometheus-pushgateway
 
-.PHONY: help system-deps kernels venv build test check-notebooks nbdev-test pytest lab serve lock benchmarks clean-outputs
+.PHONY: help system-deps kernels venv build test check-notebooks nbdev-test pytest lab serve dashboards lock benchmarks clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -82,12 +82,19 @@ lab: $(STAMP) ## JupyterLab on the notebooks
 serve: $(STAMP) ## the model service on 127.0.0.1:8000 (champions of outputs/mlflow; see README)
 	$(BIN)/kronkers serve
 
+dashboards: $(STAMP) ## the report pages (reports/) with Voila on 127.0.0.1:8866, behind a token (KRONKERS_DASHBOARD_TOKEN, or a new one printed)
+	@token="$${KRONKERS_DASHBOARD_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))')}"; \
+	port="$${KRONKERS_DASHBOARD_PORT:-8866}"; \
+	echo "Dashboards (outputs: $${KRONKERS_OUTPUTS:-outputs/}): http://127.0.0.1:$$port/voila/render/overview.ipynb?token=$$token"; \
+	exec $(BIN)/voila --no-browser --Voila.ip=127.0.0.1 --port=$$port --token="$$token" reports
+
 benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/results/*.json
 	$(BIN)/python benchmarks/geofence_throughput.py
 	$(BIN)/python benchmarks/pipeline_build.py
 	$(BIN)/python benchmarks/demand_backtest.py
 	$(BIN)/python benchmarks/service_latency.py
 	$(BIN)/python benchmarks/monitoring.py
+	$(BIN)/python benchmarks/dashboards.py
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip

@@ -29,8 +29,15 @@ def run_report(nb: Path, out: Path, tmp_path: Path) -> list[str]:
 def test_service_time_report_shows_the_built_figures(built, tmp_path):
     text = "\n".join(run_report(ROOT / "reports" / "service_time.ipynb", built, tmp_path))
     metrics = json.loads((built / "service_time" / "metrics.json").read_text())
-    assert f"{metrics['data']['rows_test']:,} test deliveries" in text
+    assert f"{metrics['data']['rows_test']:,} deliveries" in text
     assert "Figure" in text
+
+
+@pytest.mark.parametrize("nb", REPORTS, ids=[p.stem for p in REPORTS])
+def test_report_runs_top_to_bottom_on_the_built_outputs(nb, built, tmp_path):
+    text = "\n".join(run_report(nb, built, tmp_path))
+    assert "make build" not in text, f"{nb.name} found no outputs in {built}"
+    assert "Figure" in text or "<table" in text
 
 
 @pytest.mark.parametrize("nb", REPORTS, ids=[p.stem for p in REPORTS])

@@ -1,0 +1,53 @@
+"""Time until each dashboard page has rendered in a browser, with the Voila server already warm.
+
+Starts Voila on a free local port over reports/ with KRONKERS_OUTPUTS=--out, opens every page once in headless
+Chromium to warm the server (imports cached, first kernel started), then opens each page --repeats times and
+records the seconds from the request until Voila's kernel-executed outputs are on the page (each load runs the
+page's notebook in a fresh kernel, as a reader's visit does). Uses the same server, browser and wait as
+tests/test_dashboards.py. Needs a build: `make build` (outputs/) or the tiny run (`--out outputs-test`).
+Writes benchmarks/results/dashboards.json and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import ROOT, machine_info, write_result  # noqa: E402
+from test_dashboards import PAGES, chrome, page_problems, render, voila  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "outputs"), help="outputs folder the pages read (default: outputs/)")
+    p.add_argument("--repeats", type=int, default=3, help="timed loads per page after the warm-up (default 3)")
+    p.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "dashboards.json"), help="JSON result path")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    if not (out / "service_time" / "metrics.json").exists():
+        sys.exit(f"{out}: no build there; run `make build` (or the tiny run and --out outputs-test) first")
+    with tempfile.TemporaryDirectory() as tmp, voila(out) as (base, token):
+        driver = chrome(Path(tmp) / "profile")
+        try:
+            url = lambda page: f"{base}/voila/render/{page}.ipynb?token={token}"
+            warm = {page: round(render(driver, url(page)), 3) for page in PAGES}
+            times = {page: [round(render(driver, url(page)), 3) for _ in range(args.repeats)] for page in PAGES}
+            problems = {page: page_problems(driver) for page in PAGES[-1:]}
+        finally:
+            driver.quit()
+    result = {"benchmark": "dashboards", "outputs": str(out), "repeats": args.repeats,
+              "first_load_s": warm,
+              "render_s": {page: {"median": statistics.median(t), "min": min(t), "max": max(t), "all": t}
+                           for page, t in times.items()},
+              "errors_on_last_page": problems, "machine": machine_info()}
+    path = write_result(result, args.result)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
