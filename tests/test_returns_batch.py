@@ -3,6 +3,7 @@ with SIGKILL part-way and run again, fed broken files, refused while another run
 metrics to a real Prometheus Pushgateway."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,9 +21,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import BIN, ROOT
-from kronkers_ml.returns_batch import COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, read_results, results_lock
+from kronkers_ml.returns_batch import COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, main, read_results, results_lock
+from kronkers_ml.returns_model import CATEGORIES, build_classifier, load_classifier, save_classifier
 
-TESTS = Path(__file__).resolve().parent
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 
 
@@ -39,23 +40,20 @@ def make_inbox(folder: Path, n: int, seed: int = 0, start: int = 0) -> list[str]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> tuple[Path, str]:
-    "A saved classifier and the loader (module:function) that reads it."
-    sys.path.insert(0, str(TESTS))
-    import returns_toy_model
+def model_file(tmp_path_factory) -> Path:
+    "A real, untrained EfficientNet-Lite0 saved by the returns model's save_classifier (what --model reads)."
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    returns_toy_model.save(path, seed=0, delay_s=0.05)
-    return path, "returns_toy_model:load"
+    save_classifier(build_classifier("efficientnet_lite0", n_classes=len(CATEGORIES), pretrained=False), path)
+    return path
 
 
 def job(model_file, inbox: Path, results: Path, *extra: str) -> list[str]:
-    path, loader = model_file
-    return [str(BIN / "kronkers-returns-batch"), "--input", str(inbox), "--output", str(results), "--model", str(path),
-            "--loader", loader, "--no-progress", *extra]
+    return [str(BIN / "kronkers-returns-batch"), "--input", str(inbox), "--output", str(results),
+            "--model", str(model_file), "--no-progress", *extra]
 
 
 def job_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ)
     env.pop("KRONKERS_PUSHGATEWAY_URL", None)
     return env
 
@@ -81,26 +79,27 @@ def test_help_lists_every_option():
 def test_killed_run_resumes_with_exactly_one_row_per_image(model_file, tmp_path):
     inbox, results = tmp_path / "inbox", tmp_path / "out" / "results.csv"
     inbox.mkdir()
-    names = make_inbox(inbox, 200)
-    first = subprocess.Popen(job(model_file, inbox, results, "--batch-size", "10"), env=job_env(),
+    names = make_inbox(inbox, 80)
+    first = subprocess.Popen(job(model_file, inbox, results, "--batch-size", "5"), env=job_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    while data_rows(results) < 30 and first.poll() is None:      # wait for three batches on disk
+    while data_rows(results) < 15 and first.poll() is None:      # wait for three batches on disk
         time.sleep(0.005)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL, f"the job ended before it was killed: {first.stderr.read()!r}"
     written = data_rows(results)
-    assert 30 <= written < len(names), written
+    assert 15 <= written < len(names), written
     # the lock file of the killed run is left behind; its flock died with the process
     assert (results.parent / "results.csv.lock").exists()
-    second = run_job(model_file, inbox, results, "--batch-size", "10", "--summary-json", str(tmp_path / "s.json"))
+    second = run_job(model_file, inbox, results, "--batch-size", "5")
     assert second.returncode == EXIT_OK, second.stderr
     assert f"{len(names) - written} processed" in second.stdout and f"{written} already done" in second.stdout
     table = read_results(results)
     assert list(table.columns) == COLUMNS
     assert sorted(table.file) == sorted(names) and table.file.is_unique
     assert (table.status == "ok").all() and table.confidence.between(0.2, 1).all()
-    assert set(table.category) <= {"tops", "shirts", "casual_shoes", "handbags", "boots"}
+    assert set(table.category) <= set(CATEGORIES)
+    assert (table.model_version == load_classifier(model_file).version).all()
     assert (table.needs_review == (table.confidence < 0.9)).all()
     assert pd.to_datetime(table.processed_at).dt.tz is not None
     # a third run has nothing to do and writes nothing
@@ -112,18 +111,18 @@ def test_killed_run_resumes_with_exactly_one_row_per_image(model_file, tmp_path)
 def test_torn_last_line_is_dropped_and_its_images_redone(model_file, tmp_path):
     inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
     inbox.mkdir()
-    names = make_inbox(inbox, 12)
-    assert run_job(model_file, inbox, results, "--batch-size", "5").returncode == EXIT_OK
+    names = make_inbox(inbox, 8)
+    assert run_job(model_file, inbox, results, "--batch-size", "4").returncode == EXIT_OK
     # cut the file inside its last row, as a kill during a batch's write would
     text = results.read_bytes()
     last_start = text.rstrip(b"\n").rfind(b"\n") + 1
     with open(results, "r+b") as f:
         f.truncate(last_start + (len(text) - last_start) // 2)
     assert not results.read_bytes().endswith(b"\n")
-    names += make_inbox(inbox, 5, seed=1, start=100)
-    done = run_job(model_file, inbox, results, "--batch-size", "5")
+    names += make_inbox(inbox, 3, seed=1, start=100)
+    done = run_job(model_file, inbox, results, "--batch-size", "4")
     assert done.returncode == EXIT_OK, done.stderr
-    assert "6 processed" in done.stdout                            # the torn row's image and the 5 new ones
+    assert "4 processed" in done.stdout                            # the torn row's image and the 3 new ones
     table = read_results(results)
     assert sorted(table.file) == sorted(names) and table.file.is_unique and table.sha256.str.len().eq(64).all()
 
@@ -227,19 +226,19 @@ def scrape(address: str, job: str) -> dict[tuple[str, tuple], float]:
 def test_metrics_reach_a_real_pushgateway(model_file, tmp_path, pushgateway):
     inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
     inbox.mkdir()
-    make_inbox(inbox, 23)
+    make_inbox(inbox, 13)
     (inbox / "empty.png").write_bytes(b"")
     started = time.time()
-    done = run_job(model_file, inbox, results, "--batch-size", "10", "--pushgateway", pushgateway,
+    done = run_job(model_file, inbox, results, "--batch-size", "5", "--pushgateway", pushgateway,
                    "--job-name", "returns_test")
     assert done.returncode == EXIT_OK, done.stderr
     table = read_results(results)
     m = scrape(pushgateway, "returns_test")
-    assert m[("kronkers_returns_batch_images_processed", ())] == 24
+    assert m[("kronkers_returns_batch_images_processed", ())] == 14
     assert m[("kronkers_returns_batch_images_errors", ())] == 1
     assert m[("kronkers_returns_batch_images_needs_review", ())] == table.needs_review.sum()
     counts = table[table.status == "ok"].category.value_counts()
-    for category in ("tops", "shirts", "casual_shoes", "handbags", "boots"):
+    for category in CATEGORIES:
         assert m[("kronkers_returns_batch_category_images", (("category", category),))] == counts.get(category, 0)
     assert m[("kronkers_returns_batch_batch_seconds_count", ())] == 3
     assert m[("kronkers_returns_batch_batch_seconds_sum", ())] > 0
@@ -249,11 +248,14 @@ def test_metrics_reach_a_real_pushgateway(model_file, tmp_path, pushgateway):
     assert scrape(pushgateway, "returns_test")[("kronkers_returns_batch_images_processed", ())] == 0
 
 
-def test_failed_push_keeps_the_results_and_exits_4(model_file, tmp_path):
+def test_failed_push_keeps_the_results_and_exits_4(model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KRONKERS_PUSHGATEWAY_URL", raising=False)
     inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
     inbox.mkdir()
     make_inbox(inbox, 3)
-    done = run_job(model_file, inbox, results, "--pushgateway", f"127.0.0.1:{free_port()}")
-    assert done.returncode == EXIT_PUSH_FAILED
-    assert "results written, but pushing metrics" in done.stderr
+    code = main(["--input", str(inbox), "--output", str(results), "--model", str(model_file), "--no-progress",
+                 "--pushgateway", f"127.0.0.1:{free_port()}", "--summary-json", str(tmp_path / "summary.json")])
+    assert code == EXIT_PUSH_FAILED
+    assert "results written, but pushing metrics" in capsys.readouterr().err
     assert len(read_results(results)) == 3
+    assert json.loads((tmp_path / "summary.json").read_text())["processed"] == 3
