@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,7 +22,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import BIN, ROOT
-from kronkers_ml.returns_batch import COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, main, read_results, results_lock
+from kronkers_ml.returns_batch import (COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main, read_results,
+                                       results_lock)
 from kronkers_ml.returns_model import CATEGORIES, build_classifier, load_classifier, save_classifier
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
@@ -259,3 +261,23 @@ def test_failed_push_keeps_the_results_and_exits_4(model_file, tmp_path, capsys,
     assert "results written, but pushing metrics" in capsys.readouterr().err
     assert len(read_results(results)) == 3
     assert json.loads((tmp_path / "summary.json").read_text())["processed"] == 3
+
+
+def scheduled_args(line: str) -> list[str]:
+    "The arguments given to kronkers-returns-batch in a crontab line or a systemd ExecStart line."
+    words = shlex.split(line.split(">>")[0])
+    start = next(i for i, w in enumerate(words) if w.endswith("/kronkers-returns-batch"))
+    return words[start + 1:]
+
+
+def test_the_schedule_runs_the_job_with_valid_options():
+    cron = [l for l in (ROOT / "deploy" / "crontab").read_text().splitlines()
+            if "kronkers-returns-batch" in l and not l.startswith("#")]
+    assert len(cron) == 1 and cron[0].startswith("0 2 * * *")
+    unit = (ROOT / "deploy" / "systemd" / "kronkers-returns-batch.service").read_text()
+    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    assert "OnCalendar=*-*-* 02:00:00" in (ROOT / "deploy" / "systemd" / "kronkers-returns-batch.timer").read_text()
+    for line in (cron[0], exec_start):
+        args = build_parser().parse_args(scheduled_args(line))
+        assert args.model.endswith("outputs/returns/model.pt") and args.progress is False
+        assert args.input and args.output and args.batch_size == 10
