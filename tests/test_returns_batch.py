@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, error_outputs, image_outputs
 from kronkers_ml.returns_batch import (COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main, read_results,
-                                       results_lock)
+                                       results_lock, scan_inbox)
 from kronkers_ml.returns_model import CATEGORIES, build_classifier, load_classifier, save_classifier
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
@@ -281,3 +281,22 @@ def test_the_schedule_runs_the_job_with_valid_options():
         args = build_parser().parse_args(scheduled_args(line))
         assert args.model.endswith("outputs/returns/model.pt") and args.progress is False
         assert args.input and args.output and args.batch_size == 10
+
+
+def test_classify_returns_task_in_the_tiny_build(built):
+    nb = built / "nb" / "classify-returns.ipynb"
+    assert (built / "nb" / "classify-returns.html").stat().st_size > 0
+    assert not error_outputs(nb), error_outputs(nb)
+    assert len(image_outputs(nb)) >= 1
+    inbox = scan_inbox(built / "returns" / "inbox")
+    table = read_results(built / "returns" / "batch" / "results.csv")
+    assert len(inbox) > 0 and sorted(table.file) == inbox and table.file.is_unique
+    summary = json.loads((built / "returns" / "batch" / "summary.json").read_text())
+    assert summary["model_version"] == load_classifier(built / "returns" / "model.pt").version
+    assert (table.model_version == summary["model_version"]).all()
+    assert summary["photos"] == len(inbox) == sum(summary["class_distribution"].values()) + summary["errors"]
+    assert summary["needs_review"] == table.needs_review.sum()
+    assert summary["review_share"] == pytest.approx(table.needs_review.mean())
+    ok = table[table.status == "ok"]
+    assert (ok.needs_review == (ok.confidence < summary["review_threshold"])).all()
+    assert summary["class_distribution"] == {c: int((ok.category == c).sum()) for c in CATEGORIES}
