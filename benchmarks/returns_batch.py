@@ -2,10 +2,12 @@
 decode, classify, append and flush a batch at a time) and its overhead against a bare loop over the same model on
 the same PNG files with the same batches (decode and predict only), measured side by side in one process with the
 repeats interleaved (bare, job, job, bare, ...), after a warm-up of both. The job's own costs (reading and hashing
-each file, appending and flushing each batch's rows) are also timed apart from the model, which gives the overhead
-where other processes share the cores and the side-by-side ratio is noisy.
+each file, appending and flushing each batch's rows) are also timed apart from the model, and both loops' CPU time
+is recorded: where other processes share the cores the wall-clock ratio is noisy, and the CPU-time overhead plus the
+measured flush wait is the figure to read (run with --threads 1 so that CPU time equals idle wall time).
 
     .venv/bin/python benchmarks/returns_batch.py                              # 200 photos, 3 repeats
+    .venv/bin/python benchmarks/returns_batch.py --threads 1 --images 100     # on a busy machine
     .venv/bin/python benchmarks/returns_batch.py --images 400 --repeats 5 --architecture efficientnet_b0
 
 The photos are Fashion-MNIST test images of the five return categories written as PNG (as get-returns-data
@@ -36,9 +38,9 @@ from kronkers_ml.returns_data import load_fashion_mnist, write_inbox  # noqa: E4
 from kronkers_ml.returns_model import build_classifier, load_classifier, save_classifier  # noqa: E402
 
 
-def bare_loop(model, inbox: Path, names: list[str], batch_size: int) -> float:
-    "Seconds to decode and classify every file, `batch_size` at a time, with nothing else around it."
-    t0 = time.perf_counter()
+def bare_loop(model, inbox: Path, names: list[str], batch_size: int) -> tuple[float, float]:
+    "Wall and CPU seconds to decode and classify every file, `batch_size` at a time, with nothing else around it."
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(names), batch_size):
         images = []
         for name in names[start:start + batch_size]:
@@ -46,17 +48,17 @@ def bare_loop(model, inbox: Path, names: list[str], batch_size: int) -> float:
             image.load()
             images.append(image)
         model.predict(images)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def job_run(model, inbox: Path, results: Path, batch_size: int) -> float:
-    "Seconds of one batch-job run over the whole inbox into a fresh results file."
+def job_run(model, inbox: Path, results: Path, batch_size: int) -> tuple[float, float]:
+    "Wall and CPU seconds of one batch-job run over the whole inbox into a fresh results file."
     results.unlink(missing_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     summary = run_batch(inbox, results, model, batch_size=batch_size)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert summary["processed"] == summary["files_seen"], summary
-    return seconds
+    return seconds, cpu
 
 
 def components(inbox: Path, names: list[str], folder: Path, batch_size: int, repeats: int = 5) -> dict:
@@ -113,12 +115,14 @@ def main(argv=None) -> dict:
         # warm-up of both paths (first calls allocate and pick kernels)
         bare_loop(model, d / "inbox", names[: 2 * args.batch_size], args.batch_size)
         job_run(model, d / "inbox", d / "warm.csv", args.batch_size)
-        bare, job = [], []
+        bare, job, bare_cpu, job_cpu = [], [], [], []
         for r in range(args.repeats):
             order = ("bare", "job") if r % 2 == 0 else ("job", "bare")
             for which in order:
-                if which == "bare": bare.append(bare_loop(model, d / "inbox", names, args.batch_size))
-                else: job.append(job_run(model, d / "inbox", d / "results.csv", args.batch_size))
+                if which == "bare":
+                    wall, cpu = bare_loop(model, d / "inbox", names, args.batch_size); bare.append(wall); bare_cpu.append(cpu)
+                else:
+                    wall, cpu = job_run(model, d / "inbox", d / "results.csv", args.batch_size); job.append(wall); job_cpu.append(cpu)
             print(f"repeat {r + 1}: bare {bare[-1]:.2f} s, job {job[-1]:.2f} s", flush=True)
         parts = components(d / "inbox", names, d, args.batch_size)
 
@@ -134,6 +138,13 @@ def main(argv=None) -> dict:
         "overhead_per_pair": [j / b - 1 for b, j in zip(bare, job)],
         "job_ms_per_image_extra": (job_med - bare_med) / n * 1000,
         "bare_ms_per_image": bare_med / n * 1000,
+        "bare_cpu_seconds": bare_cpu, "job_cpu_seconds": job_cpu,
+        # CPU time hardly depends on other processes sharing the cores; the flush to disk is waiting, not CPU, so it
+        # is added from its own measurement. With one torch thread, CPU time is the wall time of an idle machine.
+        "overhead_cpu_plus_flush": (statistics.median(job_cpu) - statistics.median(bare_cpu)
+                                    + parts["append_flush_ms_per_batch_median"] / 1000 * -(-n // args.batch_size))
+                                   / statistics.median(bare_cpu),
+        "bare_cpu_ms_per_image": statistics.median(bare_cpu) / n * 1000,
         "components": parts,
         # the job's own cost per image from the parts measured apart, against the bare loop's time per image
         "overhead_from_components": (parts["job_read_ms_per_image"] - parts["bare_decode_ms_per_image"]
@@ -143,7 +154,9 @@ def main(argv=None) -> dict:
     print(f"{n} photos, batches of {args.batch_size}, {args.architecture} at {args.image_size}px, "
           f"{result['torch_threads']} threads: job {result['job_images_per_s']:.1f} img/s, bare loop "
           f"{result['bare_images_per_s']:.1f} img/s, overhead {result['overhead']:+.1%} "
-          f"(pairs: {', '.join(f'{o:+.1%}' for o in result['overhead_per_pair'])}); from the parts measured apart "
+          f"(pairs: {', '.join(f'{o:+.1%}' for o in result['overhead_per_pair'])}); CPU time + flush "
+          f"{result['overhead_cpu_plus_flush']:+.1%} (bare {result['bare_cpu_ms_per_image']:.1f} CPU ms/img); "
+          f"from the parts measured apart "
           f"{result['overhead_from_components']:+.1%} (read+hash {parts['job_read_ms_per_image']:.3f} vs decode "
           f"{parts['bare_decode_ms_per_image']:.3f} ms/img, append+flush {parts['append_flush_ms_per_batch_median']:.1f} "
           f"ms/batch) -> {path}")
