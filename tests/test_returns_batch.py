@@ -1,0 +1,302 @@
+"""The returns batch job as it runs at night: the console script on real PNG files with a real torch model, killed
+with SIGKILL part-way and run again, fed broken files, refused while another run holds the lock, and pushing its
+metrics to a real Prometheus Pushgateway."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import BIN, ROOT, error_outputs, image_outputs
+from kronkers_ml.returns_batch import (COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main, read_results,
+                                       results_lock, scan_inbox)
+from kronkers_ml.returns_model import CATEGORIES, build_classifier, load_classifier, save_classifier
+
+PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+
+
+def make_inbox(folder: Path, n: int, seed: int = 0, start: int = 0) -> list[str]:
+    "n small grayscale PNGs (seeded noise), some in a sub-folder; their relative paths."
+    rng = np.random.default_rng(seed)
+    names = []
+    for k in range(start, start + n):
+        name = f"{'station2/' if k % 4 == 3 else ''}item{k:04d}.png"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(folder / name)
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    "A real, untrained EfficientNet-Lite0 saved by the returns model's save_classifier (what --model reads)."
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_classifier(build_classifier("efficientnet_lite0", n_classes=len(CATEGORIES), pretrained=False), path)
+    return path
+
+
+def job(model_file, inbox: Path, results: Path, *extra: str) -> list[str]:
+    return [str(BIN / "kronkers-returns-batch"), "--input", str(inbox), "--output", str(results),
+            "--model", str(model_file), "--no-progress", *extra]
+
+
+def job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("KRONKERS_PUSHGATEWAY_URL", None)
+    return env
+
+
+def run_job(model_file, inbox, results, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(job(model_file, inbox, results, *extra), env=job_env(), capture_output=True, text=True,
+                          timeout=600)
+
+
+def data_rows(results: Path) -> int:
+    "Complete rows in the results file (lines after the header)."
+    return max(results.read_bytes().count(b"\n") - 1, 0) if results.exists() else 0
+
+
+def test_help_lists_every_option():
+    done = subprocess.run([str(BIN / "kronkers-returns-batch"), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for option in ("--input", "--output", "--model", "--loader", "--batch-size", "--review-threshold",
+                   "--pushgateway", "--job-name", "--summary-json", "--no-progress", "exit codes"):
+        assert option in done.stdout, option
+
+
+def test_killed_run_resumes_with_exactly_one_row_per_image(model_file, tmp_path):
+    inbox, results = tmp_path / "inbox", tmp_path / "out" / "results.csv"
+    inbox.mkdir()
+    names = make_inbox(inbox, 80)
+    first = subprocess.Popen(job(model_file, inbox, results, "--batch-size", "5"), env=job_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while data_rows(results) < 15 and first.poll() is None:      # wait for three batches on disk
+        time.sleep(0.005)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, f"the job ended before it was killed: {first.stderr.read()!r}"
+    written = data_rows(results)
+    assert 15 <= written < len(names), written
+    # the lock file of the killed run is left behind; its flock died with the process
+    assert (results.parent / "results.csv.lock").exists()
+    second = run_job(model_file, inbox, results, "--batch-size", "5")
+    assert second.returncode == EXIT_OK, second.stderr
+    assert f"{len(names) - written} processed" in second.stdout and f"{written} already done" in second.stdout
+    table = read_results(results)
+    assert list(table.columns) == COLUMNS
+    assert sorted(table.file) == sorted(names) and table.file.is_unique
+    assert (table.status == "ok").all() and table.confidence.between(0.2, 1).all()
+    assert set(table.category) <= set(CATEGORIES)
+    assert (table.model_version == load_classifier(model_file).version).all()
+    assert (table.needs_review == (table.confidence < 0.9)).all()
+    assert pd.to_datetime(table.processed_at).dt.tz is not None
+    # a third run has nothing to do and writes nothing
+    before = results.read_bytes()
+    third = run_job(model_file, inbox, results)
+    assert third.returncode == EXIT_OK and "0 processed" in third.stdout and results.read_bytes() == before
+
+
+def test_torn_last_line_is_dropped_and_its_images_redone(model_file, tmp_path):
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    names = make_inbox(inbox, 8)
+    assert run_job(model_file, inbox, results, "--batch-size", "4").returncode == EXIT_OK
+    # cut the file inside its last row, as a kill during a batch's write would
+    text = results.read_bytes()
+    last_start = text.rstrip(b"\n").rfind(b"\n") + 1
+    with open(results, "r+b") as f:
+        f.truncate(last_start + (len(text) - last_start) // 2)
+    assert not results.read_bytes().endswith(b"\n")
+    names += make_inbox(inbox, 3, seed=1, start=100)
+    done = run_job(model_file, inbox, results, "--batch-size", "4")
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "4 processed" in done.stdout                            # the torn row's image and the 3 new ones
+    table = read_results(results)
+    assert sorted(table.file) == sorted(names) and table.file.is_unique and table.sha256.str.len().eq(64).all()
+
+
+def test_broken_files_become_error_rows_and_the_job_goes_on(model_file, tmp_path):
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    good = make_inbox(inbox, 6)
+    png = (inbox / good[0]).read_bytes()
+    (inbox / "empty.png").write_bytes(b"")
+    (inbox / "truncated.png").write_bytes(png[: len(png) // 2])
+    (inbox / "notes.txt").write_text("customer says the zip is broken\n")
+    (inbox / "garbage.jpg").write_bytes(bytes(range(256)) * 4)
+    middle = len(png) // 2                                          # inside the pixel data: its checksum fails
+    (inbox / "bad_crc.png").write_bytes(png[:middle] + bytes([png[middle] ^ 0xFF]) + png[middle + 1:])
+    (inbox / "bad_chunk.png").write_bytes(png[:37] + b"zzzz" + png[41:])  # a broken chunk header
+    (inbox / ".uploading.png").write_bytes(png[:10])                # hidden: an upload in progress, skipped
+    done = run_job(model_file, inbox, results, "--batch-size", "4")
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "12 processed (6 ok, 6 errors)" in done.stdout
+    table = read_results(results).set_index("file")
+    errors = table[table.status == "error"]
+    assert sorted(errors.index) == ["bad_chunk.png", "bad_crc.png", "empty.png", "garbage.jpg", "notes.txt", "truncated.png"]
+    assert errors.needs_review.all() and (errors.category == "").all() and errors.confidence.isna().all()
+    assert errors.loc["empty.png", "error"] == "empty file (0 bytes)"
+    assert errors.loc["notes.txt", "error"] == "not an image (unknown format)"
+    assert errors.loc["garbage.jpg", "error"] == "not an image (unknown format)"
+    assert errors.loc["truncated.png", "error"].startswith("corrupt PNG file")
+    assert errors.loc["bad_crc.png", "error"].startswith("corrupt PNG file")
+    assert errors.loc["bad_chunk.png", "error"] == "corrupt PNG file: Pillow cannot read it"
+    assert (table.loc[good, "status"] == "ok").all()
+
+
+def test_second_run_is_refused_while_the_lock_is_held(model_file, tmp_path):
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    make_inbox(inbox, 5)
+    with results_lock(results):                                     # this process holds it
+        refused = run_job(model_file, inbox, results)
+    assert refused.returncode == EXIT_LOCKED
+    assert f"held by another run (pid {os.getpid()})" in refused.stderr
+    assert not results.exists()                                     # the refused run wrote nothing
+    # a holder killed with SIGKILL leaves its lock file, but not its lock
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom kronkers_ml.returns_batch import results_lock\n"
+                               f"with results_lock({str(results)!r}):\n    print('locked', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    assert run_job(model_file, inbox, results).returncode == EXIT_LOCKED
+    holder.kill()
+    holder.wait(timeout=60)
+    after = run_job(model_file, inbox, results)
+    assert after.returncode == EXIT_OK, after.stderr
+    assert len(read_results(results)) == 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    "A real Prometheus Pushgateway on a free local port; yields its address HOST:PORT."
+    if not Path(PUSHGATEWAY).exists():
+        pytest.skip("prometheus-pushgateway is not installed (make system-deps installs the Debian package)")
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address={address}",
+                             f"--persistence.file={tmp_path / 'pushgateway.data'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                pytest.fail(f"pushgateway exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{address}/-/ready", timeout=1) as r:
+                    if r.status == 200: break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("pushgateway did not become ready")
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def scrape(address: str, job: str) -> dict[tuple[str, tuple], float]:
+    "Samples of the gateway's /metrics pushed under `job`, keyed by (name, labels without job/instance)."
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("job") == job:
+                labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("job", "instance")))
+                samples[(s.name, labels)] = s.value
+    return samples
+
+
+def test_metrics_reach_a_real_pushgateway(model_file, tmp_path, pushgateway):
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    make_inbox(inbox, 13)
+    (inbox / "empty.png").write_bytes(b"")
+    started = time.time()
+    done = run_job(model_file, inbox, results, "--batch-size", "5", "--pushgateway", pushgateway,
+                   "--job-name", "returns_test")
+    assert done.returncode == EXIT_OK, done.stderr
+    table = read_results(results)
+    m = scrape(pushgateway, "returns_test")
+    assert m[("kronkers_returns_batch_images_processed", ())] == 14
+    assert m[("kronkers_returns_batch_images_errors", ())] == 1
+    assert m[("kronkers_returns_batch_images_needs_review", ())] == table.needs_review.sum()
+    counts = table[table.status == "ok"].category.value_counts()
+    for category in CATEGORIES:
+        assert m[("kronkers_returns_batch_category_images", (("category", category),))] == counts.get(category, 0)
+    assert m[("kronkers_returns_batch_batch_seconds_count", ())] == 3
+    assert m[("kronkers_returns_batch_batch_seconds_sum", ())] > 0
+    assert m[("kronkers_returns_batch_last_success_unixtime", ())] >= int(started)
+    # a second run replaces the group: nothing new processed
+    assert run_job(model_file, inbox, results, "--pushgateway", pushgateway, "--job-name", "returns_test").returncode == 0
+    assert scrape(pushgateway, "returns_test")[("kronkers_returns_batch_images_processed", ())] == 0
+
+
+def test_failed_push_keeps_the_results_and_exits_4(model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KRONKERS_PUSHGATEWAY_URL", raising=False)
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    make_inbox(inbox, 3)
+    code = main(["--input", str(inbox), "--output", str(results), "--model", str(model_file), "--no-progress",
+                 "--pushgateway", f"127.0.0.1:{free_port()}", "--summary-json", str(tmp_path / "summary.json")])
+    assert code == EXIT_PUSH_FAILED
+    assert "results written, but pushing metrics" in capsys.readouterr().err
+    assert len(read_results(results)) == 3
+    assert json.loads((tmp_path / "summary.json").read_text())["processed"] == 3
+
+
+def scheduled_args(line: str) -> list[str]:
+    "The arguments given to kronkers-returns-batch in a crontab line or a systemd ExecStart line."
+    words = shlex.split(line.split(">>")[0])
+    start = next(i for i, w in enumerate(words) if w.endswith("/kronkers-returns-batch"))
+    return words[start + 1:]
+
+
+def test_the_schedule_runs_the_job_with_valid_options():
+    cron = [l for l in (ROOT / "deploy" / "crontab").read_text().splitlines()
+            if "kronkers-returns-batch" in l and not l.startswith("#")]
+    assert len(cron) == 1 and cron[0].startswith("0 2 * * *")
+    unit = (ROOT / "deploy" / "systemd" / "kronkers-returns-batch.service").read_text()
+    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    assert "OnCalendar=*-*-* 02:00:00" in (ROOT / "deploy" / "systemd" / "kronkers-returns-batch.timer").read_text()
+    for line in (cron[0], exec_start):
+        args = build_parser().parse_args(scheduled_args(line))
+        assert args.model.endswith("outputs/returns/model.pt") and args.progress is False
+        assert args.input and args.output and args.batch_size == 10
+
+
+def test_classify_returns_task_in_the_tiny_build(built):
+    nb = built / "nb" / "classify-returns.ipynb"
+    assert (built / "nb" / "classify-returns.html").stat().st_size > 0
+    assert not error_outputs(nb), error_outputs(nb)
+    assert len(image_outputs(nb)) >= 1
+    inbox = scan_inbox(built / "returns" / "inbox")
+    table = read_results(built / "returns" / "batch" / "results.csv")
+    assert len(inbox) > 0 and sorted(table.file) == inbox and table.file.is_unique
+    summary = json.loads((built / "returns" / "batch" / "summary.json").read_text())
+    assert summary["model_version"] == load_classifier(built / "returns" / "model.pt").version
+    assert (table.model_version == summary["model_version"]).all()
+    assert summary["photos"] == len(inbox) == sum(summary["class_distribution"].values()) + summary["errors"]
+    assert summary["needs_review"] == table.needs_review.sum()
+    assert summary["review_share"] == pytest.approx(table.needs_review.mean())
+    ok = table[table.status == "ok"]
+    assert (ok.needs_review == (ok.confidence < summary["review_threshold"])).all()
+    assert summary["class_distribution"] == {c: int((ok.category == c).sum()) for c in CATEGORIES}
