@@ -90,9 +90,8 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
         path = Path(out) / spec["predictions"]
         if not path.exists(): return {"checked": False, "breach": False, "reason": f"{path}: no predictions yet"}
         predictions = read_table(path)
-    window = int(spec.get("window_days", thresholds["perf_window_days"]))
-    tol = float(spec.get("tolerance", thresholds["perf_tolerance"]))
-    min_rows = int(spec.get("min_rows", thresholds["perf_min_rows"]))
+    own = lambda key: spec[key] if key in spec else thresholds[f"perf_{key}"]   # the family's threshold, else the env's
+    window, tol, min_rows = int(own("window_days")), float(own("tolerance")), int(own("min_rows"))
     trained = read_json(Path(out) / spec["training"]) if "training" in spec else {}
     training = spec.get("training_mae")
     if training is None:
