@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
         port = free_port()
         ours = subprocess.Popen([str(BIN / "kronkers"), "serve", "--port", str(port), "--out", str(out),
                                  "--keys", str(tmp / "keys.json"), "--audit-log", str(tmp / "audit.jsonl"),
-                                 "--roles", str(ROOT / "config" / "roles.yaml")],
+                                 "--roles", str(ROOT / "config" / "roles.yaml"), "--models", "service-time"],
                                 env=env, stdout=open(tmp / "ours.log", "w"), stderr=subprocess.STDOUT)
         procs.append(ours)
         wait_up(f"http://127.0.0.1:{port}/ready", ours, 120, tmp / "ours.log")

@@ -21,6 +21,7 @@ import yaml
 
 from .core import read_json, read_table, write_json
 from .drift import drift_scores, flag_drift, performance_breach, rolling_errors
+from .metrics import seasonal_naive_scale
 from .profiles import latest_profile, log_dataset, read_profile
 
 # %% auto #0
@@ -75,18 +76,41 @@ def check_drift(out: str | Path, family: str, spec: dict, thresholds: dict, curr
             "reference": str(ref_path), "current": str(cur_path), "scores": scores.reset_index().to_dict("records")}
 
 # %% ../nbs/33_monitor.ipynb #11416c09
+def _dotted(d: dict, key: str):
+    "d['a']['b'] for key 'a.b'."
+    for k in key.split("."): d = d[k]
+    return d
+
 def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions: pd.DataFrame | None = None) -> dict:
-    "Rolling-window error of the model against its baseline and its training error, judged on the newest window."
+    """Rolling-window error of the model against its baseline and its training (or backtest) error, judged on the newest
+    window. A family's block may set its own `window_days`, `tolerance` and `min_rows` (else the env's `perf_*`). With
+    `scale_series` the error is judged as MASE: the window's MAE over the seasonal-naive in-sample MAE of that series
+    before the window, against the `training_mase_key` figure x (1 + tolerance)."""
     if predictions is None:
         path = Path(out) / spec["predictions"]
         if not path.exists(): return {"checked": False, "breach": False, "reason": f"{path}: no predictions yet"}
         predictions = read_table(path)
+    own = lambda key: spec[key] if key in spec else thresholds[f"perf_{key}"]   # the family's threshold, else the env's
+    window, tol, min_rows = int(own("window_days")), float(own("tolerance")), int(own("min_rows"))
+    trained = read_json(Path(out) / spec["training"]) if "training" in spec else {}
     training = spec.get("training_mae")
     if training is None:
-        training = read_json(Path(out) / spec["training"])[spec.get("training_key", "best_valid_mae_s")]
-    windows = rolling_errors(predictions, spec["date_column"], spec["truth"], spec["prediction"], spec.get("baseline"),
-                             int(thresholds["perf_window_days"]))
-    return performance_breach(windows, float(training), float(thresholds["perf_tolerance"]), int(thresholds["perf_min_rows"]))
+        training = _dotted(trained, spec.get("training_key", "best_valid_mae_s"))
+    windows = rolling_errors(predictions, spec["date_column"], spec["truth"], spec["prediction"], spec.get("baseline"), window)
+    res = {**performance_breach(windows, float(training), tol, min_rows), "metric": "mae", "window_days": window, "tolerance": tol}
+    if not spec.get("scale_series") or not res["checked"]:
+        return res
+    series = read_table(Path(out) / spec["scale_series"])
+    start = pd.Timestamp(res["window_end"]) - pd.Timedelta(days=window - 1)
+    scale = seasonal_naive_scale(series.loc[pd.to_datetime(series[spec["date_column"]]) < start, spec.get("scale_column", "revenue")],
+                                 int(spec.get("season", 7)))
+    base = float(spec["training_mase"]) if "training_mase" in spec else float(_dotted(trained, spec["training_mase_key"]))
+    mase, limit = res["mae"] / scale, base * (1 + tol)
+    reasons = [f"MASE {mase:.3f} above backtest MASE {base:.3f} x {1 + tol:.2f}"] if mase > limit else []
+    if res["baseline_mae"] is not None and res["mae"] >= res["baseline_mae"]:
+        reasons.append(f"MAE {res['mae']:.1f} does not beat the baseline's {res['baseline_mae']:.1f}")
+    return {**res, "metric": "mase", "mase": float(mase), "mase_scale": float(scale), "training_mase": base, "limit": limit,
+            "breach": bool(reasons), "reason": "; ".join(reasons) or "within limits"}
 
 # %% ../nbs/33_monitor.ipynb #84336a8e
 def alert_records(family: str, drift: dict, performance: dict, at: str) -> list[dict]:
@@ -99,7 +123,9 @@ def alert_records(family: str, drift: dict, performance: dict, at: str) -> list[
                              "value": s["statistic"] if s["algorithm"] == "hellinger" else s["pvalue"],
                              "threshold": s["threshold"], "reference": drift["reference"], "current": drift["current"]})
     if performance.get("breach"):
-        recs.append({"at": at, "family": family, "kind": "performance", "name": "mae", "value": performance["mae"],
+        metric = performance.get("metric", "mae")
+        recs.append({"at": at, "family": family, "kind": "performance", "name": metric, "value": performance[metric],
+                     "mae": performance["mae"],
                      "threshold": performance["limit"], "baseline_mae": performance["baseline_mae"],
                      "window_end": str(performance["window_end"]), "reason": performance["reason"]})
     return recs
@@ -119,6 +145,7 @@ def write_gauges(results: dict, out: str | Path, pushgateway_url: str = "") -> s
     breach = Gauge("kronkers_monitor_breach", "1 when a monitored threshold is crossed", ["family", "kind"], registry=reg)
     pval = Gauge("kronkers_drift_pvalue", "drift p-value (or Hellinger distance) per feature", ["family", "column"], registry=reg)
     mae = Gauge("kronkers_model_window_mae", "model MAE over the newest window with ground truth", ["family"], registry=reg)
+    mase = Gauge("kronkers_model_window_mase", "model MASE over the newest window (families judged by MASE)", ["family"], registry=reg)
     for family, res in results.items():
         breach.labels(family, "drift").set(int(bool(res["drift"].get("breach"))))
         breach.labels(family, "performance").set(int(bool(res["performance"].get("breach"))))
@@ -126,6 +153,7 @@ def write_gauges(results: dict, out: str | Path, pushgateway_url: str = "") -> s
             v = s["statistic"] if s["algorithm"] == "hellinger" else s["pvalue"]
             if v is not None: pval.labels(family, s["column"]).set(float(v))
         if res["performance"].get("checked"): mae.labels(family).set(res["performance"]["mae"])
+        if res["performance"].get("mase") is not None: mase.labels(family).set(res["performance"]["mase"])
     if pushgateway_url:
         push_to_gateway(pushgateway_url, job="kronkers_monitor", registry=reg)
         return pushgateway_url

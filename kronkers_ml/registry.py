@@ -4,7 +4,9 @@
 
 # %% auto #0
 __all__ = ['FAMILIES', 'CHAMPION', 'gate_decision', 'ServiceTimeModel', 'service_time_frame', 'log_service_time_model',
-           'service_time_score', 'Family', 'family_of', 'champion_version', 'champion_stack', 'register_version',
+           'service_time_score', 'service_time_serve', 'fit_demand_model', 'save_demand_model', 'load_demand_model',
+           'demand_forecast', 'DemandModel', 'log_demand_model', 'DemandHeldout', 'demand_heldout', 'demand_score',
+           'demand_serve', 'Family', 'family_of', 'champion_version', 'champion_stack', 'register_version',
            'set_champion', 'rollback', 'list_models', 'show_version', 'history', 'load_version', 'register_and_gate']
 
 # %% ../nbs/21_registry.ipynb #17e956ce
@@ -17,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
-from .metrics import mae
+from .metrics import mae, mase
 from .ingest import ZONES
 
 # %% ../nbs/21_registry.ipynb #98bea2da
@@ -42,8 +45,6 @@ def gate_decision(candidate: float, champion: float | None, baselines: Mapping[s
             "champion": None if champion is None else float(champion), "baselines": {k: float(v) for k, v in baselines.items()}}
 
 # %% ../nbs/21_registry.ipynb #7bd02e40
-from mlflow.pyfunc import PythonModel
-
 class ServiceTimeModel(PythonModel):
     "MLflow pyfunc for the service-time LightGBM booster (artifact `booster`): feature columns in, seconds out."
     def load_context(self, context):
@@ -87,17 +88,135 @@ def service_time_score(model: Any, heldout: pd.DataFrame) -> float:
     "MAE (s) of a loaded service-time pyfunc on held-out rows with `service_time_s`."
     return mae(heldout["service_time_s"].to_numpy(float), np.asarray(model.predict(heldout), dtype=float))
 
+def service_time_serve(model: Any) -> tuple[Any, dict[str, Any]]:
+    "What the service calls for a loaded service-time pyfunc: the booster, with its feature order and the category order of `zone`."
+    booster = model.unwrap_python_model().booster
+    cats = booster.pandas_categorical or [list(ZONES)]
+    return booster, {"features": list(booster.feature_name()), "zones": list(cats[0])}
+
+# %% ../nbs/21_registry.ipynb #1e8087c2
+def fit_demand_model(daily: pd.DataFrame, order: Sequence[int], seasonal_order: Sequence[int]) -> tuple[Any, dict[str, Any]]:
+    "Fit SARIMA with `order`/`seasonal_order` on every day of `daily`; returns the statsmodels results and the spec to save with it."
+    from kronkers_ml.core import frame_sha256
+    from kronkers_ml.demand_models import closed_on_holidays, fit_sarima, sarima_design
+    closed = closed_on_holidays(daily)
+    y, X = sarima_design(daily, closed)
+    result = fit_sarima(y, X, order, seasonal_order)
+    spec = {"model": "sarima", "order": [int(v) for v in order], "seasonal_order": [int(v) for v in seasonal_order],
+            "closed_on_holidays": closed, "params": {k: float(v) for k, v in result.params.items()},
+            "first_day": str(pd.Timestamp(daily["date"].min()).date()), "last_day": str(pd.Timestamp(daily["date"].max()).date()),
+            "rows": int(len(daily)), "data_sha256": frame_sha256(daily)}
+    return result, spec
+
+def save_demand_model(daily: pd.DataFrame, spec: Mapping[str, Any], path: str | Path) -> dict[str, str]:
+    "Save the series the model was fitted on at `path` (Parquet: its design columns) and the spec as `path` with `.json`; returns both paths."
+    from kronkers_ml.core import write_json, write_parquet
+    from kronkers_ml.demand_models import SARIMA_EXOG
+    path = Path(path)
+    if str(pd.Timestamp(daily["date"].max()).date()) != spec["last_day"] or len(daily) != spec["rows"]:
+        raise ValueError(f"save_demand_model: the series ({len(daily)} days to {pd.Timestamp(daily['date'].max()).date()}) "
+                         f"is not the one the spec was fitted on ({spec['rows']} days to {spec['last_day']})")
+    write_parquet(daily[["date", "revenue", "is_holiday", *SARIMA_EXOG]].reset_index(drop=True), path)
+    write_json(dict(spec), path.with_suffix(".json"))
+    return {"series": str(path), "spec": str(path.with_suffix(".json"))}
+
+def load_demand_model(series_path: str | Path, spec_path: str | Path) -> tuple[Any, dict[str, Any]]:
+    "The filtered SARIMA (results at the stored parameters, ready to forecast) and the spec, from a saved series and spec."
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+    from kronkers_ml.demand_models import sarima_design
+    spec = json.loads(Path(spec_path).read_text())
+    y, X = sarima_design(pd.read_parquet(series_path), bool(spec["closed_on_holidays"]))
+    model = SARIMAX(y, exog=X, order=tuple(spec["order"]), seasonal_order=tuple(spec["seasonal_order"]),
+                    enforce_stationarity=False, enforce_invertibility=False)
+    names = list(model.param_names)
+    if set(names) != set(spec["params"]):
+        raise ValueError(f"{spec_path}: parameters {sorted(spec['params'])} do not fit the model's {sorted(names)}")
+    return model.filter(np.array([spec["params"][n] for n in names])), spec
+
+def demand_forecast(result: Any, spec: Mapping[str, Any], horizon: int) -> pd.DataFrame:
+    "Daily revenue forecast with 80%/95% bounds for the `horizon` days after the spec's `last_day`."
+    from kronkers_ml.demand_calendar import calendar_features
+    from kronkers_ml.demand_models import sarima_forecast
+    if isinstance(horizon, bool) or not float(horizon).is_integer() or int(horizon) < 1:
+        raise ValueError(f"horizon must be a whole number of days >= 1, got {horizon!r}")
+    dates = pd.date_range(pd.Timestamp(spec["last_day"]) + pd.Timedelta(days=1), periods=int(horizon), freq="D")
+    future = calendar_features(dates).rename_axis("date").reset_index()
+    return sarima_forecast(result, future, bool(spec["closed_on_holidays"]))
+
+# %% ../nbs/21_registry.ipynb #0f7cbe44
+class DemandModel(PythonModel):
+    "MLflow pyfunc for the demand SARIMA (artifacts `series` and `spec`): a frame with a `horizon` column in, the forecast table out."
+    def load_context(self, context):
+        self.result, self.spec = load_demand_model(context.artifacts["series"], context.artifacts["spec"])
+
+    def forecast(self, horizon: int) -> pd.DataFrame:
+        "Date, forecast, lo80, hi80, lo95, hi95 (NOK) for the next `horizon` days."
+        return demand_forecast(self.result, self.spec, horizon)
+
+    def predict(self, context, model_input, params=None):
+        return self.forecast(int(pd.DataFrame(model_input)["horizon"].iloc[0]))
+
+def log_demand_model(model_path: str | Path):
+    "Log the saved demand model (series at `model_path`, spec at `model_path` with `.json`) as the `model` of the active run."
+    import mlflow, statsmodels
+    spec = Path(model_path).with_suffix(".json")
+    if not spec.is_file():
+        raise FileNotFoundError(f"the demand model's spec {spec} is missing (save_demand_model writes it)")
+    return mlflow.pyfunc.log_model(name="model", python_model=DemandModel(),
+                                   artifacts={"series": str(model_path), "spec": str(spec)},
+                                   pip_requirements=[f"statsmodels=={statsmodels.__version__}", f"pandas=={pd.__version__}",
+                                                     f"mlflow=={mlflow.__version__}", "holidays"])
+
+# %% ../nbs/21_registry.ipynb #e6400fac
+@dataclass(frozen=True)
+class DemandHeldout:
+    "The demand gate's held-out data: the daily series and the backtest's fold origins, `horizon` days scored after each."
+    daily: pd.DataFrame
+    origins: tuple[str, ...]
+    horizon: int
+    def __len__(self) -> int: return len(self.origins) * int(self.horizon)
+
+def demand_heldout(daily: pd.DataFrame, metrics: Mapping[str, Any]) -> DemandHeldout:
+    "The held-out folds of demand's metrics.json (`backtest.origins`, `backtest.horizon_days`) on `daily`."
+    bt = metrics.get("backtest", {})
+    if not bt.get("origins") or not bt.get("horizon_days"):
+        raise ValueError("metrics.json: backtest.origins and backtest.horizon_days are required for the demand gate")
+    return DemandHeldout(daily, tuple(str(o)[:10] for o in bt["origins"]), int(bt["horizon_days"]))
+
+def demand_score(model: Any, heldout: DemandHeldout) -> float:
+    "MASE of a loaded demand pyfunc's specification, refitted up to each origin of `heldout`, averaged over the folds."
+    from kronkers_ml.demand_models import closed_on_holidays, fit_sarima, sarima_design, sarima_forecast
+    spec, d = model.unwrap_python_model().spec, heldout.daily
+    closed, scores = closed_on_holidays(d), []
+    for origin in heldout.origins:
+        o = pd.Timestamp(origin)
+        hist, fut = d[d["date"] <= o], d[(d["date"] > o) & (d["date"] <= o + pd.Timedelta(days=heldout.horizon))]
+        if len(fut) != heldout.horizon:
+            raise ValueError(f"held-out fold at {origin}: only {len(fut)} of {heldout.horizon} days in the data")
+        y, X = sarima_design(hist, closed)
+        fc = sarima_forecast(fit_sarima(y, X, spec["order"], spec["seasonal_order"]), fut, closed)
+        scores.append(mase(fut["revenue"].to_numpy(float), fc["forecast"].to_numpy(float), hist["revenue"].to_numpy(float), 7))
+    return float(np.mean(scores))
+
+def demand_serve(model: Any) -> tuple[Any, dict[str, Any]]:
+    "What the service calls for a loaded demand pyfunc: the `DemandModel` (its `forecast(horizon)`), with its spec."
+    m = model.unwrap_python_model()
+    return m, {k: m.spec[k] for k in ("model", "order", "seasonal_order", "closed_on_holidays", "last_day", "data_sha256")}
+
 # %% ../nbs/21_registry.ipynb #c47d4193
 @dataclass(frozen=True)
 class Family:
-    "How the registry handles one model family."
-    model_name: str                                  # registered model name
-    log_model: Callable[[str | Path], Any]           # model file -> logged model info (inside an active run)
-    score: Callable[[Any, pd.DataFrame], float]      # loaded pyfunc, held-out frame -> primary metric
-    lower_is_better: bool = True
+    "How the registry and the service handle one model family: the only place where families differ."
+    model_name: str                                  # registered model name (and the service's URL segment)
+    primary_metric: str                              # the gate's metric: metrics.json's `primary_metric`
+    lower_is_better: bool                            # direction of the primary metric
+    log_model: Callable[[str | Path], Any]           # saved model file -> logged model info (inside an active run)
+    score: Callable[[Any, Any], float]               # loaded pyfunc, held-out data -> primary metric
+    serve: Callable[[Any], tuple[Any, dict]]         # loaded pyfunc -> (object the service's routes call, facts it shows)
 
 FAMILIES: dict[str, Family] = {
-    "service_time": Family("service-time", log_service_time_model, service_time_score, lower_is_better=True),
+    "service_time": Family("service-time", "mae_s", True, log_service_time_model, service_time_score, service_time_serve),
+    "demand": Family("demand", "mase", True, log_demand_model, demand_score, demand_serve),
 }
 
 def family_of(model_name: str) -> Family:
@@ -215,14 +334,16 @@ def load_version(uri: str, name: str, version: str | int):
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
 def register_and_gate(uri: str, family: str, model_uri: str, run_id: str, metrics: Mapping[str, Any],
-                      heldout: pd.DataFrame, actor: str = "pipeline") -> dict[str, Any]:
+                      heldout: Any, actor: str = "pipeline") -> dict[str, Any]:
     """Register a new version of `family`'s model, gate it against the champion on `heldout` and the baselines of
     `metrics` (metrics.json), record the decision as `gate.*` tags and promote when it wins; returns the record."""
     fam = FAMILIES[family]
     metric = metrics["primary_metric"]
+    if metric != fam.primary_metric:
+        raise ValueError(f"metrics.json's primary_metric is '{metric}', but family '{family}' is gated on '{fam.primary_metric}'")
     baselines = {b: block[metric] for b, block in metrics["baselines"].items() if metric in block}
     if not len(heldout):
-        raise ValueError("the held-out frame is empty: the gate needs rows to compare on")
+        raise ValueError("the held-out data is empty: the gate needs rows to compare on")
     version = register_version(uri, fam.model_name, model_uri, run_id)
     candidate = fam.score(load_version(uri, fam.model_name, version), heldout)
     champ = champion_version(uri, fam.model_name)
@@ -230,6 +351,7 @@ def register_and_gate(uri: str, family: str, model_uri: str, run_id: str, metric
     gate = gate_decision(candidate, champ_score, baselines, fam.lower_is_better)
     client = _client(uri)
     tags = {"gate.decision": gate["decision"], "gate.reason": gate["reason"], "gate.metric": metric,
+            "gate.direction": "lower" if fam.lower_is_better else "higher",
             "gate.candidate": f"{candidate:.6g}", "gate.champion_version": champ or "",
             "gate.champion": "" if champ_score is None else f"{champ_score:.6g}",
             "gate.heldout_rows": str(len(heldout)), "gate.decided_at": _now(),

@@ -62,13 +62,15 @@ def git_commit(path: str | Path = ".") -> str | None:
 
 # %% ../nbs/20_tracking.ipynb #cac369cd
 def run_tags(metrics: Mapping[str, Any], commit: str | None) -> dict[str, str]:
-    "Tags of a training run: family, primary metric, dataset digest (rows and sha256) and the git commit."
+    """Tags of a training run: family, primary metric, dataset digest and the git commit. The digest is `sha256` with
+    either `rows_train` and `rows_test` (a train/test split) or `rows` (a backtested series: every row is scored in some fold)."""
     data = metrics.get("data", {})
-    for key in ("rows_train", "rows_test", "sha256"):
+    split = ("rows_train", "rows_test") if "rows" not in data else ("rows",)
+    for key in (*split, "sha256"):
         if key not in data:
             raise ValueError(f"metrics.json: data.{key} is missing (the dataset digest is required)")
     return {"family": str(metrics["family"]), "primary_metric": str(metrics["primary_metric"]),
-            "data.rows_train": str(data["rows_train"]), "data.rows_test": str(data["rows_test"]),
+            **{f"data.{k}": str(data[k]) for k in split},
             "data.sha256": str(data["sha256"]), "git.commit": commit or "unknown"}
 
 # %% ../nbs/20_tracking.ipynb #47046d1b

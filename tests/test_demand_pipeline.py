@@ -10,7 +10,7 @@ import pytest
 
 from conftest import error_outputs, image_outputs
 
-TASKS = ["get-demand-data", "build-daily-revenue", "backtest-demand", "forecast-demand"]
+TASKS = ["get-demand-data", "check-demand-data", "build-daily-revenue", "backtest-demand", "forecast-demand", "register-demand"]
 HORIZON = 14   # demand.horizon in env.test.yaml
 
 

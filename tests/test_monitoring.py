@@ -34,8 +34,10 @@ def test_gate_and_profiles_are_in_the_build(built):
     for dataset in ("customers", "stops", "pings", "truth", "features", "features_train"):
         assert latest_profile(built, "service_time", dataset) is not None, dataset
     index = json.loads((built / "profiles" / "service_time" / "index.json").read_text())
-    assert index["reference"]["rows"] > index["current"]["rows"] > 0
-    assert index["watched_drifted"] == [], "the undrifted build must not drift on the watched columns"
+    assert index["reference"]["rows"] > index["current"]["rows"] > 0 and index["profile_s"] > 0
+    scores = flag_drift(drift_scores(read_profile(index["current"]["profile"]), read_profile(index["reference"]["profile"]), WATCHED),
+                        p_value=P_VALUE)
+    assert not scores.drifted.any(), "the undrifted build must not drift on the watched columns"
 
 
 # --- data-quality gate --------------------------------------------------------------------------------------
@@ -236,6 +238,35 @@ def test_performance_breach_when_the_error_grows(built, tmp_path):
     assert perf["breach"] and "above training MAE" in perf["reason"] and "does not beat the baseline" in perf["reason"]
 
 
+
+def _demand_shift(backtest: pd.DataFrame, days: int, factor: float) -> pd.DataFrame:
+    "The backtest's forecasts with the actual revenue of the newest `days` days multiplied by `factor` (a demand shift)."
+    shifted = backtest["date"] > backtest["date"].max() - pd.Timedelta(days=days)
+    return backtest.assign(actual=np.where(shifted, backtest["actual"] * factor, backtest["actual"]))
+
+
+def test_demand_shift_is_flagged_quiet_data_is_not_and_only_demand_retrains(built, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(built, out, symlinks=True)
+    backtest = pd.read_parquet(out / "demand" / "backtest.parquet")
+    quiet = monitor(ROOT / "env.test.yaml", ["demand"], str(out), retrain_on_breach=False)["families"]["demand"]
+    perf = quiet["performance"]
+    assert perf["checked"] and perf["metric"] == "mase" and not perf["breach"], perf
+    assert perf["window_days"] == 14 and perf["training_mase"] == pytest.approx(
+        json.loads((out / "demand" / "metrics.json").read_text())["model"]["mase"])
+    shifted = tmp_path / "actuals.parquet"; _demand_shift(backtest, 14, 1.5).to_parquet(shifted)
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "nb").glob("*.ipynb")}
+    done = monitor_cli("--out", str(out), "--family", "demand", "--predictions", str(shifted))   # retraining on
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demand: drift ok; performance BREACH MASE" in done.stdout, done.stdout
+    ran = {name for name, t in stamp.items() if (out / "nb" / name).stat().st_mtime_ns != t}
+    assert ran == {"backtest-demand.ipynb", "forecast-demand.ipynb", "register-demand.ipynb"}, ran
+    records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
+    alert = [r for r in records if r["family"] == "demand" and r["kind"] == "performance"][-1]
+    assert alert["name"] == "mase" and alert["value"] > alert["threshold"] and alert["mae"] > 0
+    assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("demand", True)]
+    assert 'kronkers_model_window_mase{family="demand"}' in (out / "monitoring" / "metrics.prom").read_text()
+
 # --- alerts to a real HTTP endpoint --------------------------------------------------------------------------
 
 class Recorder(BaseHTTPRequestHandler):
@@ -302,7 +333,6 @@ def test_retrain_rebuilds_only_the_affected_family(built, customers, future_stop
     assert "quiet_family: drift ok" in done.stdout and "service_time: drift BREACH parking_difficulty" in done.stdout
     assert "retrain train-service-time: ok" in done.stdout
     ran = {name for name, t in stamp.items() if (out / "nb" / name).stat().st_mtime_ns != t}
-    assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "register-service-time.ipynb",
-                   "profile-service-features.ipynb"}
+    assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "register-service-time.ipynb"}
     records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
     assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("service_time", True)]

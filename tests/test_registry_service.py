@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from kronkers_ml.access import create_key, load_roles, read_audit
-from kronkers_ml.registry import champion_version, log_service_time_model, register_and_gate, show_version
+from kronkers_ml.registry import (champion_version, demand_heldout, fit_demand_model, log_demand_model,
+                                  log_service_time_model, register_and_gate, save_demand_model, show_version)
 from kronkers_ml.service_features import FEATURES
 from kronkers_ml.service_model import fit_lightgbm, save_model
 from kronkers_ml.tracking import artifact_root, log_training_run, use_store
@@ -52,6 +53,29 @@ def test_pipeline_registers_and_promotes_the_first_version(built):
     assert "git.commit" in tags and params["seed"] == "7"
     arts = list((built / "mlflow" / "artifacts").rglob("train-service-time.ipynb"))
     assert arts, "the executed training notebook is not among the run's artifacts"
+
+
+def test_pipeline_registers_the_demand_model_through_the_same_gate(built):
+    reg = json.loads((built / "demand" / "registration.json").read_text())
+    metrics = json.loads((built / "demand" / "metrics.json").read_text())
+    assert reg["model"] == "demand" and reg["metric"] == "mase" and reg["decision"] == "promoted"
+    assert reg["candidate"] == pytest.approx(metrics["model"]["mase"], rel=1e-6)
+    assert set(reg["baselines"]) == {"seasonal_naive", "moving_average"}
+    con = sqlite3.connect(f"file:{built / 'mlflow' / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        alias = con.execute("select version from registered_model_aliases where name='demand' and alias='champion'").fetchone()
+        tags = dict(con.execute("select key, value from tags where run_uuid=?", (reg["run_id"],)).fetchall())
+        params = dict(con.execute("select key, value from params where run_uuid=?", (reg["run_id"],)).fetchall())
+        mets = dict(con.execute("select key, value from metrics where run_uuid=?", (reg["run_id"],)).fetchall())
+    finally:
+        con.close()
+    assert str(alias[0]) == reg["version"]
+    assert tags["data.sha256"] == metrics["data"]["sha256"] and tags["data.rows"] == str(metrics["data"]["rows"])
+    assert tags["family"] == "demand" and "git.commit" in tags and params["seed"] == "7"
+    assert params["order"] == str(metrics["model"]["order"]) and mets["mase"] == pytest.approx(metrics["model"]["mase"])
+    arts = built / "mlflow" / "artifacts"
+    assert list(arts.rglob("backtest-demand.ipynb")) and list(arts.rglob("forecast-demand.ipynb"))
+    assert list(arts.rglob("sarima.parquet")) and list(arts.rglob("sarima.json"))
 
 
 # --- a registry of our own ---------------------------------------------------------------------------------------
@@ -84,10 +108,29 @@ def env(built, tmp_path_factory):
     assert promote.returncode == 0, promote.stderr
     second = register(st / "model.txt")
     third = register(weak)
+    # demand: a random-walk SARIMA promoted by hand, the pipeline's model (gated in), the random walk again (gated out)
+    use_store(uri, "demand", artifact_root(out))
+    dmetrics = json.loads((built / "demand" / "metrics.json").read_text())
+    daily = pd.read_parquet(built / "demand" / "daily.parquet")
+    dheld = demand_heldout(daily, dmetrics)
+    walk = out / "walk" / "sarima.parquet"
+    save_demand_model(daily, fit_demand_model(daily, (0, 1, 0), (0, 1, 0, 7))[1], walk)
+
+    def register_demand(model_path):
+        run = log_training_run("demand", {"seed": 7}, dmetrics, lambda: log_demand_model(model_path))
+        return register_and_gate(uri, "demand", run["model_uri"], run["run_id"], dmetrics, dheld)
+
+    d1 = register_demand(walk)
+    promote = subprocess.run([str(BIN / "kronkers"), "models", "promote", "demand", d1["version"], *opts],
+                             capture_output=True, text=True, env=cli_env, timeout=120)
+    assert promote.returncode == 0, promote.stderr
+    d2 = register_demand(built / "demand" / "sarima.parquet")
+    d3 = register_demand(walk)
     roles = load_roles(ROLES)
     keys = {role: create_key(out / "service" / "keys.json", role, roles, f"test {role}")[1] for role in roles}
     return {"out": out, "uri": uri, "records": [first, second, third], "heldout": heldout, "keys": keys,
-            "opts": opts, "cli_env": cli_env, "metrics": metrics}
+            "opts": opts, "cli_env": cli_env, "metrics": metrics, "demand": [d1, d2, d3], "demand_metrics": dmetrics,
+            "demand_heldout": dheld}
 
 
 def test_gate_lets_a_better_model_in_and_keeps_a_worse_one_out(env):
@@ -101,6 +144,22 @@ def test_gate_lets_a_better_model_in_and_keeps_a_worse_one_out(env):
     assert tags["gate.decision"] == "rejected" and float(tags["gate.champion"]) == pytest.approx(second["candidate"], rel=1e-5)
     assert int(tags["gate.heldout_rows"]) == len(env["heldout"])
     assert {"gate.baseline.business_rule_7min", "gate.baseline.historical_mean", "gate.baseline.customer_mean"} <= set(tags)
+
+
+def test_demand_gate_keeps_a_worse_model_out_and_lets_a_better_one_in(env):
+    d1, d2, d3 = env["demand"]
+    assert d2["decision"] == "promoted" and d2["champion_version_before"] == d1["version"]
+    assert d2["candidate"] < d2["champion"] == pytest.approx(d1["candidate"])       # same folds, same refits
+    assert d2["candidate"] == pytest.approx(env["demand_metrics"]["model"]["mase"], rel=1e-6)
+    assert d3["decision"] == "rejected" and d3["champion_version_after"] == d2["version"] and d3["candidate"] > d3["champion"]
+    tags = show_version(env["uri"], "demand", d3["version"])["tags"]
+    assert tags["gate.metric"] == "mase" and tags["gate.direction"] == "lower" and tags["gate.decision"] == "rejected"
+    assert int(tags["gate.heldout_rows"]) == len(env["demand_heldout"])
+    assert {"gate.baseline.seasonal_naive", "gate.baseline.moving_average"} <= set(tags)
+    for cmd in (["models", "list"], ["models", "show", "demand"], ["models", "history", "demand"]):
+        done = subprocess.run([str(BIN / "kronkers"), *cmd, *env["opts"]], capture_output=True, text=True,
+                              env=env["cli_env"], timeout=120)
+        assert done.returncode == 0 and d2["version"] in done.stdout, done.stderr
 
 
 def test_cli_shows_history_and_audits_the_manual_promotion(env):
@@ -165,6 +224,7 @@ def test_service_answers_on_a_socket_with_the_champion(service, built):
     assert c.get("/health").json() == {"status": "ok"}
     ready = c.get("/ready").json()
     assert ready["ready"] and ready["models"]["service-time"] == service["records"][1]["version"]
+    assert ready["models"]["demand"] == service["demand"][1]["version"]
     r = c.post("/v1/models/service-time/predict", json={"stops": _rows(service["heldout"], 5)}, headers={"X-API-Key": keys["operations"]})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -184,20 +244,50 @@ def test_service_answers_on_a_socket_with_the_champion(service, built):
     assert c.get("/openapi.json").json()["paths"]["/v1/models/service-time/predict"]
 
 
+def test_demand_forecast_matches_the_pipeline_and_names_a_bad_horizon(service, built):
+    c, key = service["client"], service["keys"]["procurement"]
+    r = c.get("/v1/models/demand/forecast", params={"horizon": 10}, headers={"X-API-Key": key})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["version"] == service["demand"][1]["version"] and body["model"] == "demand" and body["horizon"] == 10
+    fc = pd.DataFrame(body["forecast"])
+    assert fc.columns.tolist() == ["date", "forecast", "lo80", "hi80", "lo95", "hi95"] and len(fc) == 10
+    expect = pd.read_parquet(built / "demand" / "forecast.parquet").head(10)   # forecast-demand, same fit
+    assert fc.date.tolist() == expect.date.dt.strftime("%Y-%m-%d").tolist()
+    for col in ("forecast", "lo80", "hi80", "lo95", "hi95"):
+        assert np.allclose(fc[col], expect[col], atol=0.01), col
+    assert ((fc.lo95 <= fc.lo80) & (fc.lo80 <= fc.forecast) & (fc.forecast <= fc.hi80) & (fc.hi80 <= fc.hi95)).all()
+    for bad in ("0", "-3", "2.5", "abc", "91", None):
+        r = c.get("/v1/models/demand/forecast", params={} if bad is None else {"horizon": bad}, headers={"X-API-Key": key})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "horizon", (bad, r.text)
+    assert c.get("/health").status_code == 200
+    metrics = c.get("/metrics").text
+    assert 'kronkers_requests_total{endpoint="/v1/models/demand/forecast",model="demand",status="200"}' in metrics
+    assert 'kronkers_request_errors_total{endpoint="/v1/models/demand/forecast",model="demand",status="422"}' in metrics
+    audit = read_audit(service["out"] / "service" / "audit.jsonl")
+    line = audit[audit.endpoint == "GET /v1/models/demand/forecast"].iloc[-1]
+    assert line.model == "demand" and line.role == "procurement" and line.status == 422
+
+
 # who may call what: role -> endpoint -> expected status
 ENDPOINTS = {
     "list": ("GET", "/v1/models"),
     "versions": ("GET", "/v1/models/service-time"),
     "predict": ("POST", "/v1/models/service-time/predict"),
     "predict_csv": ("POST", "/v1/models/service-time/predict.csv"),
+    "demand_versions": ("GET", "/v1/models/demand"),
+    "forecast": ("GET", "/v1/models/demand/forecast?horizon=3"),
     "reload": ("POST", "/v1/admin/reload"),
 }
 EXPECTED = {
     None:          {e: 401 for e in ENDPOINTS},
     "bad":         {e: 401 for e in ENDPOINTS},
-    "operations":  {"list": 200, "versions": 200, "predict": 200, "predict_csv": 200, "reload": 403},
-    "marketing":   {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "reload": 403},
-    "procurement": {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "reload": 403},
+    "operations":  {"list": 200, "versions": 200, "predict": 200, "predict_csv": 200, "demand_versions": 403, "forecast": 403,
+                    "reload": 403},
+    "marketing":   {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "demand_versions": 200, "forecast": 200,
+                    "reload": 403},
+    "procurement": {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "demand_versions": 200, "forecast": 200,
+                    "reload": 403},
     "admin":       {e: 200 for e in ENDPOINTS},
 }
 
@@ -232,6 +322,8 @@ def test_role_by_endpoint_matrix_and_an_audit_line_for_every_call(service):
         assert line.latency_ms >= 0 and line.endpoint.startswith(ENDPOINTS[endpoint][0])
         if status == 200 and endpoint.startswith("predict"):
             assert line.model == "service-time" and line.version == service["records"][1]["version"]
+        if status == 200 and endpoint == "forecast":
+            assert line.model == "demand" and line.version == service["demand"][1]["version"] and line.action == "predict"
     raw = audit_path.read_text()
     assert "cust_hist_mean" not in raw and "weight_kg" not in raw, "payloads must not reach the audit log"
     for k in keys.values(): assert k.split("_", 2)[2] not in raw
@@ -303,6 +395,23 @@ def test_rollback_restores_the_previous_version_and_serving_follows_after_reload
     subprocess.run([str(BIN / "kronkers"), "models", "promote", "service-time", second["version"], *service["opts"]],
                    check=True, capture_output=True, env=service["cli_env"], timeout=120)
     assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["service-time"]["to"] == second["version"]
+
+
+def test_demand_rollback_then_reload_serves_the_previous_version(service):
+    c, admin, proc = service["client"], service["keys"]["admin"], service["keys"]["procurement"]
+    d1, d2, _ = service["demand"]
+    done = subprocess.run([str(BIN / "kronkers"), "models", "rollback", "demand", *service["opts"]],
+                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert champion_version(service["uri"], "demand") == d1["version"]
+    r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
+    assert r.status_code == 200 and r.json()["models"]["demand"] == {"from": d2["version"], "to": d1["version"]}
+    body = c.get("/v1/models/demand/forecast?horizon=5", headers={"X-API-Key": proc}).json()
+    assert body["version"] == d1["version"]
+    assert c.get("/v1/models/demand", headers={"X-API-Key": proc}).json()["serves"]["order"] == [0, 1, 0]
+    subprocess.run([str(BIN / "kronkers"), "models", "promote", "demand", d2["version"], *service["opts"]],
+                   check=True, capture_output=True, env=service["cli_env"], timeout=120)
+    assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["demand"]["to"] == d2["version"]
 
 
 def test_reload_under_concurrent_requests_loses_none(service):
