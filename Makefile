@@ -96,6 +96,7 @@ benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/res
 	$(BIN)/python benchmarks/monitoring.py
 	$(BIN)/python benchmarks/dashboards.py
 	$(BIN)/python benchmarks/returns_batch.py
+	$(BIN)/python benchmarks/returns_training.py
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip
