@@ -377,12 +377,25 @@ def test_bad_payloads_give_a_clear_4xx_and_the_service_stays_up(service, case):
     assert c.get("/health").status_code == 200
 
 
+def _models_cli(service: dict, *args: str) -> subprocess.CompletedProcess:
+    "Run `kronkers models ARGS` against the service's registry; it must succeed."
+    done = subprocess.run([str(BIN / "kronkers"), "models", *args, *service["opts"]],
+                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _promote_and_reload(service: dict, name: str, version: str) -> None:
+    "Make `version` the champion of `name` again and check that a reload serves it."
+    _models_cli(service, "promote", name, version)
+    r = service["client"].post("/v1/admin/reload", headers={"X-API-Key": service["keys"]["admin"]})
+    assert r.json()["models"][name]["to"] == version
+
+
 def test_rollback_restores_the_previous_version_and_serving_follows_after_reload(service):
     c, admin = service["client"], service["keys"]["admin"]
     first, second, _ = service["records"]
-    done = subprocess.run([str(BIN / "kronkers"), "models", "rollback", "service-time", *service["opts"]],
-                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
-    assert done.returncode == 0, done.stderr
+    _models_cli(service, "rollback", "service-time")
     assert champion_version(service["uri"], "service-time") == first["version"]
     assert c.get("/ready").json()["models"]["service-time"] == second["version"]      # not before the reload
     r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
@@ -392,26 +405,20 @@ def test_rollback_restores_the_previous_version_and_serving_follows_after_reload
     audit = read_audit(service["out"] / "service" / "audit.jsonl")
     assert (audit.action == "rollback").any() and (audit.action == "reload").any()
     # promote the better version again for the tests that follow
-    subprocess.run([str(BIN / "kronkers"), "models", "promote", "service-time", second["version"], *service["opts"]],
-                   check=True, capture_output=True, env=service["cli_env"], timeout=120)
-    assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["service-time"]["to"] == second["version"]
+    _promote_and_reload(service, "service-time", second["version"])
 
 
 def test_demand_rollback_then_reload_serves_the_previous_version(service):
     c, admin, proc = service["client"], service["keys"]["admin"], service["keys"]["procurement"]
     d1, d2, _ = service["demand"]
-    done = subprocess.run([str(BIN / "kronkers"), "models", "rollback", "demand", *service["opts"]],
-                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
-    assert done.returncode == 0, done.stderr
+    _models_cli(service, "rollback", "demand")
     assert champion_version(service["uri"], "demand") == d1["version"]
     r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
     assert r.status_code == 200 and r.json()["models"]["demand"] == {"from": d2["version"], "to": d1["version"]}
     body = c.get("/v1/models/demand/forecast?horizon=5", headers={"X-API-Key": proc}).json()
     assert body["version"] == d1["version"]
     assert c.get("/v1/models/demand", headers={"X-API-Key": proc}).json()["serves"]["order"] == [0, 1, 0]
-    subprocess.run([str(BIN / "kronkers"), "models", "promote", "demand", d2["version"], *service["opts"]],
-                   check=True, capture_output=True, env=service["cli_env"], timeout=120)
-    assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["demand"]["to"] == d2["version"]
+    _promote_and_reload(service, "demand", d2["version"])
 
 
 def test_reload_under_concurrent_requests_loses_none(service):
