@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=2_000_000, help="largest JSON body or CSV upload")
     serve.add_argument("--max-rows", type=int, default=10_000, help="most stops per request")
     serve.add_argument("--max-horizon", type=int, default=90, help="most days of demand forecast per request (default: %(default)s)")
-    serve.add_argument("--models", default="service-time,demand",
+    serve.add_argument("--max-images", type=int, default=32, help="most photos per returns classify request (default: %(default)s)")
+    serve.add_argument("--max-image-bytes", type=int, default=5_000_000, help="largest photo, bytes (default: %(default)s)")
+    serve.add_argument("--review-threshold", type=float, default=0.9,
+                       help="returns: confidence below which a photo needs review, when the served version has no metrics (default: %(default)s)")
+    serve.add_argument("--models", default="service-time,demand,returns",
                        help="comma-separated registered models to serve (default: %(default)s)")
     return top
 
@@ -110,7 +114,9 @@ def run_serve(args: argparse.Namespace, paths: dict) -> int:
     import uvicorn
     from kronkers_ml.service import ServiceSettings, create_app
     app = create_app(ServiceSettings(**paths, max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
-                                     max_horizon=args.max_horizon, models=tuple(m.strip() for m in args.models.split(",") if m.strip())))
+                                     max_horizon=args.max_horizon, max_images=args.max_images,
+                                     max_image_bytes=args.max_image_bytes, review_threshold=args.review_threshold,
+                                     models=tuple(m.strip() for m in args.models.split(",") if m.strip())))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -6,7 +6,8 @@
 __all__ = ['FAMILIES', 'CHAMPION', 'gate_decision', 'ServiceTimeModel', 'service_time_frame', 'log_service_time_model',
            'service_time_score', 'service_time_serve', 'fit_demand_model', 'save_demand_model', 'load_demand_model',
            'demand_forecast', 'DemandModel', 'log_demand_model', 'DemandHeldout', 'demand_heldout', 'demand_score',
-           'demand_serve', 'Family', 'family_of', 'champion_version', 'champion_stack', 'register_version',
+           'demand_serve', 'ReturnsModel', 'log_returns_model', 'ReturnsHeldout', 'returns_heldout', 'returns_score',
+           'returns_serve', 'Family', 'family_of', 'champion_version', 'champion_stack', 'register_version',
            'set_champion', 'rollback', 'list_models', 'show_version', 'history', 'load_version', 'register_and_gate']
 
 # %% ../nbs/21_registry.ipynb #17e956ce
@@ -203,6 +204,63 @@ def demand_serve(model: Any) -> tuple[Any, dict[str, Any]]:
     m = model.unwrap_python_model()
     return m, {k: m.spec[k] for k in ("model", "order", "seasonal_order", "closed_on_holidays", "last_day", "data_sha256")}
 
+# %% ../nbs/21_registry.ipynb #42a77539
+class ReturnsModel(PythonModel):
+    "MLflow pyfunc for the returns classifier (artifact `classifier`; optional `metrics`): images in, category and confidence out."
+    def load_context(self, context):
+        from kronkers_ml.returns_model import load_classifier
+        self.classifier = load_classifier(context.artifacts["classifier"], device="cpu")
+        path = context.artifacts.get("metrics")
+        self.metrics = json.loads(Path(path).read_text()) if path else {}
+
+    def predict(self, context, model_input, params=None):
+        names, conf = self.classifier.predict(list(model_input))
+        return pd.DataFrame({"category": names, "confidence": np.asarray(conf, dtype=float)})
+
+def log_returns_model(model_path: str | Path):
+    "Log the classifier file at `model_path` (and `metrics.json` beside it, when there) as the `model` of the active run."
+    import mlflow, PIL, torch
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"the returns classifier {model_path} is missing (save_classifier writes it)")
+    artifacts = {"classifier": str(model_path)}
+    if (model_path.parent / "metrics.json").is_file(): artifacts["metrics"] = str(model_path.parent / "metrics.json")
+    return mlflow.pyfunc.log_model(name="model", python_model=ReturnsModel(), artifacts=artifacts,
+                                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"pillow=={PIL.__version__}",
+                                                     f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"])
+
+
+# %% ../nbs/21_registry.ipynb #6c0563c2
+@dataclass(frozen=True)
+class ReturnsHeldout:
+    "The returns gate's held-out data: uint8 images and their category indices (the order of the classifier's categories)."
+    images: np.ndarray
+    labels: np.ndarray
+    source: str = ""
+    def __len__(self) -> int: return len(self.labels)
+
+def returns_heldout(test_path: str | Path) -> ReturnsHeldout:
+    "The held-out test split written by get-returns-data (`returns/test.npz`)."
+    from kronkers_ml.returns_data import read_arrays
+    images, labels = read_arrays(test_path)
+    if len(images) != len(labels):
+        raise ValueError(f"{test_path}: {len(images)} images but {len(labels)} labels")
+    return ReturnsHeldout(images, np.asarray(labels, dtype=np.int64), str(test_path))
+
+def returns_score(model: Any, heldout: ReturnsHeldout) -> float:
+    "Accuracy of a loaded returns pyfunc on the held-out images (top class against the label)."
+    proba = model.unwrap_python_model().classifier.predict_proba(heldout.images)
+    return float(np.mean(proba.argmax(1) == heldout.labels))
+
+def returns_serve(model: Any) -> tuple[Any, dict[str, Any]]:
+    "What the service calls for a loaded returns pyfunc: the `ReturnsClassifier`, with its categories, image size, version and review threshold."
+    m = model.unwrap_python_model()
+    threshold = (m.metrics.get("review") or {}).get("threshold")
+    return m.classifier, {"categories": list(m.classifier.categories), "image_size": m.classifier.image_size,
+                          "classifier_version": m.classifier.version,
+                          "review_threshold": None if threshold is None else float(threshold)}
+
+
 # %% ../nbs/21_registry.ipynb #c47d4193
 @dataclass(frozen=True)
 class Family:
@@ -217,6 +275,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "service_time": Family("service-time", "mae_s", True, log_service_time_model, service_time_score, service_time_serve),
     "demand": Family("demand", "mase", True, log_demand_model, demand_score, demand_serve),
+    "returns": Family("returns", "accuracy", False, log_returns_model, returns_score, returns_serve),
 }
 
 def family_of(model_name: str) -> Family:

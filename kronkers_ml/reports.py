@@ -12,7 +12,7 @@ import pandas as pd
 from .core import read_json
 
 # %% auto #0
-__all__ = ['OutputsMissing', 'load_metrics', 'compare_to_baselines']
+__all__ = ['HIGHER_IS_BETTER', 'OutputsMissing', 'load_metrics', 'compare_to_baselines']
 
 # %% ../nbs/07_reports.ipynb #70fd0d8e
 class OutputsMissing(FileNotFoundError):
@@ -27,10 +27,13 @@ def load_metrics(family: str, out: str | Path = "outputs") -> dict:
     return read_json(path)
 
 # %% ../nbs/07_reports.ipynb #947f35e1
+HIGHER_IS_BETTER = ("accuracy", "r2")   # primary metrics where a larger figure is the better model
+
 def compare_to_baselines(metrics: dict) -> pd.DataFrame:
-    "Primary metric of the model and each baseline, with the model's improvement over each (positive = better)."
+    "Primary metric of the model and each baseline, with the model's improvement over each (positive = better, either direction)."
     key = metrics["primary_metric"]
     model = metrics["model"][key]
+    sign = -1.0 if key in HIGHER_IS_BETTER else 1.0
     rows = [{"model": metrics["model"]["name"], key: model, "improvement": 0.0}]
-    rows += [{"model": name, key: b[key], "improvement": b[key] - model} for name, b in metrics["baselines"].items()]
+    rows += [{"model": name, key: b[key], "improvement": sign * (b[key] - model)} for name, b in metrics["baselines"].items()]
     return pd.DataFrame(rows).set_index("model")

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['NULLABLE_FEATURES', 'ServiceTimeStop', 'UNAUDITED', 'ROUTES', 'ServiceSettings', 'LoadedModel', 'load_champion',
            'feature_matrix', 'predict_rows', 'stop_schema', 'predict_request_schema', 'InputError', 'parse_stops_csv',
-           'ServiceMetrics', 'need', 'ObserveMiddleware', 'reload_models', 'service_time_routes', 'demand_routes',
-           'create_app']
+           'parse_image_upload', 'ServiceMetrics', 'need', 'ObserveMiddleware', 'reload_models', 'service_time_routes',
+           'demand_routes', 'classify_images', 'returns_routes', 'create_app']
 
 # %% ../nbs/23_service.ipynb #3810036a
 import asyncio
@@ -36,6 +36,7 @@ from starlette.datastructures import MutableHeaders
 from .access import AuditLog, Caller, KeyStore, allowed, load_roles
 from .ingest import ZONES
 from .registry import champion_version, family_of, history, load_version
+from .returns_batch import ImageError, decode_image
 from .service_features import FEATURES
 
 # %% ../nbs/23_service.ipynb #88008128
@@ -46,10 +47,13 @@ class ServiceSettings:
     roles_path: str
     keys_path: str
     audit_path: str
-    models: tuple[str, ...] = ("service-time", "demand")
+    models: tuple[str, ...] = ("service-time", "demand", "returns")
     max_body_bytes: int = 2_000_000       # JSON body or CSV upload
     max_rows: int = 10_000                # stops per request
     max_horizon: int = 90                 # days of demand forecast per request
+    max_images: int = 32                  # photos per returns classify request
+    max_image_bytes: int = 5_000_000      # bytes per photo (the whole upload: max_images x this)
+    review_threshold: float = 0.9         # returns: used when the served version has no metrics.json threshold
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -144,6 +148,38 @@ def parse_stops_csv(data: bytes, features: Sequence[str], max_rows: int) -> tupl
         for r, v in zip(rows, num.tolist()): r[f] = None if v != v else float(v)
     ids = frame["stop_id"].tolist() if "stop_id" in frame.columns else [None] * len(frame)
     return rows, ids
+
+# %% ../nbs/23_service.ipynb #64449a5a
+def _part_name(headers: str, index: int) -> str | None:
+    m = re.search(r'filename\*?=(?:"([^"]*)"|([^;\s]+))', headers, flags=re.I)
+    return None if m is None else (m.group(1) if m.group(1) is not None else m.group(2)) or f"file {index + 1}"
+
+def parse_image_upload(data: bytes, content_type: str, max_files: int, max_file_bytes: int) -> list[tuple[str, Any]]:
+    "File name and decoded PIL image of every file part of a multipart/form-data body (InputError naming the file)."
+    m = re.search(r'boundary=(?:"([^"]+)"|([^;\s]+))', content_type or "", flags=re.I)
+    if not (content_type or "").lower().startswith("multipart/form-data") or m is None:
+        raise InputError(415, "send the photos as multipart/form-data file parts (e.g. curl -F files=@photo.png)")
+    delim = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    chunks = data.split(delim)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        raise InputError(400, "malformed multipart body: the closing boundary is missing")
+    files = []
+    for i, chunk in enumerate(chunks[1:-1]):
+        head, sep, body = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not sep: raise InputError(400, f"malformed multipart body: part {i + 1} has no header block")
+        name = _part_name(head.decode("latin-1"), i)
+        if name is None: raise InputError(422, f"part {i + 1} is not a file (no filename); send each photo as a file part")
+        files.append((name, body.removesuffix(b"\r\n")))
+    if not files: raise InputError(422, "the upload holds no file")
+    if len(files) > max_files: raise InputError(413, f"{len(files)} files in one request; at most {max_files}")
+    out = []
+    for name, raw in files:
+        if len(raw) > max_file_bytes:
+            raise InputError(413, f"file '{name}': {len(raw)} bytes is over the limit of {max_file_bytes} bytes per photo")
+        try: out.append((name, decode_image(raw)))
+        except ImageError as e: raise InputError(422, f"file '{name}': {e}") from None
+    return out
+
 
 # %% ../nbs/23_service.ipynb #ac7a3dca
 @dataclass
@@ -335,10 +371,36 @@ def demand_routes(app: FastAPI, settings: ServiceSettings) -> None:
         return {"model": model.name, "version": model.version, "last_day": model.info.get("last_day"), "horizon": horizon,
                 "forecast": _demand_rows(fc)}
 
+def classify_images(model: LoadedModel, images: Sequence[Any], threshold: float) -> list[dict]:
+    "Category, confidence and needs_review (confidence below `threshold`) of each image, with the served classifier."
+    if not len(images): return []
+    names, conf = model.model.predict(list(images))
+    return [{"category": str(n), "confidence": float(c), "needs_review": bool(float(c) < threshold)} for n, c in zip(names, conf)]
+
+def returns_routes(app: FastAPI, settings: ServiceSettings) -> None:
+    "Returns routes: category of each uploaded photo of a returned item, with its confidence and whether a person must look."
+    @app.post("/v1/models/returns/classify", tags=["returns"],
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+    async def classify_returns(request: Request, caller: Caller = Depends(need("predict", "returns"))) -> dict:
+        "Photos as multipart file parts -> per file: category, confidence, needs_review; and the model version."
+        model = _served(request, "returns")
+        limit = settings.max_images * settings.max_image_bytes + 64 * 1024
+        data = await _read_body(request, limit)
+        files = await run_in_threadpool(parse_image_upload, data, request.headers.get("content-type", ""),
+                                        settings.max_images, settings.max_image_bytes)
+        threshold = model.info.get("review_threshold")
+        threshold = float(settings.review_threshold if threshold is None else threshold)
+        results = await run_in_threadpool(classify_images, model, [im for _, im in files], threshold)
+        request.app.state.metrics.predictions.labels("returns").inc(len(results))
+        return {"model": model.name, "version": model.version, "classifier_version": model.info.get("classifier_version"),
+                "review_threshold": threshold, "results": [{"file": n, **r} for (n, _), r in zip(files, results)]}
+
 # Served model name -> the function that adds its routes. A new family adds its function here (and its `Family`).
 ROUTES: dict[str, Callable[[FastAPI, ServiceSettings], None]] = {
     "service-time": service_time_routes,
     "demand": demand_routes,
+    "returns": returns_routes,
 }
 
 # %% ../nbs/23_service.ipynb #5e5cf5de

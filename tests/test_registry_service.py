@@ -22,8 +22,9 @@ import pandas as pd
 import pytest
 
 from kronkers_ml.access import create_key, load_roles, read_audit
-from kronkers_ml.registry import (champion_version, demand_heldout, fit_demand_model, log_demand_model,
-                                  log_service_time_model, register_and_gate, save_demand_model, show_version)
+from kronkers_ml.registry import (champion_version, demand_heldout, fit_demand_model, log_demand_model, log_returns_model,
+                                  log_service_time_model, register_and_gate, returns_heldout, save_demand_model, show_version)
+from kronkers_ml.returns_model import build_classifier, load_classifier, save_classifier
 from kronkers_ml.service_features import FEATURES
 from kronkers_ml.service_model import fit_lightgbm, save_model
 from kronkers_ml.tracking import artifact_root, log_training_run, use_store
@@ -78,7 +79,57 @@ def test_pipeline_registers_the_demand_model_through_the_same_gate(built):
     assert list(arts.rglob("sarima.parquet")) and list(arts.rglob("sarima.json"))
 
 
+def test_pipeline_registers_the_returns_classifier_through_the_accuracy_gate(built):
+    reg = json.loads((built / "returns" / "registration.json").read_text())
+    metrics = json.loads((built / "returns" / "metrics.json").read_text())
+    assert reg["model"] == "returns" and reg["metric"] == "accuracy"
+    assert reg["candidate"] == pytest.approx(metrics["model"]["accuracy"], abs=1e-12)
+    assert reg["baselines"] == {b: pytest.approx(v["accuracy"]) for b, v in metrics["baselines"].items()}
+    # higher is better: promoted exactly when above both baselines (the tiny build's 2 short epochs usually are not)
+    beats = reg["candidate"] > max(reg["baselines"].values())
+    assert reg["decision"] == ("promoted" if beats else "rejected")
+    assert reg["champion_version_after"] == (reg["version"] if beats else None)
+    con = sqlite3.connect(f"file:{built / 'mlflow' / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        alias = con.execute("select version from registered_model_aliases where name='returns' and alias='champion'").fetchone()
+        tags = dict(con.execute("select key, value from tags where run_uuid=?", (reg["run_id"],)).fetchall())
+        params = dict(con.execute("select key, value from params where run_uuid=?", (reg["run_id"],)).fetchall())
+        vtags = dict(con.execute("select key, value from model_version_tags where name='returns' and version=?",
+                                 (int(reg["version"]),)).fetchall())
+    finally:
+        con.close()
+    assert (alias is not None and str(alias[0]) == reg["version"]) == beats and vtags["gate.direction"] == "higher"
+    assert tags["data.rows_test"] == str(metrics["test_images"]) and tags["data.rows_train"] == str(metrics["train_images"])
+    assert tags["data.sha256"] == reg["data"]["sha256"] and params["data.test_sha256"] == metrics["data"]["test_sha256"]
+    assert tags["family"] == "returns" and "git.commit" in tags and params["seed"] == "7"
+    arts = built / "mlflow" / "artifacts"
+    assert list(arts.rglob("train-returns.ipynb")) and list(arts.rglob("evaluate-returns.ipynb")) and list(arts.rglob("model.pt"))
+
+
 # --- a registry of our own ---------------------------------------------------------------------------------------
+
+PROBE_THRESHOLD = 0.8
+
+
+def _linear_probe_classifier(returns_dir: Path, path: Path, image_size: int = 128) -> Path:
+    "Save a returns classifier: ImageNet Lite0 features, logistic-regression head fitted on train.npz; its metrics.json beside it."
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from kronkers_ml.returns_data import read_arrays
+    from kronkers_ml.returns_model import to_tensor_batch
+    x, y = read_arrays(returns_dir / "train.npz")
+    model = build_classifier("efficientnet_lite0", pretrained=True, seed=0).eval()
+    head, model._fc = model._fc, torch.nn.Identity()
+    with torch.inference_mode():
+        features = model(to_tensor_batch(x, image_size)).numpy()
+    fit = LogisticRegression(C=1.0, max_iter=2000).fit(features, y)
+    model._fc = head
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(fit.coef_, dtype=torch.float32)); head.bias.copy_(torch.tensor(fit.intercept_, dtype=torch.float32))
+    save_classifier(model, path, image_size=image_size)
+    (path.parent / "metrics.json").write_text(json.dumps({"review": {"threshold": PROBE_THRESHOLD}}))
+    return path
+
 
 @pytest.fixture(scope="module")
 def env(built, tmp_path_factory):
@@ -126,11 +177,33 @@ def env(built, tmp_path_factory):
     assert promote.returncode == 0, promote.stderr
     d2 = register_demand(built / "demand" / "sarima.parquet")
     d3 = register_demand(walk)
+    # returns: an untrained classifier promoted by hand, a better one (gated in), the untrained one again (gated out).
+    # The better one is ImageNet EfficientNet-Lite0 features with a logistic-regression head fitted on the train split
+    # (seconds on a CPU, above both baselines); the tiny build's own 2-epoch model is not better than them.
+    use_store(uri, "returns", artifact_root(out))
+    rmetrics = json.loads((built / "returns" / "metrics.json").read_text())
+    rtraining = json.loads((built / "returns" / "training.json").read_text())
+    rheld = returns_heldout(built / "returns" / "test.npz")
+    untrained = out / "untrained" / "model.pt"
+    save_classifier(build_classifier(rtraining["architecture"], pretrained=False, seed=3), untrained,
+                    image_size=rtraining["image_size"])
+
+    def register_returns(model_path):
+        run = log_training_run("returns", {"seed": 7}, {**rmetrics, "data": {"rows_train": 1, "rows_test": len(rheld), "sha256": "x"}},
+                               lambda: log_returns_model(model_path))
+        return register_and_gate(uri, "returns", run["model_uri"], run["run_id"], rmetrics, rheld)
+
+    r1 = register_returns(untrained)
+    promote = subprocess.run([str(BIN / "kronkers"), "models", "promote", "returns", r1["version"], *opts],
+                             capture_output=True, text=True, env=cli_env, timeout=120)
+    assert promote.returncode == 0, promote.stderr
+    r2 = register_returns(_linear_probe_classifier(built / "returns", out / "probe" / "model.pt"))
+    r3 = register_returns(untrained)
     roles = load_roles(ROLES)
     keys = {role: create_key(out / "service" / "keys.json", role, roles, f"test {role}")[1] for role in roles}
     return {"out": out, "uri": uri, "records": [first, second, third], "heldout": heldout, "keys": keys,
             "opts": opts, "cli_env": cli_env, "metrics": metrics, "demand": [d1, d2, d3], "demand_metrics": dmetrics,
-            "demand_heldout": dheld}
+            "demand_heldout": dheld, "returns": [r1, r2, r3], "returns_metrics": rmetrics, "returns_heldout": rheld}
 
 
 def test_gate_lets_a_better_model_in_and_keeps_a_worse_one_out(env):
@@ -162,6 +235,25 @@ def test_demand_gate_keeps_a_worse_model_out_and_lets_a_better_one_in(env):
         assert done.returncode == 0 and d2["version"] in done.stdout, done.stderr
 
 
+def test_returns_gate_keeps_an_untrained_model_out_and_lets_the_trained_one_in(env):
+    r1, r2, r3 = env["returns"]
+    # higher is better: the untrained classifier (about one in five right) is below the baselines
+    assert r1["decision"] == "rejected" and r1["candidate"] <= max(r1["baselines"].values())
+    assert r2["decision"] == "promoted" and r2["champion_version_before"] == r1["version"]
+    assert r2["candidate"] > r2["champion"] == pytest.approx(r1["candidate"])          # the same held-out images
+    assert r2["candidate"] > max(r2["baselines"].values())
+    assert r3["decision"] == "rejected" and r3["champion_version_after"] == r2["version"] and r3["candidate"] < r3["champion"]
+    assert "baseline" in r3["reason"]
+    tags = show_version(env["uri"], "returns", r3["version"])["tags"]
+    assert tags["gate.metric"] == "accuracy" and tags["gate.direction"] == "higher" and tags["gate.decision"] == "rejected"
+    assert int(tags["gate.heldout_rows"]) == len(env["returns_heldout"])
+    assert {"gate.baseline.majority", "gate.baseline.linear"} <= set(tags)
+    for cmd in (["models", "list"], ["models", "show", "returns"], ["models", "history", "returns"]):
+        done = subprocess.run([str(BIN / "kronkers"), *cmd, *env["opts"]], capture_output=True, text=True,
+                              env=env["cli_env"], timeout=120)
+        assert done.returncode == 0 and r2["version"] in done.stdout, done.stderr
+
+
 def test_cli_shows_history_and_audits_the_manual_promotion(env):
     done = subprocess.run([str(BIN / "kronkers"), "models", "history", "service-time", *env["opts"]],
                           capture_output=True, text=True, env=env["cli_env"], timeout=120)
@@ -185,7 +277,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def service(env):
     port = _free_port()
-    cmd = [str(BIN / "kronkers"), "serve", "--port", str(port), "--max-rows", "50", "--max-body-bytes", "200000", *env["opts"]]
+    cmd = [str(BIN / "kronkers"), "serve", "--port", str(port), "--max-rows", "50", "--max-body-bytes", "200000",
+           "--max-images", "8", "--max-image-bytes", "100000", *env["opts"]]
     log = env["out"] / "service.log"                      # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(cmd, env=env["cli_env"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -217,6 +310,18 @@ def _rows(heldout: pd.DataFrame, n: int) -> list[dict]:
 
 def _csv(heldout: pd.DataFrame, n: int) -> bytes:
     return heldout.head(n)[["stop_id", *FEATURES]].to_csv(index=False).encode()
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _photos(held, n: int, start: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
+    "Multipart file parts for httpx: n held-out images as PNG files named return_<index>.png."
+    return [("files", (f"return_{i:05d}.png", _png(held.images[i]), "image/png")) for i in range(start, start + n)]
 
 
 def test_service_answers_on_a_socket_with_the_champion(service, built):
@@ -277,24 +382,27 @@ ENDPOINTS = {
     "predict_csv": ("POST", "/v1/models/service-time/predict.csv"),
     "demand_versions": ("GET", "/v1/models/demand"),
     "forecast": ("GET", "/v1/models/demand/forecast?horizon=3"),
+    "returns_versions": ("GET", "/v1/models/returns"),
+    "classify": ("POST", "/v1/models/returns/classify"),
     "reload": ("POST", "/v1/admin/reload"),
 }
 EXPECTED = {
     None:          {e: 401 for e in ENDPOINTS},
     "bad":         {e: 401 for e in ENDPOINTS},
     "operations":  {"list": 200, "versions": 200, "predict": 200, "predict_csv": 200, "demand_versions": 403, "forecast": 403,
-                    "reload": 403},
+                    "returns_versions": 200, "classify": 200, "reload": 403},
     "marketing":   {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "demand_versions": 200, "forecast": 200,
-                    "reload": 403},
+                    "returns_versions": 403, "classify": 403, "reload": 403},
     "procurement": {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "demand_versions": 200, "forecast": 200,
-                    "reload": 403},
+                    "returns_versions": 403, "classify": 403, "reload": 403},
     "admin":       {e: 200 for e in ENDPOINTS},
 }
 
 
-def _call(c: httpx.Client, endpoint: str, key: str | None, heldout: pd.DataFrame, rid: str) -> httpx.Response:
+def _call(c: httpx.Client, endpoint: str, key: str | None, heldout: pd.DataFrame, rid: str, photos=None) -> httpx.Response:
     method, path = ENDPOINTS[endpoint]
     headers = {"X-Request-ID": rid, **({"X-API-Key": key} if key else {})}
+    if endpoint == "classify": return c.post(path, files=photos, headers=headers)
     if endpoint == "predict": return c.post(path, json={"stops": _rows(heldout, 2)}, headers=headers)
     if endpoint == "predict_csv": return c.post(path, content=_csv(heldout, 2), headers={**headers, "Content-Type": "text/csv"})
     return c.request(method, path, headers=headers)
@@ -309,7 +417,7 @@ def test_role_by_endpoint_matrix_and_an_audit_line_for_every_call(service):
         key = {None: None, "bad": "kk_000000000000_not-a-real-key"}.get(role, keys.get(role))
         for endpoint, status in expected.items():
             rid = uuid.uuid4().hex
-            r = _call(c, endpoint, key, service["heldout"], rid)
+            r = _call(c, endpoint, key, service["heldout"], rid, _photos(service["returns_heldout"], 2))
             assert r.status_code == status, f"{role} {endpoint}: {r.status_code} {r.text[:300]}"
             assert r.headers["x-request-id"] == rid
             sent[rid] = (role, endpoint, status)
@@ -322,10 +430,13 @@ def test_role_by_endpoint_matrix_and_an_audit_line_for_every_call(service):
         assert line.latency_ms >= 0 and line.endpoint.startswith(ENDPOINTS[endpoint][0])
         if status == 200 and endpoint.startswith("predict"):
             assert line.model == "service-time" and line.version == service["records"][1]["version"]
+        if status == 200 and endpoint == "classify":
+            assert line.model == "returns" and line.version == service["returns"][1]["version"] and line.action == "predict"
         if status == 200 and endpoint == "forecast":
             assert line.model == "demand" and line.version == service["demand"][1]["version"] and line.action == "predict"
     raw = audit_path.read_text()
     assert "cust_hist_mean" not in raw and "weight_kg" not in raw, "payloads must not reach the audit log"
+    assert "return_00000.png" not in raw, "uploaded file names must not reach the audit log"
     for k in keys.values(): assert k.split("_", 2)[2] not in raw
 
 
@@ -455,3 +566,69 @@ def test_reload_under_concurrent_requests_loses_none(service):
     failed = [r for r in results if r[0] != 200]
     assert results and not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
     assert {v for _, v in results} <= {first["version"], second["version"]}
+
+
+# --- the returns classifier on the socket -------------------------------------------------------------------------
+
+def test_returns_classify_answers_per_file_like_the_classifier(service, built):
+    c, key, held = service["client"], service["keys"]["operations"], service["returns_heldout"]
+    r = c.post("/v1/models/returns/classify", files=_photos(held, 5), headers={"X-API-Key": key})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    metrics = service["returns_metrics"]
+    assert body["model"] == "returns" and body["version"] == service["returns"][1]["version"]
+    probe = load_classifier(service["out"] / "probe" / "model.pt", device="cpu")
+    assert body["classifier_version"] == probe.version
+    assert body["review_threshold"] == PROBE_THRESHOLD                       # the served version's own threshold
+    assert [x["file"] for x in body["results"]] == [f"return_{i:05d}.png" for i in range(5)]
+    from PIL import Image
+    names, conf = probe.predict([Image.fromarray(held.images[i]) for i in range(5)])
+    assert [x["category"] for x in body["results"]] == names
+    assert np.allclose([x["confidence"] for x in body["results"]], conf, atol=1e-5)
+    assert [x["needs_review"] for x in body["results"]] == [bool(v < body["review_threshold"]) for v in conf]
+    served = c.get("/v1/models/returns", headers={"X-API-Key": key}).json()
+    assert served["served_version"] == body["version"] and served["serves"]["categories"] == metrics["classes"]
+    m = c.get("/metrics").text
+    assert 'kronkers_requests_total{endpoint="/v1/models/returns/classify",model="returns",status="200"}' in m
+    assert 'kronkers_predictions_total{model="returns"}' in m
+
+
+@pytest.mark.parametrize("case", ["truncated", "not_an_image", "empty_file", "one_bad_of_three", "too_many", "too_big",
+                                  "not_multipart", "no_file_part"])
+def test_returns_bad_uploads_give_a_4xx_naming_the_file(service, case):
+    c, key, held = service["client"], service["keys"]["operations"], service["returns_heldout"]
+    h, good = {"X-API-Key": key}, _photos(held, 1)[0]
+    png = _png(held.images[0])
+    U = "/v1/models/returns/classify"
+    calls = {
+        "truncated": (lambda: c.post(U, files=[("files", ("cut.png", png[: len(png) // 2], "image/png"))], headers=h), 422, "cut.png"),
+        "not_an_image": (lambda: c.post(U, files=[("files", ("notes.txt", b"hello, not a photo", "text/plain"))], headers=h), 422, "notes.txt"),
+        "empty_file": (lambda: c.post(U, files=[("files", ("empty.jpg", b"", "image/jpeg"))], headers=h), 422, "empty.jpg"),
+        "one_bad_of_three": (lambda: c.post(U, files=[good, ("files", ("bad.jpg", b"\xff\xd8\xff\xe0garbage", "image/jpeg")), good],
+                                             headers=h), 422, "bad.jpg"),
+        "too_many": (lambda: c.post(U, files=_photos(held, 9), headers=h), 413, "at most 8"),
+        "too_big": (lambda: c.post(U, files=[("files", ("huge.png", png + b"\0" * 100_000, "image/png"))], headers=h), 413, "huge.png"),
+        "not_multipart": (lambda: c.post(U, content=png, headers={**h, "Content-Type": "image/png"}), 415, "multipart"),
+        "no_file_part": (lambda: c.post(U, data={"note": "x"}, files=[], headers=h), 415, "multipart"),
+    }
+    call, status, word = calls[case]
+    r = call()
+    assert r.status_code == status, f"{case}: {r.status_code} {r.text[:300]}"
+    assert word.lower() in r.json()["detail"].lower(), f"{case}: {r.text[:300]}"
+    assert c.get("/health").status_code == 200
+
+
+def test_returns_rollback_then_reload_serves_the_previous_version(service):
+    c, admin, ops = service["client"], service["keys"]["admin"], service["keys"]["operations"]
+    r1, r2, _ = service["returns"]
+    done = subprocess.run([str(BIN / "kronkers"), "models", "rollback", "returns", *service["opts"]],
+                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert champion_version(service["uri"], "returns") == r1["version"]
+    r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
+    assert r.status_code == 200 and r.json()["models"]["returns"] == {"from": r2["version"], "to": r1["version"]}
+    body = c.post("/v1/models/returns/classify", files=_photos(service["returns_heldout"], 2), headers={"X-API-Key": ops}).json()
+    assert body["version"] == r1["version"] and body["review_threshold"] == 0.9     # no metrics.json logged: the setting
+    subprocess.run([str(BIN / "kronkers"), "models", "promote", "returns", r2["version"], *service["opts"]],
+                   check=True, capture_output=True, env=service["cli_env"], timeout=120)
+    assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["returns"]["to"] == r2["version"]
