@@ -556,7 +556,7 @@ def review_explorer(predictions: pd.DataFrame, threshold: float, per: int = 1000
     "A confidence-threshold slider; the output shows the review queue and the accuracy of the automatic share at it."
     import ipywidgets as w
     from IPython.display import Markdown, display
-    slider = w.FloatSlider(value=float(threshold), min=0.3, max=0.99, step=0.01, description="Confidence",
+    slider = w.FloatSlider(value=float(threshold), min=0.2, max=0.99, step=0.01, description="Confidence",
                            readout_format=".2f", layout=w.Layout(width="520px"))
     shown = w.Output()
 
