@@ -156,7 +156,7 @@ def key_figures(out: Path) -> dict[str, list[str]]:
                     pct(rt["model"]["accuracy"]), pct(rt["baselines"]["linear"]["accuracy"]),
                     pct(rt["baselines"]["majority"]["accuracy"]), f"{rt['test_images']:,} test photos",
                     f"{batch['photos']:,} images", f"{batch['needs_review']:,} needing review",
-                    "Which category is taken for which", "Precision", "Categories of the last batch"],
+                    "Precision", "Recall", "The last nightly batch"],
     }
     figures["overview"] += [big(hours), "hours of manual inspection saved per 1,000 returns"]
     return figures
