@@ -3,8 +3,11 @@
 Starts Voila on a free local port over reports/ with KRONKERS_OUTPUTS=--out, opens every page once in headless
 Chromium to warm the server (imports cached, first kernel started), then opens each page --repeats times and
 records the seconds from the request until Voila's kernel-executed outputs are on the page (each load runs the
-page's notebook in a fresh kernel, as a reader's visit does). Uses the same server, browser and wait as
-tests/test_dashboards.py. Needs a build: `make build` (outputs/) or the tiny run (`--out outputs-test`).
+page's notebook in a kernel, as a reader's visit does). By default Voila preheats kernels as `make dashboards`
+runs it (--preheat_kernel=True, --pool_size): a kernel per page has already run the page when the request comes,
+and the pool refills about a second after each visit; --no-preheat measures a new kernel per visit. The timed
+loads go round the pages (page 1, 2, ..., page 1, 2, ...) as readers moving between pages would. Uses the same
+server, browser and wait as tests/test_dashboards.py. Needs a build: `make build` (outputs/) or the tiny run (`--out outputs-test`).
 Writes benchmarks/results/dashboards.json and prints it.
 """
 from __future__ import annotations
@@ -26,20 +29,28 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "outputs"), help="outputs folder the pages read (default: outputs/)")
     p.add_argument("--repeats", type=int, default=3, help="timed loads per page after the warm-up (default 3)")
     p.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "dashboards.json"), help="JSON result path")
+    p.add_argument("--no-preheat", action="store_true", help="a new kernel per visit (Voila's default), no pool")
+    p.add_argument("--pool-size", type=int, default=1, help="preheated kernels per page (default 1)")
+    p.add_argument("--pages", nargs="+", default=PAGES, help=f"pages to time (default: {' '.join(PAGES)})")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     if not (out / "service_time" / "metrics.json").exists():
         sys.exit(f"{out}: no build there; run `make build` (or the tiny run and --out outputs-test) first")
-    with tempfile.TemporaryDirectory() as tmp, voila(out) as (base, token):
+    pages, preheat = args.pages, not args.no_preheat
+    with tempfile.TemporaryDirectory() as tmp, voila(out, preheat=preheat, pool_size=args.pool_size) as (base, token):
         driver = chrome(Path(tmp) / "profile")
         try:
             url = lambda page: f"{base}/voila/render/{page}.ipynb?token={token}"
-            warm = {page: round(render(driver, url(page)), 3) for page in PAGES}
-            times = {page: [round(render(driver, url(page)), 3) for _ in range(args.repeats)] for page in PAGES}
-            problems = {page: page_problems(driver) for page in PAGES[-1:]}
+            warm = {page: round(render(driver, url(page)), 3) for page in pages}
+            times = {page: [] for page in pages}
+            for _ in range(args.repeats):
+                for page in pages:
+                    times[page].append(round(render(driver, url(page)), 3))
+            problems = {page: page_problems(driver) for page in pages[-1:]}
         finally:
             driver.quit()
-    result = {"benchmark": "dashboards", "outputs": str(out), "repeats": args.repeats,
+    result = {"benchmark": "dashboards", "outputs": str(out), "repeats": args.repeats, "preheat": preheat,
+              "pool_size": args.pool_size if preheat else None,
               "first_load_s": warm,
               "render_s": {page: {"median": statistics.median(t), "min": min(t), "max": max(t), "all": t}
                            for page, t in times.items()},

@@ -24,13 +24,15 @@ from .core import read_json
 from .reports import OutputsMissing, load_metrics
 
 # %% auto #0
-__all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'PAGES', 'QUALITY_COLUMNS', 'ALERT_COLUMNS', 'DRIFT_COLUMNS',
-           'STATUS_RULE', 'SERVICE_WAYS', 'LIVE_ONLY', 'repo_root', 'outputs_dir', 'fmt', 'apply_style', 'thousands',
-           'stops_per_route', 'service_time_value', 'demand_value', 'FamilyPage', 'service_time_headline',
-           'demand_headline', 'families_with_outputs', 'champion_info', 'fmt_age', 'as_text', 'load_quality',
-           'load_alerts', 'drift_history', 'family_status', 'profile_drifted', 'monitoring_status', 'overview',
-           'load_predictions', 'service_mae', 'weekly_mae', 'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast',
-           'plot_fold', 'badge', 'live_page', 'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer']
+__all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'RETURNS_MINUTES_PER_ITEM', 'PAGES', 'QUALITY_COLUMNS',
+           'ALERT_COLUMNS', 'DRIFT_COLUMNS', 'STATUS_RULE', 'SERVICE_WAYS', 'LIVE_ONLY', 'repo_root', 'outputs_dir',
+           'fmt', 'apply_style', 'thousands', 'stops_per_route', 'service_time_value', 'demand_value', 'FamilyPage',
+           'service_time_headline', 'demand_headline', 'returns_value', 'returns_headline', 'families_with_outputs',
+           'champion_info', 'fmt_age', 'as_text', 'load_quality', 'load_alerts', 'drift_history', 'family_status',
+           'profile_drifted', 'monitoring_status', 'overview', 'load_predictions', 'service_mae', 'weekly_mae',
+           'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold', 'badge', 'live_page',
+           'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer', 'load_returns', 'review_table',
+           'class_table', 'plot_confusion', 'review_explorer']
 
 # %% ../nbs/08_dashboards.ipynb #04f0c7d5
 OUTPUTS_ENV = "KRONKERS_OUTPUTS"
@@ -134,11 +136,34 @@ def demand_headline(out: str | Path) -> dict[str, Any]:
     "Overview row of demand: NOK per day of forecast error against seasonal naive."
     return demand_value(load_metrics("demand", out))
 
+RETURNS_MINUTES_PER_ITEM = 2.0   # minutes a person spends inspecting and sorting one returned item by hand
+
+def returns_value(metrics: Mapping[str, Any], minutes_per_item: float = RETURNS_MINUTES_PER_ITEM,
+                  per: int = 1000, baseline: str = "linear") -> dict[str, Any]:
+    "Share of returns sorted with no review and how often right, the inspection hours saved per `per` returns, error rates in %."
+    review, model_acc, base_acc = metrics["review"], metrics["model"]["accuracy"], metrics["baselines"][baseline]["accuracy"]
+    share = review["auto_share"] or 0.0
+    hours = share * per * minutes_per_item / 60
+    right = "none of them" if review["auto_accuracy"] is None else f"{fmt(review['auto_accuracy'] * 100, 1)}% of them right"
+    sentence = (f"At a confidence of {fmt(review['threshold'] * 100)}% or more, {fmt(share * 100, 1)}% of returns are "
+                f"sorted automatically ({right}); at {fmt(minutes_per_item, 1)} minutes of manual inspection per item "
+                f"that is {fmt(hours, 1)} hours saved per {fmt(per)} returns. The model sorts "
+                f"{fmt(model_acc * 100, 1)}% of all returns right, the simple pixel model {fmt(base_acc * 100, 1)}%.")
+    return {"model_error": (1 - model_acc) * 100, "baseline_error": (1 - base_acc) * 100, "auto_share": share,
+            "auto_accuracy": review["auto_accuracy"], "minutes_per_item": float(minutes_per_item), "value": hours,
+            "unit": f"hours of manual inspection saved per {fmt(per)} returns", "sentence": sentence}
+
+def returns_headline(out: str | Path) -> dict[str, Any]:
+    "Overview row of returns: inspection hours saved per 1,000 returns, share of returns sorted wrong against the pixel model."
+    return returns_value(load_metrics("returns", out))
+
 PAGES: dict[str, FamilyPage] = {
     "service_time": FamilyPage("service_time", "Service time", "How long will a driver spend at each door?",
                                "service_time", "service-time", "7-minute rule", service_time_headline, "min per stop"),
     "demand": FamilyPage("demand", "Demand", "How much revenue tomorrow, next week, next month?",
                          "demand", "demand", "same weekday last week", demand_headline, "NOK per day"),
+    "returns": FamilyPage("returns", "Returns", "Which category is each returned item, without a person looking?",
+                          "returns", "returns", "simple pixel model", returns_headline, "% of returns sorted wrong"),
 }
 
 def families_with_outputs(out: str | Path, pages: Mapping[str, FamilyPage] | None = None) -> list[str]:
@@ -236,11 +261,12 @@ def drift_history(out: str | Path, family: str, spec: Mapping[str, Any], p_value
 STATUS_RULE = ("Red: a data-quality constraint failed, or the model's recent error is above its tolerance (open "
                "performance alert). Amber: a watched input drifted (open drift alert, or drifted in the newest "
                "profile), or there is no data-quality report to judge. Green: every constraint passed, nothing "
-               "drifted, no open alert.")
+               "drifted, no open alert. Grey: not monitored yet (no quality report, profile or alert for the family).")
 
 def family_status(quality: pd.DataFrame | None, drifted: Sequence[str] = (),
-                  alerts: pd.DataFrame | None = None) -> tuple[str, str]:
-    "('green' | 'amber' | 'red', reason) of one family from its quality rows, drifted features and open alerts."
+                  alerts: pd.DataFrame | None = None, monitored: bool = True) -> tuple[str, str]:
+    "('green' | 'amber' | 'red' | 'grey', reason) of one family from its quality rows, drifted features and open alerts."
+    if not monitored: return "grey", "not monitored yet"
     alerts = alerts if alerts is not None else pd.DataFrame(columns=["kind", "name", "open"])
     alerts = alerts[alerts["open"].astype(bool)] if len(alerts) else alerts
     failed = quality[~quality.passed] if quality is not None and len(quality) else None
@@ -270,7 +296,8 @@ def monitoring_status(out: str | Path, families: Sequence[str] | None = None) ->
     for fam in families:
         q, a = quality[quality.family.eq(fam)], alerts[alerts.family.eq(fam)]
         drifted = profile_drifted(out, fam)
-        status, reason = family_status(q if len(q) else None, drifted, a)
+        monitored = bool(len(q) or len(a) or (Path(out) / "profiles" / fam).exists())
+        status, reason = family_status(q if len(q) else None, drifted, a, monitored)
         rows.append({"family": fam, "status": status, "reason": reason, "checks_passed": int(q.passed.sum()),
                      "checks": len(q), "drifted": drifted, "open_alerts": int(a["open"].sum())})
     return pd.DataFrame(rows, columns=["family", "status", "reason", "checks_passed", "checks", "drifted", "open_alerts"])
@@ -385,8 +412,10 @@ def plot_fold(backtest: pd.DataFrame, origin, ax=None):
 
 # %% ../nbs/08_dashboards.ipynb #1e4686e7
 def badge(status: str, text: str | None = None) -> str:
-    "An HTML badge in the status colour: 'green', 'amber' or 'red'."
-    if status not in ("green", "amber", "red"): raise ValueError(f"status must be green, amber or red, got {status!r}")
+    "An HTML badge in the status colour: 'green', 'amber', 'red' or 'grey' (not monitored yet)."
+    if status not in ("green", "amber", "red", "grey"):
+        raise ValueError(f"status must be green, amber, red or grey, got {status!r}")
+    text = text or ("NOT MONITORED" if status == "grey" else status.upper())
     fg = "#24292f" if status == "amber" else "white"
     return (f'<span style="background:{PALETTE[status]};color:{fg};padding:2px 10px;border-radius:10px;'
             f'font-weight:600;white-space:nowrap">{text or status.upper()}</span>')
@@ -478,3 +507,68 @@ def fold_explorer(backtest: pd.DataFrame):
 
     fold.observe(show, "value"); show()
     return w.VBox([fold, shown])
+
+# %% ../nbs/08_dashboards.ipynb #fc01e286
+def load_returns(out: str | Path) -> dict[str, Any]:
+    "The returns products a page shows: `metrics`, test `predictions`, and the last nightly batch `summary` and `results` (None when not run)."
+    pred = Path(out) / "returns" / "predictions.parquet"
+    if not pred.exists(): raise OutputsMissing(f"{pred} does not exist. {BUILD_HINT}")
+    batch = Path(out) / "returns" / "batch"
+    return {"metrics": load_metrics("returns", out), "predictions": pd.read_parquet(pred),
+            "summary": read_json(batch / "summary.json") if (batch / "summary.json").exists() else None,
+            "results": pd.read_csv(batch / "results.csv") if (batch / "results.csv").exists() else None}
+
+def review_table(predictions: pd.DataFrame, thresholds: Sequence[float], per: int = 1000) -> pd.DataFrame:
+    "Per threshold: share sorted automatically, their accuracy (NaN when none), and the review queue per `per` returns."
+    conf, correct = predictions["confidence"].to_numpy(), predictions["correct"].to_numpy(dtype=bool)
+    rows = []
+    for t in thresholds:
+        auto = conf >= t
+        rows.append({"threshold": float(t), "auto_share": float(auto.mean()) if len(auto) else np.nan,
+                     "auto_accuracy": float(correct[auto].mean()) if auto.any() else np.nan,
+                     "review_count": int((~auto).sum()), "review_per": float((~auto).mean() * per) if len(auto) else np.nan})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/08_dashboards.ipynb #ee01bc4b
+def class_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    "Per category of the model: precision, recall (in %) and test items, from `models[<model>].per_class`."
+    per_class = metrics["models"][metrics["model"]["name"]]["per_class"]
+    return pd.DataFrame([{"category": c, "precision_pct": np.nan if s["precision"] is None else s["precision"] * 100,
+                          "recall_pct": np.nan if s["recall"] is None else s["recall"] * 100, "items": s["support"]}
+                         for c, s in per_class.items()])
+
+def plot_confusion(metrics: Mapping[str, Any], ax=None):
+    "The confusion matrix (true category as rows, predicted as columns), counts written in each cell."
+    import matplotlib.pyplot as plt
+    labels, counts = metrics["confusion_matrix"]["labels"], np.asarray(metrics["confusion_matrix"]["counts"])
+    if ax is None: _, ax = plt.subplots(figsize=(6.5, 5))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, fmt(n), ha="center", va="center", color="white" if n > counts.max() / 2 else PALETTE["actual"])
+    ax.set_xticks(range(len(labels)), [l.replace("_", " ") for l in labels], rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), [l.replace("_", " ") for l in labels])
+    ax.set(xlabel="predicted category", ylabel="true category", title="Which category is taken for which"); ax.grid(False)
+    return ax
+
+# %% ../nbs/08_dashboards.ipynb #3dbc9c0a
+def review_explorer(predictions: pd.DataFrame, threshold: float, per: int = 1000,
+                    minutes_per_item: float = RETURNS_MINUTES_PER_ITEM):
+    "A confidence-threshold slider; the output shows the review queue and the accuracy of the automatic share at it."
+    import ipywidgets as w
+    from IPython.display import Markdown, display
+    slider = w.FloatSlider(value=float(threshold), min=0.2, max=0.99, step=0.01, description="Confidence",
+                           readout_format=".2f", layout=w.Layout(width="520px"))
+    shown = w.Output()
+
+    def show(*_):
+        r = review_table(predictions, [slider.value], per).iloc[0]
+        acc = "n/a (nothing sorted automatically)" if np.isnan(r["auto_accuracy"]) else f"{fmt(r['auto_accuracy'] * 100, 1)}%"
+        with shown:
+            shown.clear_output(wait=True)
+            display(Markdown(f"At a confidence of **{fmt(slider.value * 100)}%** or more: **{fmt(r['auto_share'] * 100, 1)}%** "
+                             f"of returns sorted automatically, **{acc}** of them right; review queue **{fmt(r['review_per'])} "
+                             f"per {fmt(per)} returns** ({fmt(r['review_count'])} of {fmt(len(predictions))} test photos); "
+                             f"{fmt(r['auto_share'] * per * minutes_per_item / 60, 1)} hours of inspection saved per {fmt(per)}."))
+
+    slider.observe(show, "value"); show()
+    return w.VBox([slider, shown])

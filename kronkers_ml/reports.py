@@ -27,13 +27,17 @@ def load_metrics(family: str, out: str | Path = "outputs") -> dict:
     return read_json(path)
 
 # %% ../nbs/07_reports.ipynb #947f35e1
-HIGHER_IS_BETTER = ("accuracy", "r2")   # primary metrics where a larger figure is the better model
+HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "r2", "coverage")
 
-def compare_to_baselines(metrics: dict) -> pd.DataFrame:
-    "Primary metric of the model and each baseline, with the model's improvement over each (positive = better, either direction)."
+def compare_to_baselines(metrics: dict, direction: str | None = None) -> pd.DataFrame:
+    "Primary metric of the model and each baseline, with the model's improvement over each (positive = better)."
     key = metrics["primary_metric"]
+    if direction is None:
+        higher = metrics.get("higher_is_better", any(key.startswith(h) for h in HIGHER_IS_BETTER))
+        direction = "higher" if higher else "lower"
+    if direction not in ("lower", "higher"): raise ValueError(f"direction must be 'lower' or 'higher', got {direction!r}")
+    sign = 1 if direction == "higher" else -1
     model = metrics["model"][key]
-    sign = -1.0 if key in HIGHER_IS_BETTER else 1.0
     rows = [{"model": metrics["model"]["name"], key: model, "improvement": 0.0}]
-    rows += [{"model": name, key: b[key], "improvement": sign * (b[key] - model)} for name, b in metrics["baselines"].items()]
+    rows += [{"model": name, key: b[key], "improvement": sign * (model - b[key])} for name, b in metrics["baselines"].items()]
     return pd.DataFrame(rows).set_index("model")

@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PAGES = ["overview", "service_time", "demand", "monitoring"]
+PAGES = ["overview", "service_time", "demand", "monitoring", "returns"]
 SHOTS = ROOT / "outputs-test" / "screenshots"        # kept after the run, to look at
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WIDTH, HEIGHT = 1366, 900                           # a laptop screen
@@ -35,15 +35,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def voila(out: Path, timeout_s: float = 120):
-    "Voila serving reports/ on a free local port with `out` as the outputs folder; yields (base url, token)."
+def voila(out: Path, timeout_s: float = 120, preheat: bool = True, pool_size: int = 1):
+    """Voila serving reports/ on a free local port with `out` as the outputs folder; yields (base url, token).
+    With `preheat` (as `make dashboards` runs it), `pool_size` kernels per page have run the page before a visit."""
     port, token = free_port(), "test-" + os.urandom(8).hex()
     env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     env.pop("MPLBACKEND", None)
     log_path = Path(tempfile.mkdtemp(prefix="voila-")) / "voila.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([str(BIN / "voila"), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-                             f"--token={token}", "--show_tracebacks=True", str(ROOT / "reports")],
+                             f"--token={token}", "--show_tracebacks=True",
+                             *([f"--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else []),
+                             str(ROOT / "reports")],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -136,15 +139,27 @@ def key_figures(out: Path) -> dict[str, list[str]]:
     nok = dm["baselines"]["seasonal_naive"]["mae"] - dm["model"]["mae"]
     champion = json.loads((out / "service_time" / "registration.json").read_text())["champion_version_after"]
     quality = {f: json.loads((out / "monitoring" / "quality" / f"{f}.json").read_text()) for f in ("service_time", "demand")}
-    return {
+    rt = json.loads((out / "returns" / "metrics.json").read_text())
+    batch = json.loads((out / "returns" / "batch" / "summary.json").read_text())
+    hours = rt["review"]["auto_share"] * 1000 * 2.0 / 60          # the pages' default of 2 minutes per item
+    pct = lambda x: f"{x * 100:,.1f}%"
+    figures = {
         "overview": [big(minutes), big(nok), f"version {champion}",
                      "driver minutes per route per day"],
         "service_time": [f"{st['data']['rows_test']:,} deliveries", f"{model_min:,.2f} min", f"{rule_min:,.2f} min",
                          f"{minutes:,.1f} driver minutes per route per day"],
         "demand": [f"{dm['model']['mae']:,.0f} NOK", f"{dm['baselines']['seasonal_naive']['mae']:,.0f} NOK",
                    f"{dm['model']['coverage_80'] * 100:,.0f}%"],
-        "monitoring": [f"{q['n_constraints'] - q['n_failed']:,} of {q['n_constraints']:,} rules pass" for q in quality.values()],
+        "monitoring": [f"{q['n_constraints'] - q['n_failed']:,} of {q['n_constraints']:,} rules pass" for q in quality.values()]
+                      + ["not monitored yet"],
+        "returns": [f"{hours:,.1f} hours of manual inspection saved per 1,000 returns", "2.0 minutes",
+                    pct(rt["model"]["accuracy"]), pct(rt["baselines"]["linear"]["accuracy"]),
+                    pct(rt["baselines"]["majority"]["accuracy"]), f"{rt['test_images']:,} test photos",
+                    f"{batch['photos']:,} images", f"{batch['needs_review']:,} needing review",
+                    "Precision", "Recall", "The last nightly batch"],
     }
+    figures["overview"] += [big(hours), "hours of manual inspection saved per 1,000 returns"]
+    return figures
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +182,10 @@ def test_page_renders_with_its_key_figures(served, built, page):
     assert not missing, f"{page}: not on the page: {missing}\n{text[:3000]}"
     overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{page}: {overflow} px wider than a {WIDTH}-px window (horizontal scrolling)"
-    if page in ("service_time", "demand"):   # the controls of the live page are drawn
+    if page in ("service_time", "demand", "returns"):   # the controls of the live page are drawn
         assert driver.find_elements("css selector", ".widget-dropdown, .widget-slider, .jupyter-widgets"), page
+    if page == "returns":   # the threshold slider reads out the review queue of the live page
+        assert "review queue" in text and "per 1,000 returns" in text, text[-2000:]
     shot = screenshot(driver, page)
     assert shot.stat().st_size > 10_000, shot
     print(f"{page}: rendered in {seconds:.1f} s; screenshot {shot}")
@@ -196,10 +213,12 @@ def test_page_without_outputs_says_how_to_build(tmp_path):
     with voila(empty) as (base, token):
         driver = chrome(tmp_path / "profile")
         try:
-            render(driver, f"{base}/voila/render/overview.ipynb?token={token}")
-            assert page_problems(driver) == []
-            assert "make build" in driver.find_element("tag name", "body").text
-            screenshot(driver, "overview-no-outputs")
+            for page in ("overview", "returns"):
+                render(driver, f"{base}/voila/render/{page}.ipynb?token={token}")
+                assert page_problems(driver) == []
+                assert "make build" in driver.find_element("tag name", "body").text, page
+                screenshot(driver, f"{page}-no-outputs")
+            assert "No returns results yet" in driver.find_element("tag name", "body").text
         finally:
             driver.quit()
 

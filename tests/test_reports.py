@@ -33,6 +33,21 @@ def test_service_time_report_shows_the_built_figures(built, tmp_path):
     assert "Figure" in text
 
 
+def test_returns_report_shows_the_built_figures(built, tmp_path):
+    text = "\n".join(run_report(ROOT / "reports" / "returns.ipynb", built, tmp_path))
+    metrics = json.loads((built / "returns" / "metrics.json").read_text())
+    batch = json.loads((built / "returns" / "batch" / "summary.json").read_text())
+    hours = metrics["review"]["auto_share"] * 1000 * 2.0 / 60
+    assert f"{hours:,.1f} hours of manual inspection saved per 1,000 returns" in text
+    assert "2.0 minutes to inspect and sort one returned item" in text        # the assumption, stated
+    for acc in (metrics["model"]["accuracy"], metrics["baselines"]["linear"]["accuracy"]):
+        assert f"{acc * 100:,.1f}%" in text
+    gap = metrics["model"]["accuracy"] - metrics["baselines"]["majority"]["accuracy"]   # accuracy: higher is better
+    assert f"{abs(gap) * 100:,.1f} percentage points {'better' if gap >= 0 else 'worse'} than most common category" in text
+    assert f"{batch['photos']:,} images" in text and f"{batch['needs_review']:,} needing review" in text
+    assert "live dashboard" in text            # the slider is for the live page only
+
+
 @pytest.mark.parametrize("nb", REPORTS, ids=[p.stem for p in REPORTS])
 def test_report_runs_top_to_bottom_on_the_built_outputs(nb, built, tmp_path):
     text = "\n".join(run_report(nb, built, tmp_path))
