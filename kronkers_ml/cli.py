@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=2_000_000, help="largest JSON body or CSV upload")
     serve.add_argument("--max-rows", type=int, default=10_000, help="most stops per request")
     serve.add_argument("--max-horizon", type=int, default=90, help="most days of demand forecast per request (default: %(default)s)")
+    serve.add_argument("--outputs", default=None,
+                       help="run outputs folder the operations plan is read from (default: --out, the repo's outputs/)")
     serve.add_argument("--models", default="service-time,demand",
                        help="comma-separated registered models to serve (default: %(default)s)")
     return top
@@ -110,7 +112,7 @@ def run_serve(args: argparse.Namespace, paths: dict) -> int:
     import uvicorn
     from kronkers_ml.service import ServiceSettings, create_app
     app = create_app(ServiceSettings(**paths, max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
-                                     max_horizon=args.max_horizon, models=tuple(m.strip() for m in args.models.split(",") if m.strip())))
+                                     max_horizon=args.max_horizon, outputs_dir=args.outputs or args.out, models=tuple(m.strip() for m in args.models.split(",") if m.strip())))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
