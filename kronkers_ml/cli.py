@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-image-bytes", type=int, default=5_000_000, help="largest photo, bytes (default: %(default)s)")
     serve.add_argument("--review-threshold", type=float, default=0.9,
                        help="returns: confidence below which a photo needs review, when the served version has no metrics (default: %(default)s)")
+    serve.add_argument("--outputs", default=None,
+                       help="run outputs folder the operations plan is read from (default: --out, the repo's outputs/)")
     serve.add_argument("--models", default="service-time,demand,returns",
                        help="comma-separated registered models to serve (default: %(default)s)")
     return top
@@ -116,6 +118,7 @@ def run_serve(args: argparse.Namespace, paths: dict) -> int:
     app = create_app(ServiceSettings(**paths, max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
                                      max_horizon=args.max_horizon, max_images=args.max_images,
                                      max_image_bytes=args.max_image_bytes, review_threshold=args.review_threshold,
+                                     outputs_dir=args.outputs or args.out,
                                      models=tuple(m.strip() for m in args.models.split(",") if m.strip())))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

@@ -42,8 +42,10 @@ def test_inputs_are_measured_on_the_models_outputs(built, summary):
     kept = json.loads((built / "demand" / "transactions.json").read_text())["rows_clean"]
     assert inputs["returns"]["rate"] == pytest.approx(cleaning["return"]["rows"] / kept) and inputs["returns"]["rate"] > 0
     assert 60 < inputs["driving_s_per_stop"] < 3600 and inputs["driving_source"].startswith("measured")
-    # no returns model upstream and nothing configured: every returned item is inspected by hand, and the plan says so
-    assert inputs["auto_share"] == 0.0 and "inspected by hand" in inputs["auto_share_source"]
+    # the returns classifier is wired upstream: its measured auto share wins over env.yaml's (unset) value
+    review = json.loads((built / "returns" / "metrics.json").read_text())["review"]
+    assert inputs["auto_share"] == pytest.approx(review["auto_share"]) and 0 <= inputs["auto_share"] <= 1
+    assert inputs["auto_share_source"] == "returns/metrics.json review.auto_share"
 
 
 def test_totals_follow_from_the_forecast_and_the_service_time_model(built, plan, summary):
@@ -56,7 +58,14 @@ def test_totals_follow_from_the_forecast_and_the_service_time_model(built, plan,
     assert plan.drivers.to_numpy() == pytest.approx(plan.driver_hours.to_numpy() / inputs["driver_shift_hours"])
     returned = plan.deliveries * inputs["items_per_order"] * inputs["returns"]["rate"]
     assert plan.returned_items.to_numpy() == pytest.approx(returned.to_numpy())
-    assert plan.inspection_hours.to_numpy() == pytest.approx(returned.to_numpy() * inputs["inspection_min_per_item"] / 60)
+    # only the items the classifier sends to review are inspected by hand: the auto share read from the returns metrics
+    auto = json.loads((built / "returns" / "metrics.json").read_text())["review"]["auto_share"]
+    inspection_h = returned.to_numpy() * (1 - auto) * inputs["inspection_min_per_item"] / 60
+    assert plan.inspection_hours.to_numpy() == pytest.approx(inspection_h)
+    assert plan.warehouse_staff.to_numpy() == pytest.approx(inspection_h / inputs["warehouse_shift_hours"])
+    assert totals["inspection_hours"] == pytest.approx(inspection_h.sum())
+    by_hand = returned.to_numpy() * inputs["inspection_min_per_item"] / 60 / inputs["warehouse_shift_hours"]
+    assert plan.warehouse_staff.to_numpy() == pytest.approx(by_hand * (1 - auto))   # staff scale with the reviewed share
 
 
 def test_intervals_are_ordered_and_carry_the_forecast_uncertainty(built, plan, summary):
