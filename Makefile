@@ -6,7 +6,10 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# The stamp is named by a hash of what pins the environment, so that a rewrite of pyproject.toml with the same
+# content (nbdev_export does that) does not reinstall it, and any change of content does.
+DEPS_HASH := $(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(DEPS_HASH)
 
 # No telemetry and no version checks over the network.
 export PLOOMBER_STATS_ENABLED := false
@@ -26,7 +29,7 @@ SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel r-cran-clus
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP):
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version.split()[0]' \
 		|| { echo "make: Python 3.11 is needed (set PYTHON=/path/to/python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +37,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
-	@touch $@
+	@rm -f $(VENV)/.installed*; touch $@
 
 system-deps: ## install the Debian packages above when missing (needs root and apt-get; says what to install otherwise)
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | xargs); \

@@ -30,7 +30,7 @@ __all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'RETURNS_MINUTES
            'service_time_headline', 'demand_headline', 'returns_value', 'returns_headline', 'families_with_outputs',
            'champion_info', 'fmt_age', 'as_text', 'load_quality', 'load_alerts', 'drift_history', 'family_status',
            'profile_drifted', 'monitoring_status', 'overview', 'load_predictions', 'service_mae', 'weekly_mae',
-           'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold', 'badge', 'live_page',
+           'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold', 'badge', 'live_page', 'show_in',
            'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer', 'load_returns', 'review_table',
            'class_table', 'plot_confusion', 'review_explorer']
 
@@ -428,6 +428,29 @@ def live_page(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get("VOILA_BASE_URL") or env.get("VOILA_KERNEL_ID"))
 
+# %% ../nbs/08_dashboards.ipynb #eb5180fe
+def show_in(out, *items) -> None:
+    "Replace what the ipywidgets Output `out` shows with `items`: Markdown, HTML and other displayables, and matplotlib figures (closed once drawn)."
+    import base64
+    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
+    from IPython import get_ipython
+    from IPython.core.formatters import DisplayFormatter
+    from IPython.core.pylabtools import print_figure
+    shell = get_ipython()
+    formatter = shell.display_formatter if shell is not None else DisplayFormatter()
+    outputs = []
+    for item in items:
+        if isinstance(item, Figure):
+            png = base64.b64encode(print_figure(item, "png", bbox_inches="tight")).decode("ascii")
+            data, metadata = {"image/png": png, "text/plain": repr(item)}, {}
+            plt.close(item)
+        else:
+            data, metadata = formatter.format(item)
+        outputs.append({"output_type": "display_data", "data": data, "metadata": metadata})
+    out.outputs = tuple(outputs)
+
+
 # %% ../nbs/08_dashboards.ipynb #abde4398
 def quality_html(q: pd.DataFrame) -> str:
     "Data-quality rows (from load_quality) as an HTML table, the result column in the status colours."
@@ -441,8 +464,7 @@ def quality_html(q: pd.DataFrame) -> str:
 def service_explorer(predictions: pd.DataFrame):
     "Zone menu and week range slider over the test predictions; the output shows each way's error for the selection."
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import Markdown, display
+    from IPython.display import Markdown
     weeks = sorted(pd.DatetimeIndex(predictions["date"]).to_period("W").start_time.unique())
     zone = w.Dropdown(options=[("All zones", "")] + [(z.capitalize(), z) for z in sorted(predictions["zone"].unique())],
                       description="Zone")
@@ -453,16 +475,14 @@ def service_explorer(predictions: pd.DataFrame):
     def show(*_):
         start, end = span.value[0], span.value[1] + pd.Timedelta(days=6)
         table = service_mae(predictions, [zone.value] if zone.value else None, start, end)
-        with shown:
-            shown.clear_output(wait=True)
-            if table["stops"].iloc[0] == 0:
-                display(Markdown("No deliveries in this selection.")); return
-            t = table.set_index("key")["mae_min"]
-            display(Markdown(f"**{fmt(table['stops'].iloc[0])} deliveries** ({zone.label.lower()}, {start:%d %b} to "
-                             f"{end:%d %b %Y}): the model is off by {fmt(t['lightgbm'], 2)} min per stop, the 7-minute "
-                             f"rule by {fmt(t['business_rule_7min'], 2)} min: {fmt(t['business_rule_7min'] - t['lightgbm'], 2)} "
-                             "min better per stop."))
-            plot_ways(table, "Average error per stop in this selection"); plt.show()
+        if table["stops"].iloc[0] == 0:
+            show_in(shown, Markdown("No deliveries in this selection.")); return
+        t = table.set_index("key")["mae_min"]
+        show_in(shown, Markdown(f"**{fmt(table['stops'].iloc[0])} deliveries** ({zone.label.lower()}, {start:%d %b} to "
+                                f"{end:%d %b %Y}): the model is off by {fmt(t['lightgbm'], 2)} min per stop, the 7-minute "
+                                f"rule by {fmt(t['business_rule_7min'], 2)} min: "
+                                f"{fmt(t['business_rule_7min'] - t['lightgbm'], 2)} min better per stop."),
+                plot_ways(table, "Average error per stop in this selection").figure)
 
     zone.observe(show, "value"); span.observe(show, "value"); show()
     return w.VBox([w.HBox([zone, span]), shown])
@@ -471,19 +491,16 @@ def service_explorer(predictions: pd.DataFrame):
 def forecast_explorer(daily: pd.DataFrame, forecast: pd.DataFrame, start_days: int = 14):
     "A days-ahead slider over the forecast; the output shows the total and the chart for that many days."
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import Markdown, display
+    from IPython.display import Markdown
     days = w.IntSlider(value=min(start_days, len(forecast)), min=1, max=len(forecast), description="Days ahead",
                        layout=w.Layout(width="520px"))
     shown = w.Output()
 
     def show(*_):
         f = forecast.sort_values("date").head(days.value)
-        with shown:
-            shown.clear_output(wait=True)
-            display(Markdown(f"Forecast revenue over the next **{days.value} days**: **{fmt(f['forecast'].sum())} NOK** "
-                             f"(daily 80% bands from {fmt(f['lo80'].min())} to {fmt(f['hi80'].max())} NOK)."))
-            plot_forecast(daily, forecast, days.value); plt.show()
+        show_in(shown, Markdown(f"Forecast revenue over the next **{days.value} days**: **{fmt(f['forecast'].sum())} NOK** "
+                                f"(daily 80% bands from {fmt(f['lo80'].min())} to {fmt(f['hi80'].max())} NOK)."),
+                plot_forecast(daily, forecast, days.value).figure)
 
     days.observe(show, "value"); show()
     return w.VBox([days, shown])
@@ -491,19 +508,16 @@ def forecast_explorer(daily: pd.DataFrame, forecast: pd.DataFrame, start_days: i
 def fold_explorer(backtest: pd.DataFrame):
     "A menu of backtest periods; the output shows the period's errors and its forecast against what happened."
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import Markdown, display
+    from IPython.display import Markdown
     errors = fold_errors(backtest)
     fold = w.Dropdown(options=[(f"from {o:%d %b %Y}", o) for o in errors.index], value=errors.index[-1], description="Period")
     shown = w.Output()
 
     def show(*_):
         e = errors.loc[fold.value]
-        with shown:
-            shown.clear_output(wait=True)
-            display(Markdown(f"In this period the model missed a day's revenue by **{fmt(e['sarima'])} NOK** on average, "
-                             f"'same weekday last week' by **{fmt(e['seasonal_naive'])} NOK**."))
-            plot_fold(backtest, fold.value); plt.show()
+        show_in(shown, Markdown(f"In this period the model missed a day's revenue by **{fmt(e['sarima'])} NOK** on average, "
+                                f"'same weekday last week' by **{fmt(e['seasonal_naive'])} NOK**."),
+                plot_fold(backtest, fold.value).figure)
 
     fold.observe(show, "value"); show()
     return w.VBox([fold, shown])
@@ -555,7 +569,7 @@ def review_explorer(predictions: pd.DataFrame, threshold: float, per: int = 1000
                     minutes_per_item: float = RETURNS_MINUTES_PER_ITEM):
     "A confidence-threshold slider; the output shows the review queue and the accuracy of the automatic share at it."
     import ipywidgets as w
-    from IPython.display import Markdown, display
+    from IPython.display import Markdown
     slider = w.FloatSlider(value=float(threshold), min=0.2, max=0.99, step=0.01, description="Confidence",
                            readout_format=".2f", layout=w.Layout(width="520px"))
     shown = w.Output()
@@ -563,12 +577,10 @@ def review_explorer(predictions: pd.DataFrame, threshold: float, per: int = 1000
     def show(*_):
         r = review_table(predictions, [slider.value], per).iloc[0]
         acc = "n/a (nothing sorted automatically)" if np.isnan(r["auto_accuracy"]) else f"{fmt(r['auto_accuracy'] * 100, 1)}%"
-        with shown:
-            shown.clear_output(wait=True)
-            display(Markdown(f"At a confidence of **{fmt(slider.value * 100)}%** or more: **{fmt(r['auto_share'] * 100, 1)}%** "
-                             f"of returns sorted automatically, **{acc}** of them right; review queue **{fmt(r['review_per'])} "
-                             f"per {fmt(per)} returns** ({fmt(r['review_count'])} of {fmt(len(predictions))} test photos); "
-                             f"{fmt(r['auto_share'] * per * minutes_per_item / 60, 1)} hours of inspection saved per {fmt(per)}."))
+        show_in(shown, Markdown(f"At a confidence of **{fmt(slider.value * 100)}%** or more: **{fmt(r['auto_share'] * 100, 1)}%** "
+                                f"of returns sorted automatically, **{acc}** of them right; review queue **{fmt(r['review_per'])} "
+                                f"per {fmt(per)} returns** ({fmt(r['review_count'])} of {fmt(len(predictions))} test photos); "
+                                f"{fmt(r['auto_share'] * per * minutes_per_item / 60, 1)} hours of inspection saved per {fmt(per)}."))
 
     slider.observe(show, "value"); show()
     return w.VBox([slider, shown])

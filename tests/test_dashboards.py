@@ -26,6 +26,7 @@ PAGES = ["overview", "service_time", "demand", "monitoring", "returns"]
 SHOTS = ROOT / "outputs-test" / "screenshots"        # kept after the run, to look at
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WIDTH, HEIGHT = 1366, 900                           # a laptop screen
+VOILA_LOGS: dict[str, Path] = {}                    # base url -> log of the Voila serving it, quoted when a page fails
 
 
 def free_port() -> int:
@@ -49,6 +50,7 @@ def voila(out: Path, timeout_s: float = 120, preheat: bool = True, pool_size: in
                              str(ROOT / "reports")],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    VOILA_LOGS[base] = log_path
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -98,8 +100,14 @@ def render(driver, url: str, timeout_s: float = 300) -> float:
     "Open `url` and wait until Voila's kernel-executed outputs are on the page; the seconds it took."
     from selenium.webdriver.support.ui import WebDriverWait
     t0 = time.perf_counter()
-    driver.get(url)
-    WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(lambda d: d.execute_script(DONE_JS))
+    try:
+        driver.get(url)
+        WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(lambda d: d.execute_script(DONE_JS))
+    except Exception as e:
+        log = next((p for b, p in VOILA_LOGS.items() if url.startswith(b)), None)
+        tail = log.read_text()[-4000:] if log and log.exists() else "(no log)"
+        raise AssertionError(f"{url.split('?')[0]} did not render in {time.perf_counter() - t0:.0f} s "
+                             f"({type(e).__name__}); the end of Voila's log:\n{tail}") from e
     return time.perf_counter() - t0
 
 
@@ -189,6 +197,21 @@ def test_page_renders_with_its_key_figures(served, built, page):
     shot = screenshot(driver, page)
     assert shot.stat().st_size > 10_000, shot
     print(f"{page}: rendered in {seconds:.1f} s; screenshot {shot}")
+
+
+def test_a_moved_control_redraws_its_output(served):
+    "On the live demand page, one step left on the days-ahead slider redraws the total for one day fewer."
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    base, token, driver = served
+    render(driver, f"{base}/voila/render/demand.ipynb?token={token}")
+    before = re.search(r"Forecast revenue over the next (\d+) days", driver.find_element(By.TAG_NAME, "body").text)
+    assert before, "the slider's output is not on the page"
+    driver.find_element(By.CSS_SELECTOR, ".widget-slider .noUi-handle").send_keys(Keys.ARROW_LEFT)
+    want = f"Forecast revenue over the next {int(before.group(1)) - 1} days"
+    WebDriverWait(driver, 60, poll_frequency=0.1).until(lambda d: want in d.find_element(By.TAG_NAME, "body").text)
+    assert page_problems(driver) == []
 
 
 def test_pages_need_the_token(served):
