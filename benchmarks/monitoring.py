@@ -1,5 +1,6 @@
 """Monitoring figures: whylogs profiling throughput on a 1M-row frame, the monitoring share of a pipeline build,
-and drift detection on the generator's drift scenario (days until the alert; false alarms on undrifted data).
+and drift detection on the drift scenarios (service time: hard parking; returns: a dimmer camera): nights until the
+alert, and false alarms on undrifted data.
 
     .venv/bin/python benchmarks/monitoring.py                  # tiny pipeline run (env.test.yaml), 50 seeds
     .venv/bin/python benchmarks/monitoring.py --env default    # the nightly-size run (env.yaml): minutes
@@ -29,7 +30,9 @@ os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 from common import machine_info, task_seconds, timed_build, write_result  # noqa: E402
 
 from kronkers_ml.drift import drift_scores, flag_drift  # noqa: E402
+from kronkers_ml.monitoring_scenarios import nights_until_alert, pixel_classifier, returns_nights  # noqa: E402
 from kronkers_ml.profiles import profile_frame  # noqa: E402
+from kronkers_ml.returns_data import CATEGORIES, load_fashion_mnist  # noqa: E402
 from kronkers_ml.service_features import location_features  # noqa: E402
 from kronkers_ml.service_sim import (apply_scenario, simulate_customer_latents, simulate_customers,  # noqa: E402
                                      simulate_routes)
@@ -37,8 +40,10 @@ from kronkers_ml.service_sim import (apply_scenario, simulate_customer_latents, 
 # Tasks that do monitoring work only (the data-quality gates, which also store the raw-data profiles) ...
 MONITORING_TASKS = ("check-service-data", "check-demand-data")
 # ... and monitoring work done inside another task, which reports its seconds in a product: (task, product, key).
-# The feature profiles of service time are stored by register-service-time, which already loads the split.
-FOLDED_MONITORING = (("register-service-time", "profiles/service_time/index.json", "profile_s"),)
+# The feature profiles of service time are stored by register-service-time, which already loads the split; the
+# returns gate and the photos' profile run inside get-returns-data.
+FOLDED_MONITORING = (("register-service-time", "profiles/service_time/index.json", "profile_s"),
+                     ("get-returns-data", "monitoring/quality/returns.json", "seconds"))
 
 
 def throughput(n_rows: int = 1_000_000, repeats: int = 3, seed: int = 0) -> dict:
@@ -94,6 +99,26 @@ def drift_detection(seeds: int, columns: list[str], p_value: float, days: int = 
             "p_value": p_value, "columns": columns, "stops_per_day": 3 * 10}
 
 
+def returns_drift_detection(seeds: int, columns: list[str], p_value: float, fashion_mnist_dir: str,
+                            brightness: float = 0.7, nights: int = 14, per_night: int = 50) -> dict:
+    """Per seed: scored test photos as the reference, then `nights` nightly batches of `per_night` other test photos,
+    undrifted and dimmed to `brightness` (a pixel logistic regression scores them, see nbs/34_monitoring_scenarios)."""
+    classify = pixel_classifier(*load_fashion_mnist(fashion_mnist_dir, "train"), CATEGORIES)
+    images, _ = load_fashion_mnist(fashion_mnist_dir, "t10k")
+    until, alarmed = [], 0
+    for seed in range(seeds):
+        ref, fresh = returns_nights(images, classify, seed, nights, per_night)
+        _, dim = returns_nights(images, classify, seed, nights, per_night, brightness=brightness)
+        alarmed += nights_until_alert(ref, fresh, columns, p_value, nights=nights) is not None
+        until.append(nights_until_alert(ref, dim, columns, p_value, nights=nights))
+    caught = [u for u in until if u is not None]
+    return {"seeds": seeds, "nights": nights, "photos_per_night": per_night, "seeds_with_a_false_alarm": alarmed,
+            "scenario": f"dim camera ({brightness:.0%} brightness)", "scenario_caught": len(caught),
+            "nights_until_alert": {"min": min(caught, default=None), "median": float(np.median(caught)) if caught else None,
+                                   "max": max(caught, default=None)},
+            "p_value": p_value, "columns": columns}
+
+
 def build_share(env_file: str) -> dict:
     "Time one cold build; the monitoring tasks' share of it, and one `kronkers-monitor --no-retrain` after it."
     with tempfile.TemporaryDirectory() as d:
@@ -124,11 +149,14 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-build", action="store_true", help="do not time a pipeline build")
     args = p.parse_args(argv)
     env_file = "env.yaml" if args.env == "default" else "env.test.yaml"
-    cfg = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["service_time"]["drift"]
-    p_value = float(yaml.safe_load((ROOT / env_file).read_text())["monitoring"]["drift_p_value"])
+    watched = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())
+    env = yaml.safe_load((ROOT / env_file).read_text())
+    p_value = float(env["monitoring"]["drift_p_value"])
     result = {"machine": machine_info(),
               "profiling": throughput(args.rows),
-              "drift_detection": drift_detection(args.seeds, cfg["columns"], p_value)}
+              "drift_detection": drift_detection(args.seeds, watched["service_time"]["drift"]["columns"], p_value),
+              "returns_drift_detection": returns_drift_detection(args.seeds, watched["returns"]["drift"]["columns"], p_value,
+                                                                 env["returns"]["fashion_mnist_dir"])}
     if not args.skip_build:
         share = build_share(env_file)
         result["pipeline"] = share

@@ -14,7 +14,7 @@ from .core import require_columns
 from .profiles import _why
 
 # %% auto #0
-__all__ = ['drift_scores', 'flag_drift', 'rolling_errors', 'performance_breach']
+__all__ = ['drift_scores', 'flag_drift', 'abs_errors', 'rolling_errors', 'performance_breach']
 
 # %% ../nbs/32_drift.ipynb #c1af4564
 def drift_scores(current, reference, columns: Sequence[str] | None = None,
@@ -45,15 +45,21 @@ def flag_drift(scores: pd.DataFrame, p_value: float = 0.001, hellinger: float = 
     return out
 
 # %% ../nbs/32_drift.ipynb #acee1144
+def abs_errors(truth: pd.Series, prediction: pd.Series) -> pd.Series:
+    "Per row |truth - prediction| for numbers; for categories 1.0 where the prediction is wrong, else 0.0 (the mean: error rate)."
+    if pd.api.types.is_numeric_dtype(truth) and pd.api.types.is_numeric_dtype(prediction):
+        return (truth - prediction).abs()
+    return (truth.astype(str) != prediction.astype(str)).astype(float)
+
 def rolling_errors(frame: pd.DataFrame, date_col: str, truth: str, prediction: str, baseline: str | None = None,
                    window_days: int = 14) -> pd.DataFrame:
-    "MAE of `prediction` (and `baseline`) over the `window_days` days ending at each day with ground truth."
+    "MAE of `prediction` (and `baseline`) over the `window_days` days ending at each day with ground truth (categories: error rate)."
     cols = [date_col, truth, prediction] + ([baseline] if baseline else [])
     require_columns(frame, cols, "predictions")
     f = frame[cols].dropna(subset=[truth]).copy()
     f["day"] = pd.to_datetime(f[date_col]).dt.normalize()
-    daily = f.assign(err=(f[truth] - f[prediction]).abs(),
-                     base=(f[truth] - f[baseline]).abs() if baseline else np.nan).groupby("day").agg(
+    daily = f.assign(err=abs_errors(f[truth], f[prediction]),
+                     base=abs_errors(f[truth], f[baseline]) if baseline else np.nan).groupby("day").agg(
         n=("err", "size"), err=("err", "sum"), base=("base", "sum"))
     daily = daily.asfreq("D", fill_value=0)
     roll = daily.rolling(f"{int(window_days)}D").sum()
@@ -62,16 +68,18 @@ def rolling_errors(frame: pd.DataFrame, date_col: str, truth: str, prediction: s
     return out[daily["n"] > 0].rename_axis("window_end").reset_index()
 
 # %% ../nbs/32_drift.ipynb #f3950606
-def performance_breach(windows: pd.DataFrame, training_mae: float, tolerance: float = 0.15, min_rows: int = 30) -> dict:
+def performance_breach(windows: pd.DataFrame, training_mae: float, tolerance: float = 0.15, min_rows: int = 30,
+                       label: str = "MAE") -> dict:
     "Judge the newest window: breach when its MAE > training MAE x (1 + tolerance) or it does not beat the baseline."
     full = windows[windows["n"] >= min_rows]
     if not len(full): return {"checked": False, "breach": False, "reason": f"no window with {min_rows}+ rows of ground truth"}
     last = full.iloc[-1]
     limit = float(training_mae) * (1 + tolerance)
     reasons = []
-    if last["mae"] > limit: reasons.append(f"MAE {last['mae']:.1f} above training MAE {training_mae:.1f} x {1 + tolerance:.2f}")
+    num = (lambda v: f"{v:.1f}") if label == "MAE" else (lambda v: f"{v:.3f}")   # NOK and seconds; rates to 0.001
+    if last["mae"] > limit: reasons.append(f"{label} {num(last['mae'])} above training {label} {num(training_mae)} x {1 + tolerance:.2f}")
     if pd.notna(last["baseline_mae"]) and last["mae"] >= last["baseline_mae"]:
-        reasons.append(f"MAE {last['mae']:.1f} does not beat the baseline's {last['baseline_mae']:.1f}")
+        reasons.append(f"{label} {num(last['mae'])} does not beat the baseline's {num(last['baseline_mae'])}")
     return {"checked": True, "breach": bool(reasons), "reason": "; ".join(reasons) or "within limits",
             "window_end": last["window_end"], "n": int(last["n"]), "mae": float(last["mae"]),
             "baseline_mae": None if pd.isna(last["baseline_mae"]) else float(last["baseline_mae"]),

@@ -85,7 +85,8 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
     """Rolling-window error of the model against its baseline and its training (or backtest) error, judged on the newest
     window. A family's block may set its own `window_days`, `tolerance` and `min_rows` (else the env's `perf_*`). With
     `scale_series` the error is judged as MASE: the window's MAE over the seasonal-naive in-sample MAE of that series
-    before the window, against the `training_mase_key` figure x (1 + tolerance)."""
+    before the window, against the `training_mase_key` figure x (1 + tolerance). A classifier (`metric: error_rate`) is
+    judged on its share of wrong categories against 1 - the `training_accuracy_key` figure."""
     if predictions is None:
         path = Path(out) / spec["predictions"]
         if not path.exists(): return {"checked": False, "breach": False, "reason": f"{path}: no predictions yet"}
@@ -94,10 +95,15 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
     window, tol, min_rows = int(own("window_days")), float(own("tolerance")), int(own("min_rows"))
     trained = read_json(Path(out) / spec["training"]) if "training" in spec else {}
     training = spec.get("training_mae")
+    if training is None and "training_accuracy_key" in spec:
+        training = 1.0 - float(_dotted(trained, spec["training_accuracy_key"]))
     if training is None:
         training = _dotted(trained, spec.get("training_key", "best_valid_mae_s"))
     windows = rolling_errors(predictions, spec["date_column"], spec["truth"], spec["prediction"], spec.get("baseline"), window)
-    res = {**performance_breach(windows, float(training), tol, min_rows), "metric": "mae", "window_days": window, "tolerance": tol}
+    metric = spec.get("metric", "mae")
+    res = {**performance_breach(windows, float(training), tol, min_rows, metric.replace("_", " ") if metric != "mae" else "MAE"),
+           "metric": metric, "window_days": window, "tolerance": tol}
+    if metric != "mae" and res["checked"]: res[metric] = res["mae"]
     if not spec.get("scale_series") or not res["checked"]:
         return res
     series = read_table(Path(out) / spec["scale_series"])

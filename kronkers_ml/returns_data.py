@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .core import DataContractError, write_atomic
@@ -17,7 +18,7 @@ from .core import DataContractError, write_atomic
 # %% auto #0
 __all__ = ['CATEGORIES', 'FASHION_MNIST_LABELS', 'IMAGE_SUFFIXES', 'parse_idx', 'read_idx', 'load_fashion_mnist',
            'sample_per_class', 'load_image', 'load_image_folder', 'stratified_split', 'write_arrays', 'read_arrays',
-           'write_inbox']
+           'inbox_sample', 'write_inbox', 'photo_stats', 'dim_images', 'scored_photos']
 
 # %% ../nbs/40_returns_data.ipynb #517e315d
 CATEGORIES = ["tops", "shirts", "casual_shoes", "handbags", "boots"]
@@ -151,14 +152,40 @@ def read_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataContractError(f"{path}: missing array {e}") from e
 
 # %% ../nbs/40_returns_data.ipynb #88990e8a
+def inbox_sample(n_images: int, n: int, seed: int) -> np.ndarray:
+    "Sorted indices of the seeded sample of `n` of `n_images` images that `write_inbox` writes."
+    return np.sort(np.random.default_rng(seed).permutation(n_images)[:n])
+
 def write_inbox(folder: str | Path, images: np.ndarray, n: int, seed: int, prefix: str = "return") -> list[str]:
-    "Write a seeded sample of `n` images as PNG files `<prefix>_NNNNN.png` into `folder`; the names, in order."
+    "Write a seeded sample of `n` images (`inbox_sample`) as PNG files `<prefix>_NNNNN.png` into `folder`; the names, in order."
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    idx = inbox_sample(len(images), n, seed)
     names = []
     for i in idx:
         name = f"{prefix}_{int(i):05d}.png"
         write_atomic(folder / name, lambda p, im=images[i]: Image.fromarray(im).save(p, format="PNG"))
         names.append(name)
     return names
+
+# %% ../nbs/40_returns_data.ipynb #c6a46a16
+def photo_stats(images) -> pd.DataFrame:
+    "Per photo (uint8 arrays, grey `(h, w)` or colour `(h, w, c)`): height, width, channels, mean and std of its grey level."
+    rows = []
+    for im in images:
+        a = np.asarray(im)
+        grey = a.mean(axis=2) if a.ndim == 3 else a.astype(np.float64)
+        rows.append({"height": int(a.shape[0]), "width": int(a.shape[1]), "channels": int(a.shape[2]) if a.ndim == 3 else 1,
+                     "mean_grey": float(grey.mean()), "std_grey": float(grey.std())})
+    return pd.DataFrame(rows, columns=["height", "width", "channels", "mean_grey", "std_grey"])
+
+def dim_images(images: np.ndarray, factor: float) -> np.ndarray:
+    "The dim-camera drift scenario: every grey level times `factor` (> 0; below 1 darker), rounded, clipped to uint8."
+    if not factor > 0: raise ValueError(f"factor must be above 0, got {factor}")
+    return np.clip(np.rint(np.asarray(images, dtype=np.float32) * factor), 0, 255).astype(np.uint8)
+
+# %% ../nbs/40_returns_data.ipynb #3335a25f
+def scored_photos(images, predicted, confidence, date=None) -> pd.DataFrame:
+    "What the monitor profiles of scored photos: `photo_stats`, the category given and the confidence (to 0.001), and `date` when given."
+    frame = photo_stats(images).assign(predicted=list(predicted), confidence=np.round(np.asarray(confidence, dtype=float), 3))
+    return frame if date is None else frame.assign(date=date)

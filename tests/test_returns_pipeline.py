@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import error_outputs, image_outputs
-from kronkers_ml.returns_data import CATEGORIES, read_arrays
+from conftest import ROOT, error_outputs, image_outputs, ploomber_build
+from kronkers_ml.monitor import monitor
+from kronkers_ml.profiles import latest_profile
+from kronkers_ml.returns_batch import read_results
+from kronkers_ml.returns_data import CATEGORIES, dim_images, read_arrays, scored_photos
 from kronkers_ml.returns_model import load_classifier
 
 TASKS = {"get-returns-data": 1, "train-returns": 1, "evaluate-returns": 3}   # task: plots it must show
@@ -78,3 +82,61 @@ def test_saved_model_classifies_the_inbox(built, metrics):
     assert classifier.version == metrics["model"]["version"]
     names, confidence = classifier.predict([Image.open(p) for p in inbox])
     assert len(names) == 40 and set(names) <= set(CATEGORIES) and confidence.shape == (40,)
+
+
+# --- monitoring: the gate, the profiles, the reviewed categories, drift and performance -------------------------
+
+def test_returns_gate_profiles_and_reviewed_categories_are_in_the_build(built):
+    report = json.loads((built / "monitoring" / "quality" / "returns.json").read_text())
+    assert report["passed"] and report["checked_on"] == "every photo" and report["rows"]["photos"] == 200
+    assert {r["dataset"] for r in report["results"]} == {"photos"} and report["n_constraints"] >= 15
+    for dataset in ("photos", "scored_test", "scored_batch"):
+        assert latest_profile(built, "returns", dataset) is not None, dataset
+    _, y_test = read_arrays(built / "returns" / "test.npz")
+    labels = pd.read_csv(built / "returns" / "inbox_labels.csv")      # what staff would record on review
+    assert labels.category.tolist() == [CATEGORIES[y_test[int(f[7:12])]] for f in labels.file]
+    reviewed = pd.read_parquet(built / "returns" / "batch" / "reviewed.parquet")
+    results = read_results(built / "returns" / "batch" / "results.csv")
+    assert len(reviewed) == int((results.status == "ok").sum()) == 40
+    merged = reviewed.merge(results, on="file", suffixes=("", "_batch"))
+    assert (merged.predicted == merged.category_batch).all() and merged.category.isin(CATEGORIES).all()
+
+
+def test_monitor_is_quiet_on_the_build_flags_a_dim_camera_and_a_worse_model(built, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(built, out, symlinks=True)
+    check = lambda **kw: monitor(ROOT / "env.test.yaml", ["returns"], str(out), retrain_on_breach=False, **kw)["families"]["returns"]
+    quiet = check()
+    assert quiet["drift"]["checked"] and not quiet["drift"]["breach"], quiet["drift"]
+    assert not quiet["performance"]["checked"] and "100+" in quiet["performance"]["reason"]   # 40 photos a night here
+    x_test, _ = read_arrays(out / "returns" / "test.npz")
+    dim = dim_images(x_test, 0.6)                                       # the returns desk's camera got darker
+    cats, conf = load_classifier(out / "returns" / "model.pt", device="cpu").predict(list(dim))
+    drifted = check(current=scored_photos(dim, cats, conf, pd.Timestamp.now().normalize()))["drift"]
+    assert drifted["breach"] and "mean_grey" in drifted["drifted"], drifted
+    today = pd.Timestamp.now().normalize()
+    night = lambda wrong: pd.DataFrame({"date": today, "category": ["tops"] * 60 + ["boots"] * 60, "majority": "shirts",
+                                        "predicted": ["tops"] * 60 + ["boots"] * (60 - wrong) + ["handbags"] * wrong})
+    good = check(predictions=night(3))["performance"]
+    assert good["checked"] and good["metric"] == "error_rate" and not good["breach"], good
+    assert good["error_rate"] == pytest.approx(3 / 120)
+    worse = check(predictions=night(60).assign(majority="boots"))["performance"]     # half wrong; the baseline half right
+    assert worse["breach"] and "does not beat the baseline" in worse["reason"], worse
+
+
+def test_a_washed_out_photo_stops_the_build_at_the_gate(tmp_path):
+    data, rng = tmp_path / "photos", np.random.default_rng(0)
+    for c in CATEGORIES:
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(data / c / f"{i}.png")
+    Image.new("L", (40, 40), 255).save(data / "tops" / "washed_out.png")      # all white: no spread of grey
+    out = tmp_path / "out"
+    done = ploomber_build(out, "--env--returns--data_dir", str(data), "--partially", "train-returns", check=False)
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    assert "get-returns-data" in text and "photos: ranges of column 'std_grey': expected [5, 128], observed [0.0" in text, text[-3000:]
+    assert not (out / "returns" / "train.npz").exists() and not (out / "returns" / "model.pt").exists()
+    report = json.loads((out / "monitoring" / "quality" / "returns.json").read_text())
+    failed = {(r["constraint"], r["column"]) for r in report["results"] if not r["passed"]}
+    assert not report["passed"] and failed == {("ranges", "std_grey"), ("ranges", "mean_grey")}, failed
