@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,42 @@ def ploomber_build(out: Path, *args: str, check: bool = True) -> subprocess.Comp
     if check and done.returncode != 0:
         raise AssertionError(f"ploomber build failed ({done.returncode}):\n{done.stdout[-5000:]}\n{done.stderr[-10000:]}")
     return done
+
+
+def free_port() -> int:
+    "A TCP port free on 127.0.0.1 now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_service(args: list[str], log: Path, env: dict | None = None, timeout_s: float = 60):
+    "`kronkers serve ARGS` on a free port, logging to the file `log`; yields an httpx client once /ready is 200."
+    import httpx
+    port = free_port()
+    with open(log, "w") as out:        # a file, not a pipe: a full pipe would block the server
+        proc = subprocess.Popen([str(BIN / "kronkers"), "serve", "--port", str(port), *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"service exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200: break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"service did not become ready in {timeout_s:.0f} s: {log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            yield client
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired: proc.kill()
 
 
 def cell_outputs(notebook: Path) -> list[dict]:

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +11,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT
+from conftest import ROOT, running_service
 from kronkers_ml.access import create_key, load_roles, read_audit
 
 ROLES = ROOT / "config" / "roles.yaml"
@@ -23,39 +20,15 @@ PLAN = "/v1/operations/plan"
 EXPECTED = {"operations": 200, "admin": 200, "marketing": 403, "procurement": 403, None: 401, "bad": 401}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(built: Path, state: Path, outputs: Path):
     "`kronkers serve` on the tiny build's registry, keys and audit log under `state`, the plan read from `outputs`."
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [str(BIN / "kronkers"), "serve", "--port", str(port), "--out", str(built), "--outputs", str(outputs),
-           "--roles", str(ROLES), "--keys", str(state / "keys.json"), "--audit-log", str(state / "audit.jsonl")]
-    log = state / f"service-{port}.log"
-    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise AssertionError(f"service exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200: break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("service did not become ready")
-        with httpx.Client(base_url=base, timeout=30) as client:
-            yield client
-    finally:
-        proc.terminate()
-        try: proc.wait(timeout=20)
-        except subprocess.TimeoutExpired: proc.kill()
+    # the plan needs no model: serve the two families the tiny build promotes (its returns model stays out)
+    args = ["--out", str(built), "--outputs", str(outputs), "--models", "service-time,demand", "--roles", str(ROLES),
+            "--keys", str(state / "keys.json"), "--audit-log", str(state / "audit.jsonl")]
+    with running_service(args, state / f"service-{uuid.uuid4().hex[:8]}.log", env) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

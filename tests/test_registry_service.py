@@ -7,12 +7,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import BIN, ROOT, running_service
 from kronkers_ml.access import create_key, load_roles, read_audit
 from kronkers_ml.registry import (champion_version, demand_heldout, fit_demand_model, log_demand_model, log_returns_model,
                                   log_service_time_model, register_and_gate, returns_heldout, save_demand_model, show_version)
@@ -29,8 +27,6 @@ from kronkers_ml.service_features import FEATURES
 from kronkers_ml.service_model import fit_lightgbm, save_model
 from kronkers_ml.tracking import artifact_root, log_training_run, use_store
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 ROLES = ROOT / "config" / "roles.yaml"
 
 
@@ -268,37 +264,11 @@ def test_cli_shows_history_and_audits_the_manual_promotion(env):
 
 # --- the service on a real socket --------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(env):
-    port = _free_port()
-    cmd = [str(BIN / "kronkers"), "serve", "--port", str(port), "--max-rows", "50", "--max-body-bytes", "200000",
-           "--max-images", "8", "--max-image-bytes", "100000", *env["opts"]]
-    log = env["out"] / "service.log"                      # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen(cmd, env=env["cli_env"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):                                  # up to 60 s for the first start
-            if proc.poll() is not None:
-                raise AssertionError(f"service exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200: break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("service did not become ready")
-        with httpx.Client(base_url=base, timeout=30) as client:
-            yield {"client": client, **env}
-    finally:
-        proc.terminate()
-        try: proc.wait(timeout=20)
-        except subprocess.TimeoutExpired: proc.kill()
+    args = ["--max-rows", "50", "--max-body-bytes", "200000", "--max-images", "8", "--max-image-bytes", "100000", *env["opts"]]
+    with running_service(args, env["out"] / "service.log", env["cli_env"]) as client:
+        yield {"client": client, **env}
 
 
 def _rows(heldout: pd.DataFrame, n: int) -> list[dict]:
