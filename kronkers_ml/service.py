@@ -14,6 +14,7 @@ import asyncio
 import csv
 import io
 import re
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -310,7 +311,7 @@ class ObserveMiddleware:
 
 # %% ../nbs/23_service.ipynb #5632497c
 def reload_models(app: FastAPI) -> dict[str, Any]:
-    "Load every served model's current champion, then swap the whole table in one assignment; returns from/to versions."
+    "Load every served model's current champion, then swap the whole table in one assignment; returns from/to versions and load errors."
     s: ServiceSettings = app.state.settings
     fresh, errors = {}, {}
     for name in s.models:
@@ -320,6 +321,8 @@ def reload_models(app: FastAPI) -> dict[str, Any]:
     app.state.models = {**{n: m for n, m in old.items() if n not in fresh}, **fresh}   # the swap
     for name, m in fresh.items(): app.state.metrics.version.labels(name).set(float(m.version))
     app.state.metrics.reloads.labels("ok" if not errors else "partial").inc()
+    app.state.load_errors = errors                     # shown by /ready, so that a model that is missing says why
+    for name, e in errors.items(): print(f"kronkers serve: {name} not loaded: {e}", file=sys.stderr, flush=True)
     return {"models": {n: {"from": old[n].version if n in old else None, "to": m.version} for n, m in fresh.items()},
             "errors": errors}
 
@@ -454,7 +457,7 @@ def create_app(settings: ServiceSettings, load: bool = True) -> FastAPI:
 
     app = FastAPI(title="Kronkers model service", version="1", lifespan=lifespan,
                   description="Predictions from the champion of each registered model, with role-based access and an audit log.")
-    app.state.settings, app.state.models = settings, {}
+    app.state.settings, app.state.models, app.state.load_errors = settings, {}, {}
     app.state.roles, app.state.keys = load_roles(settings.roles_path), KeyStore(settings.keys_path)
     app.state.audit, app.state.metrics = AuditLog(settings.audit_path), ServiceMetrics()
     app.state.reload_lock = asyncio.Lock()
@@ -469,7 +472,8 @@ def create_app(settings: ServiceSettings, load: bool = True) -> FastAPI:
     async def ready() -> JSONResponse:
         "Ready when every served model has a champion loaded."
         missing = [n for n in settings.models if n not in app.state.models]
-        body = {"ready": not missing, "models": {n: m.version for n, m in app.state.models.items()}, "missing": missing}
+        body = {"ready": not missing, "models": {n: m.version for n, m in app.state.models.items()}, "missing": missing,
+                "errors": {n: e for n, e in app.state.load_errors.items() if n in missing}}
         return JSONResponse(body, status_code=200 if not missing else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
