@@ -26,13 +26,13 @@ from .reports import OutputsMissing, load_metrics
 # %% auto #0
 __all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'RETURNS_MINUTES_PER_ITEM', 'PAGES', 'QUALITY_COLUMNS',
            'ALERT_COLUMNS', 'DRIFT_COLUMNS', 'STATUS_RULE', 'SERVICE_WAYS', 'LIVE_ONLY', 'repo_root', 'outputs_dir',
-           'fmt', 'apply_style', 'thousands', 'stops_per_route', 'service_time_value', 'demand_value', 'FamilyPage',
-           'service_time_headline', 'demand_headline', 'returns_value', 'returns_headline', 'families_with_outputs',
-           'champion_info', 'fmt_age', 'as_text', 'load_quality', 'load_alerts', 'drift_history', 'family_status',
-           'profile_drifted', 'monitoring_status', 'overview', 'load_predictions', 'service_mae', 'weekly_mae',
-           'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold', 'badge', 'live_page', 'show_in',
-           'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer', 'load_returns', 'review_table',
-           'class_table', 'plot_confusion', 'review_explorer']
+           'fmt', 'apply_style', 'thousands', 'date_axis', 'stops_per_route', 'service_time_value', 'demand_value',
+           'FamilyPage', 'service_time_headline', 'demand_headline', 'returns_value', 'returns_headline',
+           'families_with_outputs', 'champion_info', 'fmt_age', 'as_text', 'load_quality', 'load_alerts',
+           'drift_history', 'family_status', 'profile_drifted', 'monitoring_status', 'overview', 'load_predictions',
+           'service_mae', 'weekly_mae', 'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold',
+           'badge', 'live_page', 'show_in', 'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer',
+           'load_returns', 'review_table', 'class_table', 'plot_confusion', 'review_explorer']
 
 # %% ../nbs/08_dashboards.ipynb #04f0c7d5
 OUTPUTS_ENV = "KRONKERS_OUTPUTS"
@@ -79,6 +79,16 @@ def thousands(ax, axis: str = "y", decimals: int = 0) -> None:
     f = FuncFormatter(lambda v, _: f"{v:,.{decimals}f}")
     if axis in ("x", "both"): ax.xaxis.set_major_formatter(f)
     if axis in ("y", "both"): ax.yaxis.set_major_formatter(f)
+
+def date_axis(ax, dates, min_days: int = 14) -> None:
+    "Concise date ticks on the x axis; a span of `dates` shorter than `min_days` is widened around its middle (one day is not drawn across years)."
+    import matplotlib.dates as mdates
+    d = pd.to_datetime(pd.Series(dates)).dropna()
+    if len(d) and (d.max() - d.min()) < pd.Timedelta(days=min_days):
+        mid = d.min() + (d.max() - d.min()) / 2
+        ax.set_xlim(mid - pd.Timedelta(days=min_days / 2), mid + pd.Timedelta(days=min_days / 2))
+    locator = mdates.AutoDateLocator(maxticks=6)
+    ax.xaxis.set_major_locator(locator); ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 # %% ../nbs/08_dashboards.ipynb #0b54b646
 def stops_per_route(stops: pd.DataFrame) -> float:
