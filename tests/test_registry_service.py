@@ -127,6 +127,14 @@ def _linear_probe_classifier(returns_dir: Path, path: Path, image_size: int = 12
     return path
 
 
+def _models_cli(ctx: dict, *args: str) -> subprocess.CompletedProcess:
+    "Run `kronkers models ARGS` with `ctx`'s options and environment (its `opts`, `cli_env`); it must succeed."
+    done = subprocess.run([str(BIN / "kronkers"), "models", *args, *ctx["opts"]],
+                          capture_output=True, text=True, env=ctx["cli_env"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.fixture(scope="module")
 def env(built, tmp_path_factory):
     "A fresh store with: v1 = a weak model promoted by hand, v2 = the pipeline's model (gated in), v3 = weak (gated out)."
@@ -150,9 +158,8 @@ def env(built, tmp_path_factory):
     first = register(weak)
     cli_env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     opts = ["--out", str(out), "--roles", str(ROLES)]
-    promote = subprocess.run([str(BIN / "kronkers"), "models", "promote", "service-time", first["version"], *opts],
-                             capture_output=True, text=True, env=cli_env, timeout=120)
-    assert promote.returncode == 0, promote.stderr
+    cli = {"opts": opts, "cli_env": cli_env}
+    _models_cli(cli, "promote", "service-time", first["version"])
     second = register(st / "model.txt")
     third = register(weak)
     # demand: a random-walk SARIMA promoted by hand, the pipeline's model (gated in), the random walk again (gated out)
@@ -168,9 +175,7 @@ def env(built, tmp_path_factory):
         return register_and_gate(uri, "demand", run["model_uri"], run["run_id"], dmetrics, dheld)
 
     d1 = register_demand(walk)
-    promote = subprocess.run([str(BIN / "kronkers"), "models", "promote", "demand", d1["version"], *opts],
-                             capture_output=True, text=True, env=cli_env, timeout=120)
-    assert promote.returncode == 0, promote.stderr
+    _models_cli(cli, "promote", "demand", d1["version"])
     d2 = register_demand(built / "demand" / "sarima.parquet")
     d3 = register_demand(walk)
     # returns: an untrained classifier promoted by hand, a better one (gated in), the untrained one again (gated out).
@@ -190,9 +195,7 @@ def env(built, tmp_path_factory):
         return register_and_gate(uri, "returns", run["model_uri"], run["run_id"], rmetrics, rheld)
 
     r1 = register_returns(untrained)
-    promote = subprocess.run([str(BIN / "kronkers"), "models", "promote", "returns", r1["version"], *opts],
-                             capture_output=True, text=True, env=cli_env, timeout=120)
-    assert promote.returncode == 0, promote.stderr
+    _models_cli(cli, "promote", "returns", r1["version"])
     r2 = register_returns(_linear_probe_classifier(built / "returns", out / "probe" / "model.pt"))
     r3 = register_returns(untrained)
     roles = load_roles(ROLES)
@@ -225,10 +228,9 @@ def test_demand_gate_keeps_a_worse_model_out_and_lets_a_better_one_in(env):
     assert tags["gate.metric"] == "mase" and tags["gate.direction"] == "lower" and tags["gate.decision"] == "rejected"
     assert int(tags["gate.heldout_rows"]) == len(env["demand_heldout"])
     assert {"gate.baseline.seasonal_naive", "gate.baseline.moving_average"} <= set(tags)
-    for cmd in (["models", "list"], ["models", "show", "demand"], ["models", "history", "demand"]):
-        done = subprocess.run([str(BIN / "kronkers"), *cmd, *env["opts"]], capture_output=True, text=True,
-                              env=env["cli_env"], timeout=120)
-        assert done.returncode == 0 and d2["version"] in done.stdout, done.stderr
+    for cmd in (["list"], ["show", "demand"], ["history", "demand"]):
+        done = _models_cli(env, *cmd)
+        assert d2["version"] in done.stdout, done.stdout
 
 
 def test_returns_gate_keeps_an_untrained_model_out_and_lets_the_trained_one_in(env):
@@ -244,16 +246,13 @@ def test_returns_gate_keeps_an_untrained_model_out_and_lets_the_trained_one_in(e
     assert tags["gate.metric"] == "accuracy" and tags["gate.direction"] == "higher" and tags["gate.decision"] == "rejected"
     assert int(tags["gate.heldout_rows"]) == len(env["returns_heldout"])
     assert {"gate.baseline.majority", "gate.baseline.linear"} <= set(tags)
-    for cmd in (["models", "list"], ["models", "show", "returns"], ["models", "history", "returns"]):
-        done = subprocess.run([str(BIN / "kronkers"), *cmd, *env["opts"]], capture_output=True, text=True,
-                              env=env["cli_env"], timeout=120)
-        assert done.returncode == 0 and r2["version"] in done.stdout, done.stderr
+    for cmd in (["list"], ["show", "returns"], ["history", "returns"]):
+        done = _models_cli(env, *cmd)
+        assert r2["version"] in done.stdout, done.stdout
 
 
 def test_cli_shows_history_and_audits_the_manual_promotion(env):
-    done = subprocess.run([str(BIN / "kronkers"), "models", "history", "service-time", *env["opts"]],
-                          capture_output=True, text=True, env=env["cli_env"], timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = _models_cli(env, "history", "service-time")
     assert "promoted" in done.stdout and "rejected" in done.stdout and "champion stack" in done.stdout
     audit = read_audit(env["out"] / "service" / "audit.jsonl")
     row = audit[audit.action == "promote"].iloc[0]
@@ -458,14 +457,6 @@ def test_bad_payloads_give_a_clear_4xx_and_the_service_stays_up(service, case):
     assert c.get("/health").status_code == 200
 
 
-def _models_cli(service: dict, *args: str) -> subprocess.CompletedProcess:
-    "Run `kronkers models ARGS` against the service's registry; it must succeed."
-    done = subprocess.run([str(BIN / "kronkers"), "models", *args, *service["opts"]],
-                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done
-
-
 def _promote_and_reload(service: dict, name: str, version: str) -> None:
     "Make `version` the champion of `name` again and check that a reload serves it."
     _models_cli(service, "promote", name, version)
@@ -524,8 +515,7 @@ def test_reload_under_concurrent_requests_loses_none(service):
     versions = []
     try:
         for target in (first["version"], second["version"], first["version"], second["version"]):
-            subprocess.run([str(BIN / "kronkers"), "models", "promote", "service-time", target, *service["opts"]],
-                           check=True, capture_output=True, env=service["cli_env"], timeout=120)
+            _models_cli(service, "promote", "service-time", target)
             r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
             assert r.status_code == 200, r.text
             versions.append(r.json()["models"]["service-time"]["to"])
@@ -591,14 +581,11 @@ def test_returns_bad_uploads_give_a_4xx_naming_the_file(service, case):
 def test_returns_rollback_then_reload_serves_the_previous_version(service):
     c, admin, ops = service["client"], service["keys"]["admin"], service["keys"]["operations"]
     r1, r2, _ = service["returns"]
-    done = subprocess.run([str(BIN / "kronkers"), "models", "rollback", "returns", *service["opts"]],
-                          capture_output=True, text=True, env=service["cli_env"], timeout=120)
-    assert done.returncode == 0, done.stderr
+    _models_cli(service, "rollback", "returns")
     assert champion_version(service["uri"], "returns") == r1["version"]
     r = c.post("/v1/admin/reload", headers={"X-API-Key": admin})
     assert r.status_code == 200 and r.json()["models"]["returns"] == {"from": r2["version"], "to": r1["version"]}
     body = c.post("/v1/models/returns/classify", files=_photos(service["returns_heldout"], 2), headers={"X-API-Key": ops}).json()
     assert body["version"] == r1["version"] and body["review_threshold"] == 0.9     # no metrics.json logged: the setting
-    subprocess.run([str(BIN / "kronkers"), "models", "promote", "returns", r2["version"], *service["opts"]],
-                   check=True, capture_output=True, env=service["cli_env"], timeout=120)
+    _models_cli(service, "promote", "returns", r2["version"])
     assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["returns"]["to"] == r2["version"]

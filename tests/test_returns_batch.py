@@ -8,7 +8,6 @@ import os
 import shutil
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BIN, ROOT, error_outputs, image_outputs
+from conftest import BIN, ROOT, error_outputs, free_port, image_outputs
 from kronkers_ml.returns_batch import (COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main, read_results,
                                        results_lock, scan_inbox)
 from kronkers_ml.returns_model import CATEGORIES, build_classifier, load_classifier, save_classifier
@@ -178,12 +177,6 @@ def test_second_run_is_refused_while_the_lock_is_held(model_file, tmp_path):
     after = run_job(model_file, inbox, results)
     assert after.returncode == EXIT_OK, after.stderr
     assert len(read_results(results)) == 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
