@@ -98,7 +98,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3, help="interleaved pairs of runs (default: %(default)s)")
     p.add_argument("--architecture", default="efficientnet_lite0", choices=["efficientnet_lite0", "efficientnet_b0"],
                    help="the pipeline's default is efficientnet_lite0 (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=64, help="network input in pixels, as env.yaml (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=96, help="network input in pixels, as env.yaml (default: %(default)s)")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average each photo with its mirror image, as env.yaml's returns.flip_tta (default: on)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "returns_batch.json"), help="result JSON")
@@ -111,7 +113,7 @@ def main(argv=None) -> dict:
         write_inbox(d / "inbox", images, args.images, seed=0)
         names = scan_inbox(d / "inbox")
         save_classifier(build_classifier(args.architecture, n_classes=5, pretrained=False), d / "model.pt",
-                        image_size=args.image_size)
+                        image_size=args.image_size, flip_tta=args.flip_tta)
         model = load_classifier(d / "model.pt")
         # warm-up of both paths (first calls allocate and pick kernels)
         bare_loop(model, d / "inbox", names[: 2 * args.batch_size], args.batch_size)

@@ -17,7 +17,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['TABLE_SUFFIXES', 'DataContractError', 'find_table', 'read_table', 'require_columns', 'enforce_contract',
-           'frame_sha256', 'file_sha256', 'write_atomic', 'write_json', 'read_json', 'write_parquet']
+           'frame_sha256', 'file_sha256', 'write_atomic', 'write_json', 'read_json', 'write_parquet', 'as_flag']
 
 # %% ../nbs/00_core.ipynb #704874e0
 class DataContractError(ValueError):
@@ -172,3 +172,12 @@ def read_json(path: str | Path) -> Any:
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
     "Write a frame to Parquet (no index), atomically."
     return write_atomic(path, lambda p: frame.to_parquet(p, index=False))
+
+# %% ../nbs/00_core.ipynb #3183bd3d
+def as_flag(value: Any, name: str) -> bool:
+    "A yes/no parameter (bool, or text true/false, yes/no, 1/0 in any case) as a bool; a ValueError names `name`."
+    if isinstance(value, bool): return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"): return True
+    if text in ("false", "no", "0"): return False
+    raise ValueError(f"{name}: expected true or false, got {value!r}")

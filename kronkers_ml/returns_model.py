@@ -25,11 +25,11 @@ from .core import write_atomic
 from .returns_data import CATEGORIES
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'STAGES', 'ARCHITECTURES', 'FORMAT', 'to_tensor_batch', 'augment_batch', 'MBConv',
-           'EfficientNet', 'lite0_weights_path', 'lite0_imagenet_state_dict', 'load_pretrained', 'build_classifier',
-           'pick_device', 'set_threads', 'lr_at', 'train_classifier', 'ReturnsClassifier', 'state_version',
-           'save_classifier', 'load_classifier', 'confusion_counts', 'classification_scores', 'majority_baseline',
-           'linear_baseline', 'review_split']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'STAGES', 'ARCHITECTURES', 'FORMAT', 'to_tensor_batch', 'augment_batch',
+           'random_erase', 'MBConv', 'EfficientNet', 'lite0_weights_path', 'lite0_imagenet_state_dict',
+           'load_pretrained', 'build_classifier', 'pick_device', 'set_threads', 'lr_at', 'train_classifier',
+           'ReturnsClassifier', 'state_version', 'save_classifier', 'load_classifier', 'confusion_counts',
+           'classification_scores', 'majority_baseline', 'linear_baseline', 'review_split']
 
 # %% ../nbs/41_returns_model.ipynb #ddf13fec
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,9 +71,10 @@ def to_tensor_batch(images, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_ST
     return (batch - m) / s
 
 # %% ../nbs/41_returns_model.ipynb #a6e35cd9
-def augment_batch(batch: torch.Tensor, generator: torch.Generator, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3),
-                  max_rotate_deg: float = 10.0, flip: bool = True) -> torch.Tensor:
-    "Random resized crop, horizontal flip and small rotation of a normalised batch (n, C, H, W), seeded by `generator`."
+def augment_batch(batch: torch.Tensor, generator: torch.Generator, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                  max_rotate_deg: float = 0.0, flip: bool = True, max_shift: float = 0.08) -> torch.Tensor:
+    """Random resized crop (area share in `scale`, aspect in `ratio`), shift by up to `max_shift` of the side in each
+    direction, horizontal flip and rotation up to `max_rotate_deg` of a normalised batch (n, C, H, W), seeded by `generator`."""
     n = batch.shape[0]
     if n == 0: return batch
     u = torch.rand(n, 5, generator=generator)
@@ -81,15 +82,32 @@ def augment_batch(batch: torch.Tensor, generator: torch.Generator, scale=(0.7, 1
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     aspect = torch.exp(log_r)
     sx = torch.sqrt(area * aspect).clamp(max=1.0); sy = torch.sqrt(area / aspect).clamp(max=1.0)
-    tx = (1 - sx) * (2 * u[:, 2] - 1); ty = (1 - sy) * (2 * u[:, 3] - 1)
+    tx = (1 - sx + 2 * max_shift) * (2 * u[:, 2] - 1); ty = (1 - sy + 2 * max_shift) * (2 * u[:, 3] - 1)
     angle = torch.deg2rad((2 * torch.rand(n, generator=generator) - 1) * max_rotate_deg)
     sign = torch.where((u[:, 4] < 0.5) & flip, -1.0, 1.0)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([sign * sx * cos, -sy * sin, tx], 1),
                          torch.stack([sign * sx * sin, sy * cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
-    # outside the image: the normalised value of the image's border colour is unknown, so reflect instead of zeros
-    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # outside the image: the normalised value of the background is unknown, so repeat the border instead of zeros
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+# %% ../nbs/41_returns_model.ipynb #bc4da276
+def random_erase(batch: torch.Tensor, generator: torch.Generator, p: float = 0.5, area=(0.02, 0.22),
+                 max_aspect: float = 3.0) -> torch.Tensor:
+    """Random erasing: in a share `p` of the images of a normalised batch (n, C, H, W), a rectangle covering `area` of
+    the image (aspect up to `max_aspect` either way) is set to 0, the mean colour; seeded by `generator`."""
+    n, _, H, W = batch.shape
+    if n == 0 or p <= 0: return batch
+    u = torch.rand(n, 5, generator=generator)
+    share = area[0] + (area[1] - area[0]) * u[:, 0]
+    aspect = torch.exp((2 * u[:, 1] - 1) * math.log(max_aspect))
+    h = torch.sqrt(share * aspect * H * W).round().clamp(1, H); w = torch.sqrt(share / aspect * H * W).round().clamp(1, W)
+    y0 = ((H - h) * u[:, 2]).floor(); x0 = ((W - w) * u[:, 3]).floor()
+    rows = torch.arange(H).view(1, H, 1); cols = torch.arange(W).view(1, 1, W)
+    inside = ((rows >= y0.view(-1, 1, 1)) & (rows < (y0 + h).view(-1, 1, 1)) &
+              (cols >= x0.view(-1, 1, 1)) & (cols < (x0 + w).view(-1, 1, 1)) & (u[:, 4] < p).view(-1, 1, 1))
+    return batch.masked_fill(inside[:, None], 0.0)
 
 # %% ../nbs/41_returns_model.ipynb #768b8b90
 STAGES = [  # expand, kernel, stride, in, out, repeats
@@ -260,9 +278,11 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
 def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, image_size: int, epochs: int = 10,
                      batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0,
                      device: str | None = None, threads: int | None = None, augment: bool = True,
-                     label_smoothing: float = 0.1, crop_scale_min: float = 0.7, max_aspect: float = 4 / 3,
-                     max_rotate_deg: float = 10.0, max_steps: int | None = None, progress: bool = True) -> dict:
-    "Train `model` in place on uint8 images and labels; the history: loss per step and epoch, seconds, device."
+                     label_smoothing: float = 0.1, crop_scale_min: float = 1.0, max_aspect: float = 1.0,
+                     max_rotate_deg: float = 0.0, max_shift: float = 0.08, erase: float = 0.0, max_steps: int | None = None,
+                     progress: bool = True, channels_last: bool = True) -> dict:
+    """Train `model` in place on uint8 images and labels; the history: loss per step and epoch, seconds, device.
+    `channels_last` lays activations out channels-last, which runs the convolutions about twice as fast on the CPU."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (got {len(images)} images, {len(labels)} labels)")
     dev = pick_device(device)
@@ -270,7 +290,8 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    model.to(dev).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(dev, memory_format=layout).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
@@ -287,8 +308,9 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
             idx = order[b * batch_size:(b + 1) * batch_size]
             x = to_tensor_batch(images[idx], image_size)
             if augment: x = augment_batch(x, gen, scale=(crop_scale_min, 1.0), ratio=(1 / max_aspect, max_aspect),
-                                          max_rotate_deg=max_rotate_deg)
-            x, y = x.to(dev), y_all[idx].to(dev)
+                                          max_rotate_deg=max_rotate_deg, max_shift=max_shift)
+            if augment and erase > 0: x = random_erase(x, gen, p=erase)
+            x, y = x.to(dev, memory_format=layout), y_all[idx].to(dev)
             for group in opt.param_groups: group["lr"] = lr_at(step, total, lr, warmup)
             loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -303,18 +325,22 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
             "train_seconds": time.perf_counter() - start, "device": dev.type, "threads": n_threads,
             "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "augment": augment,
             "crop_scale_min": crop_scale_min, "max_aspect": max_aspect, "max_rotate_deg": max_rotate_deg,
+            "max_shift": max_shift, "erase": erase, "channels_last": channels_last,
             "label_smoothing": label_smoothing, "train_images": int(len(images)), "seed": seed}
 
 # %% ../nbs/41_returns_model.ipynb #c668c07f
 class ReturnsClassifier:
-    "A trained classifier of return photos: `.predict(images)` -> (categories, confidences)."
+    """A trained classifier of return photos: `.predict(images)` -> (categories, confidences). With `flip_tta` the
+    probabilities are the mean over each image and its mirror image (twice the compute, fewer errors)."""
     def __init__(self, model: nn.Module, categories: list[str], image_size: int, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, version: str = "", meta: dict | None = None, device: str | None = None):
+                 std=IMAGENET_STD, version: str = "", meta: dict | None = None, device: str | None = None,
+                 channels_last: bool = True, flip_tta: bool = False):
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.layout).eval()
         self.categories, self.image_size = list(categories), int(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.version, self.meta = version, dict(meta or {})
+        self.version, self.meta, self.flip_tta = version, dict(meta or {}), bool(flip_tta)
 
     def predict_proba(self, images, batch_size: int = 128) -> np.ndarray:
         "Class probabilities (n, n_categories) of images (PIL images or uint8 arrays), in eval mode."
@@ -323,7 +349,11 @@ class ReturnsClassifier:
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
                 x = to_tensor_batch(images[i:i + batch_size], self.image_size, self.mean, self.std)
-                out.append(torch.softmax(self.model(x.to(self.device)).float(), 1).cpu().numpy())
+                x = x.to(self.device, memory_format=self.layout)
+                proba = torch.softmax(self.model(x).float(), 1)
+                if self.flip_tta:
+                    proba = (proba + torch.softmax(self.model(x.flip(3)).float(), 1)) / 2
+                out.append(proba.cpu().numpy())
         return np.concatenate(out) if out else np.empty((0, len(self.categories)), dtype=np.float32)
 
     def predict(self, images: list[Image.Image]) -> tuple[list[str], np.ndarray]:
@@ -334,7 +364,7 @@ class ReturnsClassifier:
 
     def __repr__(self):
         return (f"ReturnsClassifier({getattr(self.model, 'architecture', '?')}, {len(self.categories)} categories, "
-                f"{self.image_size}px, version {self.version})")
+                f"{self.image_size}px{', flip TTA' if self.flip_tta else ''}, version {self.version})")
 
 # %% ../nbs/41_returns_model.ipynb #6c1c5d10
 FORMAT = "kronkers-returns-classifier/1"
@@ -352,11 +382,11 @@ def save_classifier(model, path: str | Path, **meta) -> str:
     "Save a model (nn.Module or ReturnsClassifier) and its metadata to one file, atomically; returns the version."
     if isinstance(model, ReturnsClassifier):
         meta = {**model.meta, "categories": model.categories, "image_size": model.image_size,
-                "mean": list(model.mean), "std": list(model.std), **meta}
+                "mean": list(model.mean), "std": list(model.std), "flip_tta": model.flip_tta, **meta}
         model = model.model
     meta = {"architecture": getattr(model, "architecture", None), "init": getattr(model, "init", None),
             "categories": list(CATEGORIES), "image_size": 64, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            **meta}
+            "flip_tta": False, **meta}
     if meta["architecture"] not in ARCHITECTURES:
         raise ValueError(f"architecture {meta['architecture']!r} unknown; pass architecture= one of {ARCHITECTURES}")
     n_out = model._fc.out_features
@@ -386,7 +416,7 @@ def load_classifier(path: str | Path, device: str | None = None) -> ReturnsClass
     model.load_state_dict(blob["state_dict"], strict=True)
     model.init = meta.get("init")
     return ReturnsClassifier(model, meta["categories"], meta["image_size"], meta["mean"], meta["std"],
-                             blob["version"], meta, device)
+                             blob["version"], meta, device, flip_tta=bool(meta.get("flip_tta", False)))
 
 # %% ../nbs/41_returns_model.ipynb #d241c40a
 def confusion_counts(y_true, y_pred, n_classes: int) -> np.ndarray:
