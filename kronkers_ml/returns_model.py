@@ -74,7 +74,8 @@ def to_tensor_batch(images, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_ST
 def augment_batch(batch: torch.Tensor, generator: torch.Generator, scale=(1.0, 1.0), ratio=(1.0, 1.0),
                   max_rotate_deg: float = 0.0, flip: bool = True, max_shift: float = 0.08) -> torch.Tensor:
     """Random resized crop (area share in `scale`, aspect in `ratio`), shift by up to `max_shift` of the side in each
-    direction, horizontal flip and rotation up to `max_rotate_deg` of a normalised batch (n, C, H, W), seeded by `generator`."""
+    direction, horizontal flip and rotation up to `max_rotate_deg` of a normalised batch (n, C, H, W), seeded by
+    `generator`."""
     n = batch.shape[0]
     if n == 0: return batch
     u = torch.rand(n, 5, generator=generator)
@@ -102,7 +103,8 @@ def random_erase(batch: torch.Tensor, generator: torch.Generator, p: float = 0.5
     u = torch.rand(n, 5, generator=generator)
     share = area[0] + (area[1] - area[0]) * u[:, 0]
     aspect = torch.exp((2 * u[:, 1] - 1) * math.log(max_aspect))
-    h = torch.sqrt(share * aspect * H * W).round().clamp(1, H); w = torch.sqrt(share / aspect * H * W).round().clamp(1, W)
+    h = torch.sqrt(share * aspect * H * W).round().clamp(1, H)
+    w = torch.sqrt(share / aspect * H * W).round().clamp(1, W)
     y0 = ((H - h) * u[:, 2]).floor(); x0 = ((W - w) * u[:, 3]).floor()
     rows = torch.arange(H).view(1, H, 1); cols = torch.arange(W).view(1, 1, W)
     inside = ((rows >= y0.view(-1, 1, 1)) & (rows < (y0 + h).view(-1, 1, 1)) &
@@ -279,8 +281,8 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
                      batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0,
                      device: str | None = None, threads: int | None = None, augment: bool = True,
                      label_smoothing: float = 0.1, crop_scale_min: float = 1.0, max_aspect: float = 1.0,
-                     max_rotate_deg: float = 0.0, max_shift: float = 0.08, erase: float = 0.0, max_steps: int | None = None,
-                     progress: bool = True, channels_last: bool = True) -> dict:
+                     max_rotate_deg: float = 0.0, max_shift: float = 0.08, erase: float = 0.0,
+                     max_steps: int | None = None, progress: bool = True, channels_last: bool = True) -> dict:
     """Train `model` in place on uint8 images and labels; the history: loss per step and epoch, seconds, device.
     `channels_last` lays activations out channels-last, which runs the convolutions about twice as fast on the CPU."""
     if len(images) != len(labels) or len(images) == 0:
