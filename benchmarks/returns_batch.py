@@ -99,8 +99,8 @@ def main(argv=None) -> dict:
     p.add_argument("--architecture", default="efficientnet_lite0", choices=["efficientnet_lite0", "efficientnet_b0"],
                    help="the pipeline's default is efficientnet_lite0 (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=96, help="network input in pixels, as env.yaml (default: %(default)s)")
-    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
-                   help="average each photo with its mirror image, as env.yaml's returns.flip_tta (default: on)")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="average each photo with its mirror image, env.yaml's returns.flip_tta (default: off)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "returns_batch.json"), help="result JSON")
@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "returns_batch", "machine": machine_info(), "torch_threads": torch.get_num_threads(),
         "images": n, "batch_size": args.batch_size, "repeats": args.repeats, "architecture": args.architecture,
-        "image_size": args.image_size, "model_version": model.version,
+        "image_size": args.image_size, "flip_tta": args.flip_tta, "model_version": model.version,
         "bare_seconds": bare, "job_seconds": job,
         "bare_images_per_s": n / bare_med, "job_images_per_s": n / job_med,
         "overhead": job_med / bare_med - 1,

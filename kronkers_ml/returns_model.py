@@ -284,7 +284,7 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
                      max_rotate_deg: float = 0.0, max_shift: float = 0.08, erase: float = 0.0,
                      max_steps: int | None = None, progress: bool = True, channels_last: bool = True) -> dict:
     """Train `model` in place on uint8 images and labels; the history: loss per step and epoch, seconds, device.
-    `channels_last` lays activations out channels-last, which runs the convolutions about twice as fast on the CPU."""
+    `channels_last` lays activations out channels-last, which trains faster on the CPU (1.2-1.8x for Lite0)."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (got {len(images)} images, {len(labels)} labels)")
     dev = pick_device(device)
