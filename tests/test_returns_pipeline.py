@@ -49,7 +49,7 @@ def test_metrics_file_has_the_documented_shape(metrics):
     model = metrics["model"]
     for key in ("name", "architecture", "init", "image_size", "epochs", "train_seconds", "device", "threads"):
         assert key in model, key
-    assert model["image_size"] == 32 and model["epochs"] == 2 and model["train_seconds"] > 0
+    assert model["image_size"] == 32 and model["epochs"] == 3 and model["train_seconds"] > 0
     assert set(metrics["models"]) == {model["name"], "majority", "linear"}
     for name, scores in metrics["models"].items():
         assert 0 <= scores["accuracy"] <= 1, name
