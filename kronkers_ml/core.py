@@ -64,6 +64,7 @@ def require_columns(frame: pd.DataFrame, columns, source: str) -> None:
 
 # %% ../nbs/00_core.ipynb #2d80a717
 _KINDS = ("int", "float", "bool", "str", "datetime")
+_FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}   # text of a yes/no value
 
 def _coerce(values: pd.Series, kind: str, tz: str | None) -> pd.Series:
     "Coerce one column to `kind`; unparseable values become missing."
@@ -72,7 +73,7 @@ def _coerce(values: pd.Series, kind: str, tz: str | None) -> pd.Series:
     if kind == "bool":
         if values.dtype == bool: return values
         text = values.astype("string").str.strip().str.lower()
-        return text.map({"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False})
+        return text.map(_FLAG_WORDS)
     if kind == "str":
         return values.astype("string")
     if kind == "datetime":
@@ -178,6 +179,5 @@ def as_flag(value: Any, name: str) -> bool:
     "A yes/no parameter (bool, or text true/false, yes/no, 1/0 in any case) as a bool; a ValueError names `name`."
     if isinstance(value, bool): return value
     text = str(value).strip().lower()
-    if text in ("true", "yes", "1"): return True
-    if text in ("false", "no", "0"): return False
+    if text in _FLAG_WORDS: return _FLAG_WORDS[text]
     raise ValueError(f"{name}: expected true or false, got {value!r}")
