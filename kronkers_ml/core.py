@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -125,11 +126,15 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #0247b2fe
+_UMASK = os.umask(0o022); os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
 def _atomic_target(path: Path):
-    "A temporary path in `path`'s folder (created if needed)."
+    """A temporary path in `path`'s folder (created if needed), with the permissions `path` has, or else those a new
+    file gets (mkstemp's own are owner-only, which would hide products from the other users of a shared folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_UMASK)
     return Path(tmp)
 
 def write_atomic(path: str | Path, write) -> Path:
