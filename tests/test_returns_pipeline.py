@@ -140,3 +140,12 @@ def test_a_washed_out_photo_stops_the_build_at_the_gate(tmp_path):
     report = json.loads((out / "monitoring" / "quality" / "returns.json").read_text())
     failed = {(r["constraint"], r["column"]) for r in report["results"] if not r["passed"]}
     assert not report["passed"] and failed == {("ranges", "std_grey"), ("ranges", "mean_grey")}, failed
+
+
+def test_flip_tta_without_the_training_flip_is_refused_before_training(tmp_path):
+    out = tmp_path / "out"
+    done = ploomber_build(out, "--env--returns--flip", "false", "--partially", "train-returns", check=False)
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    assert "train-returns" in text and "a model trained without the flip (flip: false) has never met" in text, text[-3000:]
+    assert (out / "returns" / "train.npz").exists() and not (out / "returns" / "model.pt").exists()
