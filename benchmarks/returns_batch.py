@@ -36,7 +36,7 @@ from common import machine_info, write_result  # noqa: E402
 
 from kronkers_ml.returns_batch import append_durably, format_rows, read_item, run_batch, scan_inbox  # noqa: E402
 from kronkers_ml.returns_data import load_fashion_mnist, write_inbox  # noqa: E402
-from kronkers_ml.returns_model import build_classifier, load_classifier, save_classifier  # noqa: E402
+from kronkers_ml.returns_model import Ensemble, build_classifier, load_classifier, save_classifier  # noqa: E402
 
 
 def bare_loop(model, inbox: Path, names: list[str], batch_size: int) -> tuple[float, float]:
@@ -101,6 +101,8 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=96, help="network input in pixels, as env.yaml (default: %(default)s)")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=False,
                    help="average each photo with its mirror image, env.yaml's returns.flip_tta (default: off)")
+    p.add_argument("--members", type=int, default=1,
+                   help="networks averaged per photo, env.yaml's returns.members (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "returns_batch.json"), help="result JSON")
@@ -112,7 +114,8 @@ def main(argv=None) -> dict:
         images, _ = load_fashion_mnist(args.fashion_mnist, "t10k")
         write_inbox(d / "inbox", images, args.images, seed=0)
         names = scan_inbox(d / "inbox")
-        save_classifier(build_classifier(args.architecture, n_classes=5, pretrained=False), d / "model.pt",
+        nets = [build_classifier(args.architecture, n_classes=5, pretrained=False, seed=k) for k in range(args.members)]
+        save_classifier(nets[0] if args.members == 1 else Ensemble(nets), d / "model.pt",
                         image_size=args.image_size, flip_tta=args.flip_tta)
         model = load_classifier(d / "model.pt")
         # warm-up of both paths (first calls allocate and pick kernels)
@@ -134,7 +137,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "returns_batch", "machine": machine_info(), "torch_threads": torch.get_num_threads(),
         "images": n, "batch_size": args.batch_size, "repeats": args.repeats, "architecture": args.architecture,
-        "image_size": args.image_size, "flip_tta": args.flip_tta, "model_version": model.version,
+        "image_size": args.image_size, "flip_tta": args.flip_tta, "members": args.members, "model_version": model.version,
         "bare_seconds": bare, "job_seconds": job,
         "bare_images_per_s": n / bare_med, "job_images_per_s": n / job_med,
         "overhead": job_med / bare_med - 1,

@@ -27,9 +27,10 @@ from .returns_data import CATEGORIES
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'STAGES', 'ARCHITECTURES', 'FORMAT', 'to_tensor_batch', 'augment_batch',
            'random_erase', 'MBConv', 'EfficientNet', 'lite0_weights_path', 'lite0_imagenet_state_dict',
-           'load_pretrained', 'build_classifier', 'pick_device', 'set_threads', 'lr_at', 'train_classifier',
-           'ReturnsClassifier', 'state_version', 'save_classifier', 'load_classifier', 'confusion_counts',
-           'classification_scores', 'majority_baseline', 'linear_baseline', 'review_split']
+           'load_pretrained', 'build_classifier', 'Ensemble', 'n_members', 'n_outputs', 'pick_device', 'set_threads',
+           'lr_at', 'update_ema', 'ema_decay', 'train_classifier', 'train_members', 'ReturnsClassifier',
+           'state_version', 'save_classifier', 'load_classifier', 'confusion_counts', 'classification_scores',
+           'majority_baseline', 'linear_baseline', 'review_split']
 
 # %% ../nbs/41_returns_model.ipynb #ddf13fec
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -255,6 +256,30 @@ def build_classifier(architecture: str = "efficientnet_b0", n_classes: int = 5, 
         model.init = "scratch"
     return model
 
+# %% ../nbs/41_returns_model.ipynb #f3b2a102
+class Ensemble(nn.Module):
+    """Networks of one architecture whose class probabilities are averaged. `forward` returns the log of the mean
+    probabilities, so their softmax (what `ReturnsClassifier` takes) is the mean probability itself."""
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        kinds = sorted({str(getattr(m, "architecture", None)) for m in members})
+        if len(kinds) != 1:
+            raise ValueError(f"an ensemble needs one or more members of one architecture, got {kinds or 'none'}")
+        self.members = nn.ModuleList(members)
+        self.architecture, self.init = members[0].architecture, getattr(members[0], "init", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([torch.log_softmax(m(x).float(), 1) for m in self.members])
+        return torch.logsumexp(logp, 0) - math.log(len(self.members))
+
+def n_members(model: nn.Module) -> int:
+    "How many networks a model averages: 1 for a single network."
+    return len(model.members) if isinstance(model, Ensemble) else 1
+
+def n_outputs(model: nn.Module) -> int:
+    "Number of classes a network or an ensemble predicts."
+    return (model.members[0] if isinstance(model, Ensemble) else model)._fc.out_features
+
 # %% ../nbs/41_returns_model.ipynb #86dd96ed
 def pick_device(device: str | None = None) -> torch.device:
     "The given device, else CUDA when available, else the CPU."
@@ -276,6 +301,21 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
+# %% ../nbs/41_returns_model.ipynb #e7a1c0d3
+def update_ema(average: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
+    """Move a running average of `model`'s weights (a state dict of copies) towards them: `average = decay * average +
+    (1 - decay) * weights` for floating-point entries (weights and batch-norm statistics); counters are copied."""
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                average[key].mul_(decay).add_(value.detach(), alpha=1 - decay)
+            else:
+                average[key].copy_(value)
+
+def ema_decay(step: int, decay: float) -> float:
+    "Decay of the weight average after `step` optimiser steps: `decay`, lower at first so early weights fade fast."
+    return min(decay, (1 + step) / (10 + step))
+
 # %% ../nbs/41_returns_model.ipynb #032fb12d
 def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, image_size: int, epochs: int = 10,
                      batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0,
@@ -283,11 +323,14 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
                      label_smoothing: float = 0.1, crop_scale_min: float = 1.0, max_aspect: float = 1.0,
                      max_rotate_deg: float = 0.0, max_shift: float = 0.08, erase: float = 0.0,
                      flip: bool = True, max_steps: int | None = None, progress: bool = True,
-                     channels_last: bool = True) -> dict:
+                     channels_last: bool = True, ema: float = 0.0) -> dict:
     """Train `model` in place on uint8 images and labels; the history: loss per step and epoch, seconds, device.
-    `channels_last` lays activations out channels-last, which trains faster on the CPU (1.2-1.8x for Lite0)."""
+    `channels_last` lays activations out channels-last, which trains faster on the CPU (1.2-1.8x for Lite0). With `ema`
+    (a decay, such as 0.999) the model ends with the moving average of its weights over the steps, not the last."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (got {len(images)} images, {len(labels)} labels)")
+    if not 0 <= ema < 1:
+        raise ValueError(f"ema is a decay in [0, 1) (0: no weight average), got {ema}")
     dev = pick_device(device)
     n_threads = set_threads(threads)
     torch.manual_seed(seed)
@@ -299,6 +342,7 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     warmup = min(max(1, total // 20), 100)
+    average = {k: v.detach().clone() for k, v in model.state_dict().items()} if ema else None
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     step_loss, epoch_loss, step = [], [], 0
     start = time.perf_counter()
@@ -319,17 +363,39 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None: update_ema(average, model, ema_decay(step, ema))
             losses.append(loss.item()); step_loss.append(losses[-1]); step += 1
             bar.update(1); bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
         if losses: epoch_loss.append(float(np.mean(losses)))
     bar.close()
+    if average is not None: model.load_state_dict(average)
     model.eval()
     return {"step_loss": step_loss, "epoch_loss": epoch_loss, "steps": step, "epochs": epochs,
             "train_seconds": time.perf_counter() - start, "device": dev.type, "threads": n_threads,
             "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "augment": augment,
             "crop_scale_min": crop_scale_min, "max_aspect": max_aspect, "max_rotate_deg": max_rotate_deg,
             "max_shift": max_shift, "erase": erase, "flip": flip, "channels_last": channels_last,
-            "label_smoothing": label_smoothing, "train_images": int(len(images)), "seed": seed}
+            "label_smoothing": label_smoothing, "ema": ema, "train_images": int(len(images)), "seed": seed}
+
+# %% ../nbs/41_returns_model.ipynb #f3b2a105
+def train_members(members: int, architecture: str, n_classes: int, pretrained: bool, images: np.ndarray,
+                  labels: np.ndarray, image_size: int, seed: int = 0, **train_kwargs) -> tuple[nn.Module, dict]:
+    """Build and train `members` networks with seeds `seed`, `seed + 1`, ... (`train_kwargs` go to train_classifier);
+    the model (the network, or the Ensemble of them) and the history: the first member's, with the seconds summed
+    over the members and, under `member_step_loss` / `member_seconds`, each member's losses and seconds."""
+    if int(members) < 1:
+        raise ValueError(f"members is the number of networks to train and average, at least 1; got {members}")
+    nets, histories = [], []
+    for k in range(int(members)):
+        net = build_classifier(architecture, n_classes=n_classes, pretrained=pretrained, seed=seed + k)
+        histories.append(train_classifier(net, images, labels, image_size, seed=seed + k, **train_kwargs))
+        nets.append(net)
+    model = nets[0] if len(nets) == 1 else Ensemble(nets).eval()
+    history = {**histories[0], "train_seconds": sum(h["train_seconds"] for h in histories), "members": len(nets),
+               "member_seeds": [seed + k for k in range(len(nets))],
+               "member_seconds": [h["train_seconds"] for h in histories],
+               "member_step_loss": [h["step_loss"] for h in histories]}
+    return model, history
 
 # %% ../nbs/41_returns_model.ipynb #c668c07f
 class ReturnsClassifier:
@@ -365,9 +431,18 @@ class ReturnsClassifier:
         top = proba.argmax(1) if len(proba) else np.empty(0, dtype=np.int64)
         return [self.categories[i] for i in top], proba.max(1) if len(proba) else np.empty(0, np.float32)
 
+    def members(self) -> list["ReturnsClassifier"]:
+        "One classifier per network of an ensemble, each alone (the classifier itself for a single network)."
+        if not isinstance(self.model, Ensemble):
+            return [self]
+        return [ReturnsClassifier(m, self.categories, self.image_size, self.mean, self.std, self.version, self.meta,
+                                  str(self.device), self.layout == torch.channels_last, self.flip_tta)
+                for m in self.model.members]
+
     def __repr__(self):
-        return (f"ReturnsClassifier({getattr(self.model, 'architecture', '?')}, {len(self.categories)} categories, "
-                f"{self.image_size}px{', flip TTA' if self.flip_tta else ''}, version {self.version})")
+        networks = f", {len(self.model.members)} networks" if isinstance(self.model, Ensemble) else ""
+        return (f"ReturnsClassifier({getattr(self.model, 'architecture', '?')}{networks}, {len(self.categories)} "
+                f"categories, {self.image_size}px{', flip TTA' if self.flip_tta else ''}, version {self.version})")
 
 # %% ../nbs/41_returns_model.ipynb #6c1c5d10
 FORMAT = "kronkers-returns-classifier/1"
@@ -389,10 +464,12 @@ def save_classifier(model, path: str | Path, **meta) -> str:
         model = model.model
     meta = {"architecture": getattr(model, "architecture", None), "init": getattr(model, "init", None),
             "categories": list(CATEGORIES), "image_size": 64, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "flip_tta": False, **meta}
+            "flip_tta": False, "members": n_members(model), **meta}
     if meta["architecture"] not in ARCHITECTURES:
         raise ValueError(f"architecture {meta['architecture']!r} unknown; pass architecture= one of {ARCHITECTURES}")
-    n_out = model._fc.out_features
+    if meta["members"] != n_members(model):
+        raise ValueError(f"members={meta['members']} for a model of {n_members(model)} network(s)")
+    n_out = n_outputs(model)
     if len(meta["categories"]) != n_out:
         raise ValueError(f"{len(meta['categories'])} categories for a model with {n_out} outputs")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -415,7 +492,9 @@ def load_classifier(path: str | Path, device: str | None = None) -> ReturnsClass
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path}: not a returns classifier (format {blob.get('format') if isinstance(blob, dict) else None!r}, expected {FORMAT!r})")
     meta = blob["meta"]
-    model = build_classifier(meta["architecture"], n_classes=len(meta["categories"]), pretrained=False, seed=None)
+    nets = [build_classifier(meta["architecture"], n_classes=len(meta["categories"]), pretrained=False, seed=None)
+            for _ in range(int(meta.get("members", 1)))]
+    model = nets[0] if len(nets) == 1 else Ensemble(nets)
     model.load_state_dict(blob["state_dict"], strict=True)
     model.init = meta.get("init")
     return ReturnsClassifier(model, meta["categories"], meta["image_size"], meta["mean"], meta["std"],

@@ -50,6 +50,7 @@ def test_metrics_file_has_the_documented_shape(metrics):
     for key in ("name", "architecture", "init", "image_size", "epochs", "train_seconds", "device", "threads"):
         assert key in model, key
     assert model["image_size"] == 32 and model["epochs"] == 3 and model["train_seconds"] > 0
+    assert model["ema"] == 0.9   # env.test.yaml's weight average reached the training
     assert set(metrics["models"]) == {model["name"], "majority", "linear"}
     for name, scores in metrics["models"].items():
         assert 0 <= scores["accuracy"] <= 1, name
@@ -149,3 +150,23 @@ def test_flip_tta_without_the_training_flip_is_refused_before_training(tmp_path)
     text = done.stdout + done.stderr
     assert "train-returns" in text and "a model trained without the flip (flip: false) has never met" in text, text[-3000:]
     assert (out / "returns" / "train.npz").exists() and not (out / "returns" / "model.pt").exists()
+
+
+def test_an_ensemble_of_two_networks_is_trained_saved_and_scored_as_one_classifier(tmp_path):
+    out = tmp_path / "out"
+    ploomber_build(out, "--env--returns--members", "2", "--partially", "evaluate-returns")
+    training = json.loads((out / "returns" / "training.json").read_text())
+    assert training["members"] == 2 and training["member_seeds"] == [training["seed"], training["seed"] + 1]
+    assert len(training["member_step_loss"]) == 2
+    assert training["train_seconds"] == pytest.approx(sum(training["member_seconds"]))
+    clf = load_classifier(out / "returns" / "model.pt")
+    assert clf.meta["members"] == 2 and len(clf.model.members) == 2
+    metrics = json.loads((out / "returns" / "metrics.json").read_text())
+    x_test, y_test = read_arrays(out / "returns" / "test.npz")
+    assert metrics["model"]["members"] == 2 and metrics["model"]["version"] == clf.version
+    alone = [(m.predict_proba(x_test).argmax(1) == y_test).mean() for m in clf.members()]
+    assert metrics["model"]["member_accuracy"] == pytest.approx(alone)
+    # the figure is the ensemble's: the mean of the two networks' probabilities, not either network alone
+    assert metrics["model"]["accuracy"] == pytest.approx((clf.predict_proba(x_test).argmax(1) == y_test).mean())
+    nb = out / "nb" / "train-returns.ipynb"
+    assert not error_outputs(nb) and len(image_outputs(nb)) >= 1
