@@ -36,7 +36,7 @@ from common import machine_info, write_result  # noqa: E402
 
 from kronkers_ml.returns_batch import append_durably, format_rows, read_item, run_batch, scan_inbox  # noqa: E402
 from kronkers_ml.returns_data import load_fashion_mnist, write_inbox  # noqa: E402
-from kronkers_ml.returns_model import Ensemble, build_classifier, load_classifier, save_classifier  # noqa: E402
+from kronkers_ml.returns_model import build_classifier, ensemble_of, load_classifier, save_classifier  # noqa: E402
 
 
 def bare_loop(model, inbox: Path, names: list[str], batch_size: int) -> tuple[float, float]:
@@ -115,7 +115,7 @@ def main(argv=None) -> dict:
         write_inbox(d / "inbox", images, args.images, seed=0)
         names = scan_inbox(d / "inbox")
         nets = [build_classifier(args.architecture, n_classes=5, pretrained=False, seed=k) for k in range(args.members)]
-        save_classifier(nets[0] if args.members == 1 else Ensemble(nets), d / "model.pt",
+        save_classifier(ensemble_of(nets), d / "model.pt",
                         image_size=args.image_size, flip_tta=args.flip_tta)
         model = load_classifier(d / "model.pt")
         # warm-up of both paths (first calls allocate and pick kernels)

@@ -27,8 +27,8 @@ from .returns_data import CATEGORIES
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'STAGES', 'ARCHITECTURES', 'FORMAT', 'to_tensor_batch', 'augment_batch',
            'random_erase', 'MBConv', 'EfficientNet', 'lite0_weights_path', 'lite0_imagenet_state_dict',
-           'load_pretrained', 'build_classifier', 'Ensemble', 'n_members', 'n_outputs', 'pick_device', 'set_threads',
-           'lr_at', 'update_ema', 'ema_decay', 'train_classifier', 'train_members', 'ReturnsClassifier',
+           'load_pretrained', 'build_classifier', 'Ensemble', 'ensemble_of', 'n_members', 'n_outputs', 'pick_device',
+           'set_threads', 'lr_at', 'update_ema', 'ema_decay', 'train_classifier', 'train_members', 'ReturnsClassifier',
            'state_version', 'save_classifier', 'load_classifier', 'confusion_counts', 'classification_scores',
            'majority_baseline', 'linear_baseline', 'review_split']
 
@@ -272,6 +272,10 @@ class Ensemble(nn.Module):
         logp = torch.stack([torch.log_softmax(m(x).float(), 1) for m in self.members])
         return torch.logsumexp(logp, 0) - math.log(len(self.members))
 
+def ensemble_of(nets: list[nn.Module]) -> nn.Module:
+    "The one network of a list, or the Ensemble of several, in the networks' mode (training or eval)."
+    return nets[0] if len(nets) == 1 else Ensemble(nets).train(nets[0].training)
+
 def n_members(model: nn.Module) -> int:
     "How many networks a model averages: 1 for a single network."
     return len(model.members) if isinstance(model, Ensemble) else 1
@@ -390,7 +394,7 @@ def train_members(members: int, architecture: str, n_classes: int, pretrained: b
         net = build_classifier(architecture, n_classes=n_classes, pretrained=pretrained, seed=seed + k)
         histories.append(train_classifier(net, images, labels, image_size, seed=seed + k, **train_kwargs))
         nets.append(net)
-    model = nets[0] if len(nets) == 1 else Ensemble(nets).eval()
+    model = ensemble_of(nets)
     history = {**histories[0], "train_seconds": sum(h["train_seconds"] for h in histories), "members": len(nets),
                "member_seeds": [seed + k for k in range(len(nets))],
                "member_seconds": [h["train_seconds"] for h in histories],
@@ -494,7 +498,7 @@ def load_classifier(path: str | Path, device: str | None = None) -> ReturnsClass
     meta = blob["meta"]
     nets = [build_classifier(meta["architecture"], n_classes=len(meta["categories"]), pretrained=False, seed=None)
             for _ in range(int(meta.get("members", 1)))]
-    model = nets[0] if len(nets) == 1 else Ensemble(nets)
+    model = ensemble_of(nets)
     model.load_state_dict(blob["state_dict"], strict=True)
     model.init = meta.get("init")
     return ReturnsClassifier(model, meta["categories"], meta["image_size"], meta["mean"], meta["std"],
