@@ -50,7 +50,7 @@ def test_metrics_file_has_the_documented_shape(metrics):
     for key in ("name", "architecture", "init", "image_size", "epochs", "train_seconds", "device", "threads"):
         assert key in model, key
     assert model["image_size"] == 32 and model["epochs"] == 3 and model["train_seconds"] > 0
-    assert model["ema"] == 0.9   # env.test.yaml's weight average reached the training
+    assert model["ema"] == 0.9 and model["sam"] == 0.05   # env.test.yaml's weight average and sharpness-aware steps
     assert set(metrics["models"]) == {model["name"], "majority", "linear"}
     for name, scores in metrics["models"].items():
         assert 0 <= scores["accuracy"] <= 1, name
