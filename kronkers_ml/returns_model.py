@@ -9,9 +9,9 @@ import hashlib
 import io
 import json
 import math
-from contextlib import contextmanager
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +342,8 @@ def sam_restore(shifts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 @contextmanager
 def frozen_bn_stats(model: nn.Module):
-    "Within the block, batch-norm layers normalise by the batch as in training but leave their running statistics as they are."
+    """Within the block, batch-norm layers normalise by the batch as in training but leave their running statistics
+    as they are."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms: m.momentum = 0.0
