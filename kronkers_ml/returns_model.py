@@ -308,11 +308,12 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 # %% ../nbs/41_returns_model.ipynb #e7a1c0d3
-def update_ema(average: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
-    """Move a running average of `model`'s weights (a state dict of copies) towards them: `average = decay * average +
-    (1 - decay) * weights` for floating-point entries (weights and batch-norm statistics); counters are copied."""
+def update_ema(average: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], decay: float) -> None:
+    """Move a running average (a state dict of copies) towards `weights`, a model's `state_dict()` (whose tensors share
+    the model's memory, so one taken before training follows every step): `average = decay * average + (1 - decay) *
+    weights` for floating-point entries (weights and batch-norm statistics); counters are copied."""
     with torch.no_grad():
-        for key, value in model.state_dict().items():
+        for key, value in weights.items():
             if value.is_floating_point():
                 average[key].mul_(decay).add_(value.detach(), alpha=1 - decay)
             else:
@@ -382,7 +383,8 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     warmup = min(max(1, total // 20), 100)
-    average = {k: v.detach().clone() for k, v in model.state_dict().items()} if ema else None
+    weights = model.state_dict()   # shares the model's memory: it follows the training steps
+    average = {k: v.detach().clone() for k, v in weights.items()} if ema else None
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     step_loss, epoch_loss, step = [], [], 0
     start = time.perf_counter()
@@ -409,7 +411,7 @@ def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
                     F.cross_entropy(model(x), y, label_smoothing=label_smoothing).backward()
                 sam_restore(shifts)
             opt.step()
-            if average is not None: update_ema(average, model, ema_decay(step, ema))
+            if average is not None: update_ema(average, weights, ema_decay(step, ema))
             losses.append(loss.item()); step_loss.append(losses[-1]); step += 1
             bar.update(1); bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
         if losses: epoch_loss.append(float(np.mean(losses)))
