@@ -28,11 +28,12 @@ __all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'RETURNS_MINUTES
            'ALERT_COLUMNS', 'DRIFT_COLUMNS', 'STATUS_RULE', 'SERVICE_WAYS', 'LIVE_ONLY', 'repo_root', 'outputs_dir',
            'fmt', 'apply_style', 'thousands', 'date_axis', 'stops_per_route', 'service_time_value', 'demand_value',
            'FamilyPage', 'service_time_headline', 'demand_headline', 'returns_value', 'returns_headline',
-           'families_with_outputs', 'champion_info', 'fmt_age', 'as_text', 'load_quality', 'load_alerts',
-           'drift_history', 'family_status', 'profile_drifted', 'monitoring_status', 'overview', 'load_predictions',
-           'service_mae', 'weekly_mae', 'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold',
-           'badge', 'live_page', 'show_in', 'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer',
-           'load_returns', 'review_table', 'class_table', 'plot_confusion', 'review_explorer']
+           'families_with_outputs', 'champion_info', 'fmt_age', 'registry_state', 'not_live', 'live_model_note',
+           'build_banner', 'as_text', 'load_quality', 'load_alerts', 'drift_history', 'family_status',
+           'profile_drifted', 'monitoring_status', 'overview', 'load_predictions', 'service_mae', 'weekly_mae',
+           'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold', 'badge', 'live_page', 'show_in',
+           'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer', 'load_returns', 'review_table',
+           'class_table', 'plot_confusion', 'review_explorer']
 
 # %% ../nbs/08_dashboards.ipynb #04f0c7d5
 OUTPUTS_ENV = "KRONKERS_OUTPUTS"
@@ -208,6 +209,69 @@ def fmt_age(days: float | None) -> str:
     if days < 60: return f"{int(days)} day{'s' if int(days) != 1 else ''}"
     return f"{int(days // 30)} months"
 
+# %% ../nbs/08_dashboards.ipynb #7a3c1f58
+def registry_state(out: str | Path, model_name: str, now: datetime | None = None) -> dict[str, Any] | None:
+    "The champion of `model_name` (as `champion_info`) and its newest version with that version's gate decision, reason and rollback; None without versions."
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(out) / "mlflow" / "mlflow.db").exists(): return None
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        from mlflow.exceptions import MlflowException
+        from kronkers_ml.registry import history
+        from kronkers_ml.tracking import tracking_uri
+        try: h = history(tracking_uri(out), model_name)
+        except MlflowException: return None
+    if h.empty: return None
+    newest = h.iloc[0]
+    return {"champion": champion_info(out, model_name, now), "newest": str(newest.version),
+            "newest_gate": newest.gate, "newest_reason": newest.reason, "newest_rolled_back_at": newest.rolled_back_at}
+
+def not_live(state: Mapping[str, Any] | None) -> str | None:
+    "Why the newest version of a `registry_state` is not the champion (rejected, gate error, rolled back); None when it is."
+    if state is None: return None
+    champ = state["champion"]
+    if champ and state["newest"] == champ["version"]: return None
+    return ("it was rolled back on " + str(state["newest_rolled_back_at"])[:16].replace("T", " ") + " UTC"
+            if state["newest_rolled_back_at"] else
+            f"the promotion gate rejected it ({state['newest_reason']})" if state["newest_gate"] == "rejected" else
+            f"its registration failed a gate check ({state['newest_reason']})" if state["newest_gate"] == "error" else
+            f"it was not promoted (gate: {state['newest_gate'] or 'no decision recorded'})")
+
+def live_model_note(out: str | Path, model_name: str, now: datetime | None = None) -> str:
+    "Markdown: which registered version is live, and when the newest version is not, why (rejected, gate error, rolled back)."
+    s = registry_state(out, model_name, now)
+    if s is None:
+        return f"**Live model:** `{model_name}` is not in the model registry yet; the figures below come from the latest build."
+    champ, why = s["champion"], not_live(s)
+    live = (f"**Live model:** version {champ['version']} of `{model_name}`, champion for {fmt_age(champ['age_days'])}."
+            if champ else f"**Live model:** none: `{model_name}` has no champion in the registry.")
+    if why is None: return live
+    return (f"{live} **The newest version, {s['newest']}, is not live:** {why}. The figures on this page come from "
+            f"the last build, not from the live model.")
+
+def build_banner(out: str | Path, now: datetime | None = None) -> str:
+    "HTML banner when the last recorded build of `out` failed: which task(s) and error, since when the figures are stale; '' otherwise."
+    import html
+    from kronkers_ml.reports import read_build_status
+    s = read_build_status(out)
+    if not s or s.get("status") != "failed": return ""
+    now = pd.Timestamp(now or datetime.now(timezone.utc))
+    now = now.tz_localize("UTC") if now.tzinfo is None else now
+    def when(t):
+        t = pd.Timestamp(t); t = t.tz_localize("UTC") if t.tzinfo is None else t
+        return f"{t:%Y-%m-%d %H:%M} UTC ({fmt_age((now - t).total_seconds() / 86400)} ago)"
+    failed = "".join(f"<li><code>{html.escape(str(f.get('task')))}</code>: {html.escape(str(f.get('error')))}</li>"
+                     for f in s.get("failed", []))
+    skipped = s.get("this_build", {}).get("aborted") or []
+    skipped = f" {len(skipped)} task(s) after it did not run." if skipped else ""
+    since = s.get("failing_since") or s.get("finished")
+    stale = (f"The figures on this page are from the last successful build, finished {when(s['last_success'])}; "
+             f"they have been stale since {when(since)}." if s.get("last_success") else
+             f"No successful build is recorded; builds have failed since {when(since)}, and the figures on this page "
+             f"may be older or incomplete.")
+    return (f'<div style="border:2px solid {PALETTE["red"]};background:#fff5f5;border-radius:8px;padding:10px 16px;'
+            f'margin:8px 0;max-width:1180px"><b style="color:{PALETTE["red"]}">The last build failed</b> '
+            f"(finished {when(s['finished'])}).{skipped}<ul style=\"margin:4px 0\">{failed}</ul>{stale}</div>")
+
 # %% ../nbs/08_dashboards.ipynb #5d032010
 QUALITY_COLUMNS = ["family", "dataset", "constraint", "column", "expected", "observed", "passed"]
 
@@ -325,11 +389,13 @@ def overview(out: str | Path, pages: Mapping[str, FamilyPage] | None = None,
         try: head, missing = page.headline(Path(out)), ""
         except OutputsMissing as e: head, missing = {}, str(e)
         champ = champion_info(out, page.model_name, now)
+        state = registry_state(out, page.model_name, now)
         rows.append({"family": fam, "title": page.title, "page": page.page, "baseline": page.baseline,
                      "error_unit": page.error_unit, "model_error": head.get("model_error"),
                      "baseline_error": head.get("baseline_error"), "value": head.get("value"), "unit": head.get("unit", ""),
                      "sentence": head.get("sentence", missing),
                      "champion": champ["version"] if champ else None, "champion_age_days": champ["age_days"] if champ else None,
+                     "newest_version": state["newest"] if state else None, "newest_not_live": not_live(state),
                      "status": status.loc[fam, "status"], "status_reason": status.loc[fam, "reason"]})
     return pd.DataFrame(rows)
 

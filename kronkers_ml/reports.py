@@ -5,14 +5,20 @@
 # %% ../nbs/07_reports.ipynb #971d4af5
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .core import read_json
 
 # %% auto #0
-__all__ = ['HIGHER_IS_BETTER', 'OutputsMissing', 'load_metrics', 'compare_to_baselines']
+__all__ = ['BUILD_STATUS', 'HIGHER_IS_BETTER', 'OutputsMissing', 'load_metrics', 'read_build_status', 'record_build',
+           'task_error', 'on_build_render', 'on_build_finish', 'on_build_failure', 'compare_to_baselines']
 
 # %% ../nbs/07_reports.ipynb #70fd0d8e
 class OutputsMissing(FileNotFoundError):
@@ -25,6 +31,81 @@ def load_metrics(family: str, out: str | Path = "outputs") -> dict:
         raise OutputsMissing(f"No results for '{family}' yet: {path} does not exist. "
                              f"Run `make build` (or `ploomber build`) in the repository root to produce them.")
     return read_json(path)
+
+# %% ../nbs/07_reports.ipynb #3c9d0e14
+BUILD_STATUS = Path("build") / "status.json"
+_STARTED: dict[int, str] = {}          # id(dag) -> when its build rendered (ploomber calls on_render first)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")      # colour codes in ploomber's tracebacks
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)):(.*)$")
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+def read_build_status(out: str | Path) -> dict | None:
+    "The last build's record (`<out>/build/status.json`), or None when no build recorded one."
+    path = Path(out) / BUILD_STATUS
+    return read_json(path) if path.exists() else None
+
+def record_build(out: str | Path, tasks: Sequence[str], failed: Sequence[Mapping], started: str | None = None,
+                 finished: str | None = None, aborted: Sequence[str] = ()) -> dict:
+    """Write `<out>/build/status.json` for a build of `tasks` in which `failed` ({task, error}) failed; returns it.
+    Failures of tasks this build did not include are kept from the previous record."""
+    from kronkers_ml.core import write_json
+    prev = read_build_status(out) or {}
+    finished = finished or _utcnow()
+    kept = [f for f in prev.get("failed", []) if f.get("task") not in set(tasks)]
+    now_failed = [{**dict(f), "at": f.get("at") or finished} for f in failed]
+    all_failed = now_failed + kept
+    ok = not all_failed
+    since = None if ok else (prev.get("failing_since") if prev.get("status") == "failed" else (started or finished))
+    record = {"status": "ok" if ok else "failed", "started": started, "finished": finished,
+              "this_build": {"status": "failed" if failed else "ok", "tasks": len(tasks), "aborted": list(aborted)},
+              "failed": all_failed, "failing_since": since,
+              "last_success": finished if ok else prev.get("last_success")}
+    write_json(record, Path(out) / BUILD_STATUS)
+    return record
+
+# %% ../nbs/07_reports.ipynb #e4a1f7b5
+def task_error(task: Any, traceback_text: str = "") -> str:
+    "The last line of `task`'s error: `ename: evalue` of its partially executed notebook, else its traceback's last error line."
+    product = getattr(task, "product", None)
+    try: nb = Path(str(product["nb"])) if product is not None and "nb" in product.to_json_serializable() else None
+    except Exception: nb = None
+    if nb is not None and nb.suffix == ".ipynb" and nb.exists():
+        try:
+            cells = json.loads(nb.read_text(encoding="utf-8")).get("cells", [])
+            errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+            if errors:
+                lines = [l for l in str(errors[-1].get("evalue", "")).splitlines() if l.strip()]
+                return f"{errors[-1].get('ename', 'Error')}: {lines[-1] if lines else ''}"[:1000]
+        except (OSError, ValueError):
+            pass
+    traceback_text = _ANSI.sub("", traceback_text)
+    section = traceback_text.split(f": {task.name} ->", 1)[-1] if task is not None else traceback_text
+    hits = [l.strip() for l in section.splitlines() if _ERROR_LINE.match(l.strip())
+            and not l.strip().startswith(("ploomber.exceptions.", "TaskBuildError", "DAGBuildError"))]
+    return hits[0][:1000] if hits else "failed (no error line found in the traceback)"
+
+def on_build_render(dag: Any) -> None:
+    "Ploomber DAG hook: note when this build started (the build renders first)."
+    _STARTED[id(dag)] = _utcnow()
+
+def on_build_finish(dag: Any, out: str) -> None:
+    "Ploomber DAG hook: the build succeeded; record it."
+    record_build(out, list(dag), [], _STARTED.pop(id(dag), None))
+
+def on_build_failure(dag: Any, traceback: Mapping, out: str) -> None:
+    """Ploomber DAG hook: the build failed; record which tasks failed, with their errors, and which did not run.
+    (Ploomber passes a hook only the arguments it declares without a default: `traceback` must have none.)"""
+    from ploomber.constants import TaskStatus
+    try:
+        text = "\n".join(str(v) for v in (traceback or {}).values())
+        failed = [{"task": n, "error": task_error(dag[n], text)} for n in dag if dag[n].exec_status == TaskStatus.Errored]
+        aborted = [n for n in dag if dag[n].exec_status == TaskStatus.Aborted]
+        record_build(out, list(dag), failed or [{"task": "(build)", "error": task_error(None, text)}],
+                     _STARTED.pop(id(dag), None), aborted=aborted)
+    except Exception as e:                          # never hide the build's own error behind the hook's
+        print(f"kronkers: could not record the failed build in {Path(out) / BUILD_STATUS}: {e!r}")
 
 # %% ../nbs/07_reports.ipynb #947f35e1
 HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "r2", "coverage")
