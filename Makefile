@@ -85,12 +85,8 @@ lab: $(STAMP) ## JupyterLab on the notebooks
 serve: $(STAMP) ## the model service on 127.0.0.1:8000 (champions of outputs/mlflow; see README)
 	$(BIN)/kronkers serve
 
-dashboards: $(STAMP) ## the report pages (reports/) with Voila on 127.0.0.1:8866, behind a token (KRONKERS_DASHBOARD_TOKEN, or a new one printed), kernels preheated
-	@token="$${KRONKERS_DASHBOARD_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))')}"; \
-	port="$${KRONKERS_DASHBOARD_PORT:-8866}"; \
-	echo "Dashboards (outputs: $${KRONKERS_OUTPUTS:-outputs/}): http://127.0.0.1:$$port/voila/render/overview.ipynb?token=$$token"; \
-	exec $(BIN)/voila --no-browser --Voila.ip=127.0.0.1 --port=$$port --token="$$token" \
-	  --preheat_kernel=True --pool_size="$${KRONKERS_DASHBOARD_POOL:-1}" reports
+dashboards: $(STAMP) ## the report pages (reports/) with Voila on 127.0.0.1:8866: token in state/dashboard.token (or KRONKERS_DASHBOARD_TOKEN), idle kernels culled after 10 min (deploy/dashboards --help)
+	deploy/dashboards
 
 benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/results/*.json
 	$(BIN)/python benchmarks/geofence_throughput.py

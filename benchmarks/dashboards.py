@@ -9,19 +9,93 @@ and the pool refills about a second after each visit; --no-preheat measures a ne
 loads go round the pages (page 1, 2, ..., page 1, 2, ...) as readers moving between pages would. Uses the same
 server, browser and wait as tests/test_dashboards.py. Needs a build: `make build` (outputs/) or the tiny run (`--out outputs-test`).
 Writes benchmarks/results/dashboards.json and prints it.
+
+With --visits N it measures memory instead: the resident memory (RSS) of Voila and all its kernels, summed, after
+N page visits in headless Chromium (round the pages), twice: with Voila as it ran before kernels were culled
+(preheated pool, no culling) and as deploy/dashboards runs it now (idle kernels culled, --cull-idle-s); for the
+culling run also after the idle time has passed. Writes benchmarks/results/dashboards_memory.json.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import ROOT, machine_info, write_result  # noqa: E402
 from test_dashboards import PAGES, chrome, page_problems, render, voila  # noqa: E402
+from conftest import free_port  # noqa: E402
+
+
+def held(port: int) -> dict:
+    "The Voila listening on `port`: its kernels and the RSS of it and them, summed (MB)."
+    import psutil
+    server = next(p for p in psutil.process_iter(["cmdline"]) if f"--port={port}" in (p.info["cmdline"] or []))
+    kids = [k for k in server.children(recursive=True) if "ipykernel" in " ".join(k.cmdline())]
+    rss = server.memory_info().rss + sum(k.memory_info().rss for k in kids if k.is_running())
+    return {"kernels": len(kids), "rss_mb": round(rss / 2**20, 1)}
+
+
+@contextmanager
+def culling_voila(out: Path, tmp: Path, cull_idle_s: int, cull_interval_s: int):
+    "deploy/dashboards (culling, token from the state folder) on a free port; yields (base url, token, port)."
+    port = free_port()
+    env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "KRONKERS_STATE_DIR": str(tmp / "state"),
+           "KRONKERS_DASHBOARD_PORT": str(port), "KRONKERS_DASHBOARD_CULL_IDLE_S": str(cull_idle_s),
+           "KRONKERS_DASHBOARD_CULL_INTERVAL_S": str(cull_interval_s), "PYTHONPATH": str(ROOT)}
+    env.pop("MPLBACKEND", None)
+    with open(tmp / "voila.log", "w") as log:
+        proc = subprocess.Popen([str(ROOT / "deploy" / "dashboards")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import urllib.request
+        for _ in range(600):
+            try: urllib.request.urlopen(f"http://127.0.0.1:{port}/voila/static/voila.js", timeout=2); break
+            except OSError: time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}", (tmp / "state" / "dashboard.token").read_text(), port
+    finally:
+        proc.terminate(); proc.wait(timeout=60)
+
+
+def visits(driver, base: str, token: str, port: int, n: int, pages: list[str]) -> dict:
+    "Memory after warm-up and after `n` visits round the pages."
+    url = lambda page: f"{base}/voila/render/{page}.ipynb?token={token}"
+    render(driver, url(pages[0]))
+    warm = held(port)
+    for i in range(n):
+        render(driver, url(pages[i % len(pages)]))
+    driver.get("about:blank")                                # the last page closed too
+    return {"after_warmup": warm, f"after_{n}_visits": held(port)}
+
+
+def memory(args) -> int:
+    out, pages, n = Path(args.out).resolve(), args.pages, args.visits
+    result = {"benchmark": "dashboards_memory", "outputs": str(out), "visits": n, "pages": pages}
+    with tempfile.TemporaryDirectory() as tmp:
+        driver = chrome(Path(tmp) / "profile")
+        try:
+            with voila(out, preheat=True, pool_size=1) as (base, token):
+                port = int(base.rsplit(":", 1)[1])
+                result["before_no_culling"] = visits(driver, base, token, port, n, pages)
+                time.sleep(args.cull_idle_s + 3 * args.cull_interval_s)
+                result["before_no_culling"]["after_idle_wait"] = held(port)
+            with culling_voila(out, Path(tmp), args.cull_idle_s, args.cull_interval_s) as (base, token, port):
+                result["after_culling"] = visits(driver, base, token, port, n, pages)
+                time.sleep(args.cull_idle_s + 3 * args.cull_interval_s)
+                result["after_culling"]["after_idle_wait"] = held(port)
+        finally:
+            driver.quit()
+    result.update(idle_wait_s=args.cull_idle_s + 3 * args.cull_interval_s, cull_idle_s=args.cull_idle_s,
+                  cull_interval_s=args.cull_interval_s, machine=machine_info())
+    path = write_result(result, args.result.replace("dashboards.json", "dashboards_memory.json"))
+    print(path.read_text())
+    return 0
 
 
 def main(argv=None) -> int:
@@ -32,10 +106,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-preheat", action="store_true", help="a new kernel per visit (Voila's default), no pool")
     p.add_argument("--pool-size", type=int, default=1, help="preheated kernels per page (default 1)")
     p.add_argument("--pages", nargs="+", default=PAGES, help=f"pages to time (default: {' '.join(PAGES)})")
+    p.add_argument("--visits", type=int, default=0, help="measure memory after this many page visits instead of time")
+    p.add_argument("--cull-idle-s", type=int, default=60, help="with --visits: idle seconds before a kernel is culled (default 60)")
+    p.add_argument("--cull-interval-s", type=int, default=5, help="with --visits: seconds between culling checks (default 5)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     if not (out / "service_time" / "metrics.json").exists():
         sys.exit(f"{out}: no build there; run `make build` (or the tiny run and --out outputs-test) first")
+    if args.visits:
+        return memory(args)
     pages, preheat = args.pages, not args.no_preheat
     with tempfile.TemporaryDirectory() as tmp, voila(out, preheat=preheat, pool_size=args.pool_size) as (base, token):
         driver = chrome(Path(tmp) / "profile")

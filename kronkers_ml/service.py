@@ -221,7 +221,7 @@ def need(action: str, model: str | None = None):
             key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
         caller = request.app.state.keys.verify(key)
         if caller is None:
-            raise HTTPException(401, "a valid API key is required (X-API-Key header)", headers={"WWW-Authenticate": "ApiKey"})
+            raise HTTPException(401, request.app.state.keys.refusal(key), headers={"WWW-Authenticate": "ApiKey"})
         ctx.update(key_id=caller.key_id, role=caller.role)
         if not allowed(request.app.state.roles, caller.role, action, ctx["model"]):
             raise HTTPException(403, f"role '{caller.role}' may not {action}" + (f" model '{ctx['model']}'" if ctx["model"] else ""))

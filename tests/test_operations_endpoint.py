@@ -17,7 +17,7 @@ from kronkers_ml.access import create_key, load_roles, read_audit
 ROLES = ROOT / "config" / "roles.yaml"
 PLAN = "/v1/operations/plan"
 # role -> status of GET /v1/operations/plan; None: no key, "bad": a key that was never issued
-EXPECTED = {"operations": 200, "admin": 200, "marketing": 403, "procurement": 403, None: 401, "bad": 401}
+EXPECTED = {"operations": 200, "admin": 200, "marketing": 403, "procurement": 403, "deployer": 403, None: 401, "bad": 401}
 
 
 @contextmanager

@@ -157,7 +157,7 @@ def env(built, tmp_path_factory):
 
     first = register(weak)
     cli_env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    opts = ["--out", str(out), "--roles", str(ROLES)]
+    opts = ["--out", str(out), "--roles", str(ROLES), "--state-dir", str(out / "service")]
     cli = {"opts": opts, "cli_env": cli_env}
     _models_cli(cli, "promote", "service-time", first["version"])
     second = register(st / "model.txt")
@@ -365,6 +365,7 @@ EXPECTED = {
     "procurement": {"list": 200, "versions": 403, "predict": 403, "predict_csv": 403, "demand_versions": 200, "forecast": 200,
                     "returns_versions": 403, "classify": 403, "reload": 403},
     "admin":       {e: 200 for e in ENDPOINTS},
+    "deployer":    {e: 200 if e == "reload" else 403 for e in ENDPOINTS},
 }
 
 

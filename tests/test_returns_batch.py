@@ -264,16 +264,13 @@ def scheduled_args(line: str) -> list[str]:
 
 
 def test_the_schedule_runs_the_job_with_valid_options():
-    cron = [l for l in (ROOT / "deploy" / "crontab").read_text().splitlines()
-            if "kronkers-returns-batch" in l and not l.startswith("#")]
-    assert len(cron) == 1 and cron[0].startswith("0 2 * * *")
-    unit = (ROOT / "deploy" / "systemd" / "kronkers-returns-batch.service").read_text()
-    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
-    assert "OnCalendar=*-*-* 02:00:00" in (ROOT / "deploy" / "systemd" / "kronkers-returns-batch.timer").read_text()
-    for line in (cron[0], exec_start):
-        args = build_parser().parse_args(scheduled_args(line))
-        assert args.model.endswith("outputs/returns/model.pt") and args.progress is False
-        assert args.input and args.output and args.batch_size == 10
+    "deploy/nightly (run by cron and by kronkers-nightly.service) runs the job after the pipeline; its options parse."
+    lines = [l for l in (ROOT / "deploy" / "nightly").read_text().splitlines()
+             if "kronkers-returns-batch" in l and "--input" in l and not l.lstrip().startswith("#")]
+    assert len(lines) == 1
+    args = build_parser().parse_args(scheduled_args(lines[0].replace('"$bin/kronkers-returns-batch"', "/bin/kronkers-returns-batch")
+                                                    .split("||")[0].split("run batch ", 1)[1]))
+    assert args.progress is False and args.input and args.output and args.batch_size == 10
 
 
 def test_classify_returns_task_in_the_tiny_build(built):
