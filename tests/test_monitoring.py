@@ -16,7 +16,7 @@ import yaml
 
 from conftest import BIN, ROOT, ploomber_build, ploomber_env
 from kronkers_ml.drift import drift_scores, flag_drift
-from kronkers_ml.monitor import monitor
+from kronkers_ml.monitor import check_performance, monitor
 from kronkers_ml.profiles import latest_profile, profile_frame, read_profile
 from kronkers_ml.quality import check_frame, check_profile, load_constraints
 from kronkers_ml.service_features import location_features
@@ -336,3 +336,97 @@ def test_retrain_rebuilds_only_the_affected_family(built, customers, future_stop
     assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "register-service-time.ipynb"}
     records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
     assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("service_time", True)]
+
+
+# --- the seasonal normal (small data, no build) -----------------------------------------------------------------
+
+def _stops(days: pd.DatetimeIndex, error, per_day: int = 40, seed: int = 0) -> pd.DataFrame:
+    "`per_day` stops a day whose prediction misses the measured time by about `error(day)` seconds (either side)."
+    rng = np.random.default_rng(seed)
+    date = days.repeat(per_day)
+    truth = rng.gamma(4.0, 75.0, len(date))
+    miss = np.repeat(np.asarray([error(d) for d in days], dtype=float), per_day) * rng.choice([-1.0, 1.0], len(date))
+    return pd.DataFrame({"date": date, "service_time_s": truth, "lightgbm": truth + miss, "business_rule_7min": 420.0})
+
+
+def _christmas(d) -> bool:
+    return (d.month == 12 and d.day >= 14) or (d.month == 1 and d.day <= 3)
+
+
+@pytest.fixture
+def seasonal_out(tmp_path) -> Path:
+    "Two years of out-of-fold errors (100 s, 140 s in the Christmas weeks) and a training summary: validation Jul-Sep."
+    out = tmp_path / "out"; (out / "service_time").mkdir(parents=True)
+    history = pd.date_range("2023-01-01", "2024-09-30", freq="D")
+    _stops(history, lambda d: 140.0 if _christmas(d) else 100.0, seed=1).to_parquet(out / "service_time" / "out_of_fold.parquet")
+    (out / "service_time" / "training.json").write_text(json.dumps(
+        {"best_valid_mae_s": 100.0, "split": {"valid": {"from": "2024-07-01", "to": "2024-09-30"}}}))
+    return out
+
+
+SERVICE_SPEC = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["service_time"]["performance"]
+THRESHOLDS = {"perf_window_days": 14, "perf_tolerance": 0.3, "perf_min_rows": 30, "perf_spread_z": 2.0}
+
+
+def test_a_normal_christmas_peak_is_not_an_alert_and_a_real_degradation_is(seasonal_out):
+    christmas = pd.date_range("2024-12-01", "2024-12-31", freq="D")
+    peak = _stops(christmas, lambda d: 140.0 if _christmas(d) else 100.0, seed=2)     # as bad as every Christmas
+    judged = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, peak)
+    assert judged["checked"] and judged["mae"] > 100.0 * 1.3, judged     # above what the year-round figure allows ...
+    assert not judged["breach"], judged["reason"]                        # ... and normal for these weeks
+    assert judged["seasonal"]["found"] and judged["seasonal"]["years"] == [2023]
+    assert judged["seasonal"]["factor"] == pytest.approx(1.4, rel=0.05)
+    assert judged["reason"].startswith("within limits") and "same weeks of 2023" in judged["reason"]
+    # the same figures judged against the year-round validation error alone (no seasonal block) alarm
+    plain = {k: v for k, v in SERVICE_SPEC.items() if k != "seasonal"}
+    assert check_performance(seasonal_out, plain, THRESHOLDS, peak)["breach"]
+    # a real degradation in the same weeks: 1.5 x the normal Christmas error
+    worse = _stops(christmas, lambda d: 210.0 if _christmas(d) else 100.0, seed=2)
+    bad = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, worse)
+    assert bad["breach"] and bad["mae"] > bad["limit"] > bad["expected"] > 100.0, bad
+    assert f"x seasonal {bad['seasonal']['factor']:.2f}" in bad["reason"] and "same weeks of 2023" in bad["reason"], bad["reason"]
+    assert "over the validation months" in bad["reason"], bad["reason"]
+    # and outside the season the error may not rise by that share either
+    autumn = pd.date_range("2024-10-01", "2024-10-31", freq="D")
+    assert not check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, _stops(autumn, lambda d: 100.0, seed=3))["breach"]
+    late = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, _stops(autumn, lambda d: 140.0, seed=3))
+    assert late["breach"] and late["seasonal"]["factor"] == pytest.approx(1.0, rel=0.05), late
+
+
+def test_without_the_same_weeks_in_the_history_the_alert_says_so(seasonal_out):
+    oof = pd.read_parquet(seasonal_out / "service_time" / "out_of_fold.parquet")
+    oof[oof.date >= "2024-01-01"].to_parquet(seasonal_out / "service_time" / "out_of_fold.parquet")   # one year short
+    worse = _stops(pd.date_range("2024-12-01", "2024-12-31", freq="D"), lambda d: 140.0, seed=2)
+    res = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, worse)
+    assert res["breach"] and not res["seasonal"]["found"] and res["expected"] == pytest.approx(100.0)
+    assert "not adjusted for the season: no same weeks of an earlier year in" in res["reason"], res["reason"]
+    assert "out_of_fold.parquet (2024-01-01 to 2024-09-30)" in res["reason"], res["reason"]
+
+
+def test_demand_is_judged_against_the_seasonal_naive_of_the_same_weeks(tmp_path):
+    "Revenue whose Christmas weeks swing more each year: a forecast as far off as the season is normal; 1.5 x is not."
+    out = tmp_path / "out"; (out / "demand").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    days = pd.date_range("2022-01-01", "2024-12-31", freq="D")
+    swing = np.where([_christmas(d) for d in days], 3000.0, 1000.0)
+    revenue = 20_000.0 + rng.normal(0, 1, len(days)) * swing
+    daily = pd.DataFrame({"date": days, "revenue": revenue}); daily.to_parquet(out / "demand" / "daily.parquet")
+    folds = daily[daily.date >= "2024-06-01"].reset_index(drop=True)
+    calm = 0.5 * 1000.0 * np.abs(rng.normal(0, 1, len(folds)))
+    err = np.where([_christmas(d) for d in folds.date], 3.0, 1.0) * calm
+    backtest = folds.rename(columns={"revenue": "actual"}).assign(origin=pd.Timestamp("2024-06-01"),
+                                                                   model=folds.revenue + err, seasonal_naive=folds.revenue + 4 * err)
+    backtest.to_parquet(out / "demand" / "backtest.parquet")
+    spec = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["demand"]["performance"]
+    scale = daily.revenue.diff(7).abs().mean()           # the backtest's MASE over every fold day, Christmas included
+    mae = float((backtest.model - backtest.actual).abs().mean())
+    (out / "demand" / "metrics.json").write_text(json.dumps({"model": {"mae": mae, "mase": mae / scale}}))
+    spec = {**spec, "prediction": "model"}
+    judged = check_performance(out, spec, THRESHOLDS, backtest)
+    assert judged["checked"] and judged["metric"] == "mase" and judged["seasonal"]["found"], judged
+    assert judged["mase"] > judged["training_mase"] * 1.5 and not judged["breach"], judged["reason"]
+    assert judged["seasonal"]["years"] == [2022, 2023] and "seasonal naive" in judged["reason"], judged["reason"]
+    newest = backtest.date > backtest.date.max() - pd.Timedelta(days=14)
+    shifted = backtest.assign(actual=np.where(newest, backtest.actual * 1.5, backtest.actual))
+    bad = check_performance(out, spec, THRESHOLDS, shifted)
+    assert bad["breach"] and "MASE" in bad["reason"] and "x seasonal" in bad["reason"], bad["reason"]
