@@ -162,7 +162,7 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
         path = Path(out) / spec["predictions"]
         if not path.exists(): return {"checked": False, "breach": False, "reason": f"{path}: no predictions yet"}
         predictions = read_table(path)
-    own = lambda key: spec[key] if key in spec else thresholds[f"perf_{key}"]   # the family's threshold, else the env's
+    own = lambda key: spec[key] if key in spec else thresholds.get(f"perf_{key}", THRESHOLD_DEFAULTS[f"perf_{key}"])  # family, env, default
     window, tol, min_rows, z = int(own("window_days")), float(own("tolerance")), int(own("min_rows")), float(own("spread_z"))
     trained = read_json(Path(out) / spec["training"]) if "training" in spec else {}
     training = spec.get("training_mae")
@@ -222,7 +222,8 @@ def alert_records(family: str, drift: dict, performance: dict, at: str) -> list[
         metric = performance.get("metric", "mae")
         recs.append({"at": at, "family": family, "kind": "performance", "name": metric, "value": performance[metric],
                      "mae": performance["mae"],
-                     "threshold": performance["limit"], "baseline_mae": performance["baseline_mae"],
+                     "threshold": performance["limit"], "expected": performance.get("expected"),
+                     "seasonal_factor": (performance.get("seasonal") or {}).get("factor"), "baseline_mae": performance["baseline_mae"],
                      "window_end": str(performance["window_end"]), "reason": performance["reason"]})
     return recs
 
