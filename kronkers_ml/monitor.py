@@ -124,10 +124,8 @@ def _dotted(d: dict, key: str):
     for k in key.split("."): d = d[k]
     return d
 
-def _season(out: str | Path, spec: dict, trained: dict, window_end, window_days: int, min_rows: int) -> dict:
-    "seasonal_normal of the family's `seasonal` block (reference file, base period) for the window; `source` describes it."
-    sea = spec.get("seasonal")
-    if not sea: return {"found": False, "factor": 1.0, "spread": 0.0, "years": [], "source": "no seasonal reference configured"}
+def _season_of(out: str | Path, spec: dict, sea: dict, trained: dict, window_end, window_days: int, min_rows: int) -> dict:
+    "seasonal_normal of one seasonal reference (file, base period) for the window; `source` describes it."
     path = Path(out) / sea["reference"]
     if not path.exists():
         return {"found": False, "factor": 1.0, "spread": 0.0, "years": [], "source": f"{sea['reference']} (not found)"}
@@ -148,6 +146,16 @@ def _season(out: str | Path, spec: dict, trained: dict, window_end, window_days:
     return {**res, "base": None if base is None else [str(pd.Timestamp(b).date()) for b in base],
             "base_label": sea.get("base_label", "the period of the training figure" if base is not None else "its whole history"),
             "source": f"{sea.get('describe', 'the reference error')} in {sea['reference']} ({d.min():%Y-%m-%d} to {d.max():%Y-%m-%d})"}
+
+def _season(out: str | Path, spec: dict, trained: dict, window_end, window_days: int, min_rows: int) -> dict:
+    "The first of the family's `seasonal` references (one block or a list, tried in order) that holds the window's weeks."
+    refs = spec.get("seasonal") or []
+    missed = []
+    for sea in (refs if isinstance(refs, list) else [refs]):
+        res = _season_of(out, spec, sea, trained, window_end, window_days, min_rows)
+        if res["found"]: return res
+        missed.append(res["source"])
+    return {"found": False, "factor": 1.0, "spread": 0.0, "years": [], "source": " nor ".join(missed) or "no seasonal reference configured"}
 
 def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions: pd.DataFrame | None = None) -> dict:
     """Rolling-window error of the model against its baseline and against the error that is normal for the window's
