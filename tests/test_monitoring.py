@@ -403,30 +403,55 @@ def test_without_the_same_weeks_in_the_history_the_alert_says_so(seasonal_out):
     assert "out_of_fold.parquet (2024-01-01 to 2024-09-30)" in res["reason"], res["reason"]
 
 
-def test_demand_is_judged_against_the_seasonal_naive_of_the_same_weeks(tmp_path):
-    "Revenue whose Christmas weeks swing more each year: a forecast as far off as the season is normal; 1.5 x is not."
+def _demand_out(tmp_path: Path, folds_from: str, model_christmas: float) -> tuple[Path, pd.DataFrame]:
+    """Three years of daily revenue whose Christmas weeks swing 3 x more (so the seasonal naive errs 3 x more there), and
+    backtest folds from `folds_from` whose forecast errs `model_christmas` x more in those weeks; metrics.json with its MASE."""
     out = tmp_path / "out"; (out / "demand").mkdir(parents=True)
     rng = np.random.default_rng(0)
     days = pd.date_range("2022-01-01", "2024-12-31", freq="D")
     swing = np.where([_christmas(d) for d in days], 3000.0, 1000.0)
-    revenue = 20_000.0 + rng.normal(0, 1, len(days)) * swing
-    daily = pd.DataFrame({"date": days, "revenue": revenue}); daily.to_parquet(out / "demand" / "daily.parquet")
-    folds = daily[daily.date >= "2024-06-01"].reset_index(drop=True)
-    calm = 0.5 * 1000.0 * np.abs(rng.normal(0, 1, len(folds)))
-    err = np.where([_christmas(d) for d in folds.date], 3.0, 1.0) * calm
-    backtest = folds.rename(columns={"revenue": "actual"}).assign(origin=pd.Timestamp("2024-06-01"),
-                                                                   model=folds.revenue + err, seasonal_naive=folds.revenue + 4 * err)
+    daily = pd.DataFrame({"date": days, "revenue": 20_000.0 + rng.normal(0, 1, len(days)) * swing})
+    daily.to_parquet(out / "demand" / "daily.parquet")
+    folds = daily[daily.date >= folds_from].reset_index(drop=True)
+    err = np.where([_christmas(d) for d in folds.date], model_christmas, 1.0) * 500.0 * np.abs(rng.normal(0, 1, len(folds)))
+    backtest = folds.rename(columns={"revenue": "actual"}).assign(origin=pd.Timestamp(folds_from), model=folds.revenue + err,
+                                                                   seasonal_naive=folds.revenue + 4 * err)
     backtest.to_parquet(out / "demand" / "backtest.parquet")
-    spec = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["demand"]["performance"]
-    scale = daily.revenue.diff(7).abs().mean()           # the backtest's MASE over every fold day, Christmas included
-    mae = float((backtest.model - backtest.actual).abs().mean())
+    mae, scale = float(err.mean()), daily.revenue.diff(7).abs().mean()      # the backtest's MASE over every fold day
     (out / "demand" / "metrics.json").write_text(json.dumps({"model": {"mae": mae, "mase": mae / scale}}))
-    spec = {**spec, "prediction": "model"}
-    judged = check_performance(out, spec, THRESHOLDS, backtest)
+    return out, backtest
+
+
+DEMAND_SPEC = {**yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["demand"]["performance"], "prediction": "model"}
+
+
+def _shift_newest(backtest: pd.DataFrame, factor: float) -> pd.DataFrame:
+    newest = backtest.date > backtest.date.max() - pd.Timedelta(days=14)
+    return backtest.assign(actual=np.where(newest, backtest.actual * factor, backtest.actual))
+
+
+def test_demand_is_judged_against_the_seasonal_naive_of_the_same_weeks(tmp_path):
+    "Folds of half a year: no earlier Christmas in the backtest, so the seasonal naive of the daily revenue says what is normal."
+    out, backtest = _demand_out(tmp_path, "2024-06-01", 3.0)
+    judged = check_performance(out, DEMAND_SPEC, THRESHOLDS, backtest)
     assert judged["checked"] and judged["metric"] == "mase" and judged["seasonal"]["found"], judged
     assert judged["mase"] > judged["training_mase"] * 1.5 and not judged["breach"], judged["reason"]
     assert judged["seasonal"]["years"] == [2022, 2023] and "seasonal naive" in judged["reason"], judged["reason"]
-    newest = backtest.date > backtest.date.max() - pd.Timedelta(days=14)
-    shifted = backtest.assign(actual=np.where(newest, backtest.actual * 1.5, backtest.actual))
-    bad = check_performance(out, spec, THRESHOLDS, shifted)
+    bad = check_performance(out, DEMAND_SPEC, THRESHOLDS, _shift_newest(backtest, 1.5))
     assert bad["breach"] and "MASE" in bad["reason"] and "x seasonal" in bad["reason"], bad["reason"]
+
+
+def test_demand_prefers_the_backtests_own_error_in_the_same_weeks(tmp_path):
+    "Folds reaching back past the previous Christmas: the forecast's own error there (1.5 x) sets the normal, not the naive's (3 x)."
+    out, backtest = _demand_out(tmp_path, "2023-06-01", 1.5)
+    judged = check_performance(out, DEMAND_SPEC, THRESHOLDS, backtest)
+    assert judged["seasonal"]["found"] and "the backtest's error in demand/backtest.parquet" in judged["reason"], judged["reason"]
+    assert judged["seasonal"]["years"] == [2023] and 1.2 < judged["seasonal"]["factor"] < 1.8, judged["seasonal"]
+    assert not judged["breach"], judged["reason"]
+    # a Christmas twice as bad as the last one: normal by the naive's measure, an alert by the forecast's own
+    worse = backtest.assign(model=np.where([_christmas(d) and d.year == 2024 for d in backtest.date],
+                                           backtest.actual + 2 * (backtest.model - backtest.actual), backtest.model))
+    bad = check_performance(out, DEMAND_SPEC, THRESHOLDS, worse)
+    assert bad["breach"] and "the backtest's error" in bad["reason"], bad["reason"]
+    naive_only = {**DEMAND_SPEC, "seasonal": DEMAND_SPEC["seasonal"][1:]}
+    assert not check_performance(out, naive_only, THRESHOLDS, worse)["breach"]
