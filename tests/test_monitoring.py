@@ -182,11 +182,11 @@ def monitor_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProc
 
 
 def fresh_out(built: Path, tmp_path: Path) -> Path:
-    "An out folder holding only the reference profile, predictions and training summary of the build."
+    "An out folder holding only the reference profile, predictions, training summary and out-of-fold errors of the build."
     out = tmp_path / "out"
     shutil.copytree(built / "profiles" / "service_time" / "features_train", out / "profiles" / "service_time" / "features_train")
     (out / "service_time").mkdir(parents=True)
-    for name in ("predictions.parquet", "training.json"):
+    for name in ("predictions.parquet", "training.json", "out_of_fold.parquet"):
         shutil.copy(built / "service_time" / name, out / "service_time" / name)
     return out
 
@@ -235,7 +235,9 @@ def test_performance_breach_when_the_error_grows(built, tmp_path):
     worse = pred.assign(lightgbm=pred.lightgbm + 300.0)
     bad = monitor(ROOT / "env.test.yaml", ["service_time"], str(out), predictions=worse, retrain_on_breach=False)
     perf = bad["families"]["service_time"]["performance"]
-    assert perf["breach"] and "above training MAE" in perf["reason"] and "does not beat the baseline" in perf["reason"]
+    assert perf["breach"] and "= training MAE" in perf["reason"] and "does not beat the baseline" in perf["reason"]
+    # the tiny build's year holds no earlier December: judged against the validation MAE, and the alert says so
+    assert "not adjusted for the season: no same weeks of an earlier year in service_time/out_of_fold.parquet" in perf["reason"]
 
 
 
