@@ -5,6 +5,12 @@ alert, and false alarms on undrifted data.
     .venv/bin/python benchmarks/monitoring.py                  # tiny pipeline run (env.test.yaml), 50 seeds
     .venv/bin/python benchmarks/monitoring.py --env default    # the nightly-size run (env.yaml): minutes
     .venv/bin/python benchmarks/monitoring.py --skip-build     # throughput and drift detection only
+    .venv/bin/python benchmarks/monitoring.py --judge OUT1 OUT2 OUT3   # only: the performance checks on finished builds
+
+`--judge` runs the monitor's performance check (no retraining) on the `out` folders of finished default builds,
+for example `ploomber build --partially register-service-time --env--seed S --env--out OUT` and the same for
+`register-demand`, and reports per build whether it alerts, the window's figure, the normal for its weeks and the
+limit: fresh builds of a healthy model must stay quiet. Its result goes to benchmarks/results/monitoring_builds.json.
 
 The build goes into a fresh temporary folder, never outputs/. Writes benchmarks/results/monitoring.json.
 """
@@ -141,13 +147,38 @@ def build_share(env_file: str) -> dict:
             "monitoring_share_incl_monitor_command": (mon + monitor_s) / (task_total + monitor_s)}
 
 
+def judge_builds(outs: list[str], env_file: str = "env.yaml", families: tuple[str, ...] = ("service_time", "demand")) -> dict:
+    "The monitor's performance verdict (no retraining) on the out folders of finished builds, one row per build and family."
+    from kronkers_ml.monitor import monitor
+    rows = []
+    for out in outs:
+        summary = monitor(ROOT / env_file, list(families), out, retrain_on_breach=False)
+        for fam, res in summary["families"].items():
+            p = res["performance"]
+            value = p.get("mase", p.get("mae"))
+            rows.append({"out": out, "family": fam, "checked": p.get("checked"), "alert": bool(p.get("breach")),
+                         "drift_checked": res["drift"].get("checked"), "drift_alert": bool(res["drift"].get("breach")),
+                         "window_end": str(p.get("window_end")), "metric": p.get("metric"), "value": value,
+                         "trained": p.get("training_mase", p.get("training_mae")), "expected": p.get("expected"),
+                         "limit": p.get("limit"), "seasonal_factor": (p.get("seasonal") or {}).get("factor"),
+                         "seasonal_years": (p.get("seasonal") or {}).get("years"), "reason": p.get("reason")})
+    return {"builds": outs, "performance_alerts": sum(r["alert"] for r in rows),
+            "drift_alerts": sum(r["drift_alert"] for r in rows), "checks": rows}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", choices=["test", "default"], default="test", help="pipeline run to time (default: test)")
     p.add_argument("--seeds", type=int, default=50, help="seeds for the drift-detection figures (default 50)")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the throughput frame (default 1M)")
     p.add_argument("--skip-build", action="store_true", help="do not time a pipeline build")
+    p.add_argument("--judge", nargs="+", metavar="OUT", help="only judge the performance of these finished builds")
     args = p.parse_args(argv)
+    if args.judge:
+        result = {"machine": machine_info(), **judge_builds(args.judge)}
+        write_result(result, ROOT / "benchmarks" / "results" / "monitoring_builds.json")
+        print(json.dumps(result, indent=2, default=str))
+        return result
     env_file = "env.yaml" if args.env == "default" else "env.test.yaml"
     watched = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())
     env = yaml.safe_load((ROOT / env_file).read_text())

@@ -16,21 +16,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from .core import read_json, read_table, write_json
+from .core import read_json, read_table, require_columns, write_json
 from .drift import drift_scores, flag_drift, performance_breach, rolling_errors
 from .metrics import seasonal_naive_scale
 from .profiles import latest_profile, log_dataset, read_profile
 
 # %% auto #0
-__all__ = ['THRESHOLD_DEFAULTS', 'read_env', 'load_monitoring_config', 'check_drift', 'check_performance', 'alert_records',
-           'append_jsonl', 'write_gauges', 'post_webhook', 'retrain_commands', 'retrain', 'monitor', 'main']
+__all__ = ['THRESHOLD_DEFAULTS', 'read_env', 'load_monitoring_config', 'check_drift', 'seasonal_normal', 'lagged_frame',
+           'check_performance', 'alert_records', 'append_jsonl', 'write_gauges', 'post_webhook', 'retrain_commands',
+           'retrain', 'monitor', 'main']
 
 # %% ../nbs/33_monitor.ipynb #46da6543
 THRESHOLD_DEFAULTS = {"drift_p_value": 1e-6, "drift_hellinger": 0.3, "drift_min_features": 1, "perf_window_days": 14,
-                      "perf_tolerance": 0.15, "perf_min_rows": 30, "webhook_url": "", "pushgateway_url": "",
+                      "perf_tolerance": 0.15, "perf_min_rows": 30, "perf_spread_z": 2.0, "webhook_url": "", "pushgateway_url": "",
                       "config": "config/monitoring.yaml"}
 
 def read_env(path: str | Path) -> dict:
@@ -75,24 +77,101 @@ def check_drift(out: str | Path, family: str, spec: dict, thresholds: dict, curr
     return {"checked": True, "breach": len(drifted) >= int(thresholds["drift_min_features"]), "drifted": drifted,
             "reference": str(ref_path), "current": str(cur_path), "scores": scores.reset_index().to_dict("records")}
 
+# %% ../nbs/33_monitor.ipynb #5ea50a02
+def _base_level(windows: pd.DataFrame, base: tuple | None, years: int, window_days: int) -> float | None:
+    "Mean MAE of the windows inside `base` (first, last day) moved back `years` years, else as given, else of all windows."
+    if base is None: return float(windows["mae"].mean()) if len(windows) else None
+    lo, hi = pd.Timestamp(base[0]).normalize(), pd.Timestamp(base[1]).normalize()
+    for shift in (pd.DateOffset(years=years), pd.DateOffset(years=0)):
+        first, last = lo - shift, hi - shift
+        inside = windows[(windows["window_end"] >= min(first + pd.Timedelta(days=window_days - 1), last)) & (windows["window_end"] <= last)]
+        if len(inside): return float(inside["mae"].mean())
+    return None
+
+def seasonal_normal(reference: pd.DataFrame, date_col: str, truth: str, prediction: str, window_end, window_days: int = 14,
+                    base: tuple | None = None, match_days: int = 7, min_rows: int = 1, max_years: int = 5) -> dict:
+    """How hard the calendar weeks of a window ending on `window_end` are, from a reference of earlier errors: the MAE of
+    its whole `window_days`-day windows ending within `match_days` days of the same date in each earlier year, over its mean
+    window MAE in the `base` period (first, last day: where the training figure was measured), moved back by the same
+    number of years where the reference holds it (else as given; without `base`, every window). `factor` is the mean
+    ratio over the years found, `spread` the standard deviation of the ratios (window to window and year to year),
+    `years` the years found. No same-weeks window: `found` False, factor 1, spread 0."""
+    windows = rolling_errors(reference, date_col, truth, prediction, None, window_days)
+    first = pd.to_datetime(reference[date_col]).min().normalize()        # whole windows only: none sticking out before the data
+    windows = windows[(windows["n"] >= min_rows) & (windows["window_end"] >= first + pd.Timedelta(days=window_days - 1))]
+    end = pd.Timestamp(window_end).normalize()
+    ratios, years = [], []
+    for k in range(1, max_years + 1):
+        at = end - pd.DateOffset(years=k)
+        same = windows[(windows["window_end"] - at).abs() <= pd.Timedelta(days=match_days)]
+        level = _base_level(windows, base, k, window_days) if len(same) else None
+        if level: ratios.append(same["mae"].to_numpy() / level); years.append(int(at.year))
+    if not ratios: return {"found": False, "factor": 1.0, "spread": 0.0, "years": []}
+    return {"found": True, "factor": float(np.mean([r.mean() for r in ratios])), "spread": float(np.concatenate(ratios).std()),
+            "years": sorted(years)}
+
+def lagged_frame(series: pd.DataFrame, date_col: str, truth: str, days: int = 7, name: str = "seasonal_naive") -> pd.DataFrame:
+    "`series` (one row a day) with `name`: the value of `truth` `days` days earlier (the seasonal naive); days without one dropped."
+    require_columns(series, [date_col, truth], "series")
+    f = series[[date_col, truth]].assign(**{date_col: pd.to_datetime(series[date_col])})
+    past = f.assign(**{date_col: f[date_col] + pd.Timedelta(days=int(days))}).rename(columns={truth: name})
+    return f.merge(past, on=date_col, how="inner")
+
+
 # %% ../nbs/33_monitor.ipynb #11416c09
 def _dotted(d: dict, key: str):
     "d['a']['b'] for key 'a.b'."
     for k in key.split("."): d = d[k]
     return d
 
+def _season_of(out: str | Path, spec: dict, sea: dict, trained: dict, window_end, window_days: int, min_rows: int) -> dict:
+    "seasonal_normal of one seasonal reference (file, base period) for the window; `source` describes it."
+    path = Path(out) / sea["reference"]
+    if not path.exists():
+        return {"found": False, "factor": 1.0, "spread": 0.0, "years": [], "source": f"{sea['reference']} (not found)"}
+    date_col, truth = sea.get("date_column", spec["date_column"]), sea.get("truth", spec["truth"])
+    ref = read_table(path)
+    if "lag_days" in sea: ref, prediction = lagged_frame(ref, date_col, truth, int(sea["lag_days"]), "_reference"), "_reference"
+    else: prediction = sea.get("prediction", spec["prediction"])
+    if "base_table" in sea:
+        dates = pd.to_datetime(read_table(Path(out) / sea["base_table"])[sea.get("base_date_column", spec["date_column"])])
+        base = (dates.min(), dates.max())
+    elif "base_from" in sea:
+        base = (_dotted(trained, sea["base_from"]), _dotted(trained, sea["base_to"]))
+    else:
+        base = None
+    res = seasonal_normal(ref, date_col, truth, prediction, window_end, window_days, base, int(sea.get("match_days", 7)),
+                          int(sea.get("min_rows", min_rows)))
+    d = pd.to_datetime(ref[date_col])
+    return {**res, "base": None if base is None else [str(pd.Timestamp(b).date()) for b in base],
+            "base_label": sea.get("base_label", "the period of the training figure" if base is not None else "its whole history"),
+            "source": f"{sea.get('describe', 'the reference error')} in {sea['reference']} ({d.min():%Y-%m-%d} to {d.max():%Y-%m-%d})"}
+
+def _season(out: str | Path, spec: dict, trained: dict, window_end, window_days: int, min_rows: int) -> dict:
+    "The first of the family's `seasonal` references (one block or a list, tried in order) that holds the window's weeks."
+    refs = spec.get("seasonal") or []
+    missed = []
+    for sea in (refs if isinstance(refs, list) else [refs]):
+        res = _season_of(out, spec, sea, trained, window_end, window_days, min_rows)
+        if res["found"]: return res
+        missed.append(res["source"])
+    return {"found": False, "factor": 1.0, "spread": 0.0, "years": [], "source": " nor ".join(missed) or "no seasonal reference configured"}
+
 def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions: pd.DataFrame | None = None) -> dict:
-    """Rolling-window error of the model against its baseline and its training (or backtest) error, judged on the newest
-    window. A family's block may set its own `window_days`, `tolerance` and `min_rows` (else the env's `perf_*`). With
-    `scale_series` the error is judged as MASE: the window's MAE over the seasonal-naive in-sample MAE of that series
-    before the window, against the `training_mase_key` figure x (1 + tolerance). A classifier (`metric: error_rate`) is
-    judged on its share of wrong categories against 1 - the `training_accuracy_key` figure."""
+    """Rolling-window error of the model against its baseline and against the error that is normal for the window's
+    calendar weeks, judged on the newest window. Normal: the training (or backtest) figure x the seasonal factor of the
+    family's `seasonal` block (see `seasonal_normal`; 1 without one or without same weeks in its history); breach above
+    normal x (1 + the wider of `tolerance` and `spread_z` x the same-weeks spread over the factor). A family's block may
+    set its own `window_days`, `tolerance`, `min_rows` and `spread_z` (else the env's `perf_*`). With `scale_series` the
+    error is judged as MASE: the window's MAE over the seasonal-naive in-sample MAE of that series before the window,
+    against the `training_mase_key` figure. A classifier (`metric: error_rate`) is judged on its share of wrong
+    categories against 1 - the `training_accuracy_key` figure."""
     if predictions is None:
         path = Path(out) / spec["predictions"]
         if not path.exists(): return {"checked": False, "breach": False, "reason": f"{path}: no predictions yet"}
         predictions = read_table(path)
-    own = lambda key: spec[key] if key in spec else thresholds[f"perf_{key}"]   # the family's threshold, else the env's
-    window, tol, min_rows = int(own("window_days")), float(own("tolerance")), int(own("min_rows"))
+    own = lambda key: spec[key] if key in spec else thresholds.get(f"perf_{key}", THRESHOLD_DEFAULTS[f"perf_{key}"])  # family, env, default
+    window, tol, min_rows, z = int(own("window_days")), float(own("tolerance")), int(own("min_rows")), float(own("spread_z"))
     trained = read_json(Path(out) / spec["training"]) if "training" in spec else {}
     training = spec.get("training_mae")
     if training is None and "training_accuracy_key" in spec:
@@ -101,22 +180,41 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
         training = _dotted(trained, spec.get("training_key", "best_valid_mae_s"))
     windows = rolling_errors(predictions, spec["date_column"], spec["truth"], spec["prediction"], spec.get("baseline"), window)
     metric = spec.get("metric", "mae")
-    res = {**performance_breach(windows, float(training), tol, min_rows, metric.replace("_", " ") if metric != "mae" else "MAE"),
-           "metric": metric, "window_days": window, "tolerance": tol}
-    if metric != "mae" and res["checked"]: res[metric] = res["mae"]
-    if not spec.get("scale_series") or not res["checked"]:
-        return res
-    series = read_table(Path(out) / spec["scale_series"])
-    start = pd.Timestamp(res["window_end"]) - pd.Timedelta(days=window - 1)
-    scale = seasonal_naive_scale(series.loc[pd.to_datetime(series[spec["date_column"]]) < start, spec.get("scale_column", "revenue")],
-                                 int(spec.get("season", 7)))
-    base = float(spec["training_mase"]) if "training_mase" in spec else float(_dotted(trained, spec["training_mase_key"]))
-    mase, limit = res["mae"] / scale, base * (1 + tol)
-    reasons = [f"MASE {mase:.3f} above backtest MASE {base:.3f} x {1 + tol:.2f}"] if mase > limit else []
+    name = metric.replace("_", " ") if metric != "mae" else "MAE"
+    res = {**performance_breach(windows, float(training), tol, min_rows, name), "metric": metric, "window_days": window,
+           "tolerance": tol}
+    if not res["checked"]: return res
+    if metric != "mae": res[metric] = res["mae"]
+    value, figure, who = res["mae"], float(training), spec.get("training_label", "training")
+    if spec.get("scale_series"):
+        series = read_table(Path(out) / spec["scale_series"])
+        start = pd.Timestamp(res["window_end"]) - pd.Timedelta(days=window - 1)
+        scale = seasonal_naive_scale(series.loc[pd.to_datetime(series[spec["date_column"]]) < start, spec.get("scale_column", "revenue")],
+                                     int(spec.get("season", 7)))
+        figure = float(spec["training_mase"]) if "training_mase" in spec else float(_dotted(trained, spec["training_mase_key"]))
+        value, name, who = res["mae"] / scale, "MASE", spec.get("training_label", "backtest")
+        res.update(metric="mase", mase=float(value), mase_scale=float(scale), training_mase=figure)
+    season = _season(out, spec, trained, res["window_end"], window, min_rows)
+    expected = figure * season["factor"]
+    room = max(tol, z * season["spread"] / season["factor"])
+    limit = expected * (1 + room)
+    num = (lambda v: f"{v:.1f}") if name == "MAE" else (lambda v: f"{v:.3f}")   # NOK and seconds; ratios to 0.001
+    if season["found"]:
+        years = ", ".join(map(str, season["years"]))
+        basis = (f"{who} {name} {num(figure)} x seasonal {season['factor']:.2f} x {1 + room:.2f}: the normal for these weeks is "
+                 f"{num(expected)}, as {season['source']} was {season['factor']:.2f} x its level over {season['base_label']} in the "
+                 f"same weeks of {years} (spread {season['spread']:.2f})")
+    elif "seasonal" in spec:
+        basis = (f"{who} {name} {num(figure)} x {1 + room:.2f}, not adjusted for the season: no same weeks of an earlier year "
+                 f"in {season['source']}")
+    else:
+        basis = f"{who} {name} {num(figure)} x {1 + room:.2f}"
+    reasons = [f"{name} {num(value)} above {num(limit)} = {basis}"] if value > limit else []
     if res["baseline_mae"] is not None and res["mae"] >= res["baseline_mae"]:
         reasons.append(f"MAE {res['mae']:.1f} does not beat the baseline's {res['baseline_mae']:.1f}")
-    return {**res, "metric": "mase", "mase": float(mase), "mase_scale": float(scale), "training_mase": base, "limit": limit,
-            "breach": bool(reasons), "reason": "; ".join(reasons) or "within limits"}
+    return {**res, "breach": bool(reasons), "limit": float(limit), "expected": float(expected), "seasonal": season,
+            "reason": "; ".join(reasons) or f"within limits: {name} {num(value)} up to {num(limit)} = {basis}"}
+
 
 # %% ../nbs/33_monitor.ipynb #84336a8e
 def alert_records(family: str, drift: dict, performance: dict, at: str) -> list[dict]:
@@ -132,7 +230,8 @@ def alert_records(family: str, drift: dict, performance: dict, at: str) -> list[
         metric = performance.get("metric", "mae")
         recs.append({"at": at, "family": family, "kind": "performance", "name": metric, "value": performance[metric],
                      "mae": performance["mae"],
-                     "threshold": performance["limit"], "baseline_mae": performance["baseline_mae"],
+                     "threshold": performance["limit"], "expected": performance.get("expected"),
+                     "seasonal_factor": (performance.get("seasonal") or {}).get("factor"), "baseline_mae": performance["baseline_mae"],
                      "window_end": str(performance["window_end"]), "reason": performance["reason"]})
     return recs
 

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import BIN, ROOT, ploomber_build, ploomber_env
 from kronkers_ml.drift import drift_scores, flag_drift
-from kronkers_ml.monitor import monitor
+from kronkers_ml.monitor import check_performance, monitor
 from kronkers_ml.profiles import latest_profile, profile_frame, read_profile
 from kronkers_ml.quality import check_frame, check_profile, load_constraints
 from kronkers_ml.service_features import location_features
@@ -182,11 +182,11 @@ def monitor_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProc
 
 
 def fresh_out(built: Path, tmp_path: Path) -> Path:
-    "An out folder holding only the reference profile, predictions and training summary of the build."
+    "An out folder holding only the reference profile, predictions, training summary and out-of-fold errors of the build."
     out = tmp_path / "out"
     shutil.copytree(built / "profiles" / "service_time" / "features_train", out / "profiles" / "service_time" / "features_train")
     (out / "service_time").mkdir(parents=True)
-    for name in ("predictions.parquet", "training.json"):
+    for name in ("predictions.parquet", "training.json", "out_of_fold.parquet"):
         shutil.copy(built / "service_time" / name, out / "service_time" / name)
     return out
 
@@ -235,7 +235,9 @@ def test_performance_breach_when_the_error_grows(built, tmp_path):
     worse = pred.assign(lightgbm=pred.lightgbm + 300.0)
     bad = monitor(ROOT / "env.test.yaml", ["service_time"], str(out), predictions=worse, retrain_on_breach=False)
     perf = bad["families"]["service_time"]["performance"]
-    assert perf["breach"] and "above training MAE" in perf["reason"] and "does not beat the baseline" in perf["reason"]
+    assert perf["breach"] and "= training MAE" in perf["reason"] and "does not beat the baseline" in perf["reason"]
+    # the tiny build's year holds no earlier December: judged against the validation MAE, and the alert says so
+    assert "not adjusted for the season: no same weeks of an earlier year in service_time/out_of_fold.parquet" in perf["reason"]
 
 
 
@@ -336,3 +338,122 @@ def test_retrain_rebuilds_only_the_affected_family(built, customers, future_stop
     assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "register-service-time.ipynb"}
     records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
     assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("service_time", True)]
+
+
+# --- the seasonal normal (small data, no build) -----------------------------------------------------------------
+
+def _stops(days: pd.DatetimeIndex, error, per_day: int = 40, seed: int = 0) -> pd.DataFrame:
+    "`per_day` stops a day whose prediction misses the measured time by about `error(day)` seconds (either side)."
+    rng = np.random.default_rng(seed)
+    date = days.repeat(per_day)
+    truth = rng.gamma(4.0, 75.0, len(date))
+    miss = np.repeat(np.asarray([error(d) for d in days], dtype=float), per_day) * rng.choice([-1.0, 1.0], len(date))
+    return pd.DataFrame({"date": date, "service_time_s": truth, "lightgbm": truth + miss, "business_rule_7min": 420.0})
+
+
+def _christmas(d) -> bool:
+    return (d.month == 12 and d.day >= 14) or (d.month == 1 and d.day <= 3)
+
+
+@pytest.fixture
+def seasonal_out(tmp_path) -> Path:
+    "Two years of out-of-fold errors (100 s, 140 s in the Christmas weeks) and a training summary: validation Jul-Sep."
+    out = tmp_path / "out"; (out / "service_time").mkdir(parents=True)
+    history = pd.date_range("2023-01-01", "2024-09-30", freq="D")
+    _stops(history, lambda d: 140.0 if _christmas(d) else 100.0, seed=1).to_parquet(out / "service_time" / "out_of_fold.parquet")
+    (out / "service_time" / "training.json").write_text(json.dumps(
+        {"best_valid_mae_s": 100.0, "split": {"valid": {"from": "2024-07-01", "to": "2024-09-30"}}}))
+    return out
+
+
+SERVICE_SPEC = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["service_time"]["performance"]
+THRESHOLDS = {"perf_window_days": 14, "perf_tolerance": 0.3, "perf_min_rows": 30, "perf_spread_z": 2.0}
+
+
+def test_a_normal_christmas_peak_is_not_an_alert_and_a_real_degradation_is(seasonal_out):
+    christmas = pd.date_range("2024-12-01", "2024-12-31", freq="D")
+    peak = _stops(christmas, lambda d: 140.0 if _christmas(d) else 100.0, seed=2)     # as bad as every Christmas
+    judged = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, peak)
+    assert judged["checked"] and judged["mae"] > 100.0 * 1.3, judged     # above what the year-round figure allows ...
+    assert not judged["breach"], judged["reason"]                        # ... and normal for these weeks
+    assert judged["seasonal"]["found"] and judged["seasonal"]["years"] == [2023]
+    assert judged["seasonal"]["factor"] == pytest.approx(1.4, rel=0.05)
+    assert judged["reason"].startswith("within limits") and "same weeks of 2023" in judged["reason"]
+    # the same figures judged against the year-round validation error alone (no seasonal block) alarm
+    plain = {k: v for k, v in SERVICE_SPEC.items() if k != "seasonal"}
+    assert check_performance(seasonal_out, plain, THRESHOLDS, peak)["breach"]
+    # a real degradation in the same weeks: 1.5 x the normal Christmas error
+    worse = _stops(christmas, lambda d: 210.0 if _christmas(d) else 100.0, seed=2)
+    bad = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, worse)
+    assert bad["breach"] and bad["mae"] > bad["limit"] > bad["expected"] > 100.0, bad
+    assert f"x seasonal {bad['seasonal']['factor']:.2f}" in bad["reason"] and "same weeks of 2023" in bad["reason"], bad["reason"]
+    assert "over the validation months" in bad["reason"], bad["reason"]
+    # and outside the season the error may not rise by that share either
+    autumn = pd.date_range("2024-10-01", "2024-10-31", freq="D")
+    assert not check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, _stops(autumn, lambda d: 100.0, seed=3))["breach"]
+    late = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, _stops(autumn, lambda d: 140.0, seed=3))
+    assert late["breach"] and late["seasonal"]["factor"] == pytest.approx(1.0, rel=0.05), late
+
+
+def test_without_the_same_weeks_in_the_history_the_alert_says_so(seasonal_out):
+    oof = pd.read_parquet(seasonal_out / "service_time" / "out_of_fold.parquet")
+    oof[oof.date >= "2024-01-01"].to_parquet(seasonal_out / "service_time" / "out_of_fold.parquet")   # one year short
+    worse = _stops(pd.date_range("2024-12-01", "2024-12-31", freq="D"), lambda d: 140.0, seed=2)
+    res = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, worse)
+    assert res["breach"] and not res["seasonal"]["found"] and res["expected"] == pytest.approx(100.0)
+    assert "not adjusted for the season: no same weeks of an earlier year in" in res["reason"], res["reason"]
+    assert "out_of_fold.parquet (2024-01-01 to 2024-09-30)" in res["reason"], res["reason"]
+
+
+def _demand_out(tmp_path: Path, folds_from: str, model_christmas: float) -> tuple[Path, pd.DataFrame]:
+    """Three years of daily revenue whose Christmas weeks swing 3 x more (so the seasonal naive errs 3 x more there), and
+    backtest folds from `folds_from` whose forecast errs `model_christmas` x more in those weeks; metrics.json with its MASE."""
+    out = tmp_path / "out"; (out / "demand").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    days = pd.date_range("2022-01-01", "2024-12-31", freq="D")
+    swing = np.where([_christmas(d) for d in days], 3000.0, 1000.0)
+    daily = pd.DataFrame({"date": days, "revenue": 20_000.0 + rng.normal(0, 1, len(days)) * swing})
+    daily.to_parquet(out / "demand" / "daily.parquet")
+    folds = daily[daily.date >= folds_from].reset_index(drop=True)
+    err = np.where([_christmas(d) for d in folds.date], model_christmas, 1.0) * 500.0 * np.abs(rng.normal(0, 1, len(folds)))
+    backtest = folds.rename(columns={"revenue": "actual"}).assign(origin=pd.Timestamp(folds_from), model=folds.revenue + err,
+                                                                   seasonal_naive=folds.revenue + 4 * err)
+    backtest.to_parquet(out / "demand" / "backtest.parquet")
+    mae, scale = float(err.mean()), daily.revenue.diff(7).abs().mean()      # the backtest's MASE over every fold day
+    (out / "demand" / "metrics.json").write_text(json.dumps({"model": {"mae": mae, "mase": mae / scale}}))
+    return out, backtest
+
+
+DEMAND_SPEC = {**yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())["demand"]["performance"], "prediction": "model"}
+
+
+def _shift_newest(backtest: pd.DataFrame, factor: float) -> pd.DataFrame:
+    newest = backtest.date > backtest.date.max() - pd.Timedelta(days=14)
+    return backtest.assign(actual=np.where(newest, backtest.actual * factor, backtest.actual))
+
+
+def test_demand_is_judged_against_the_seasonal_naive_of_the_same_weeks(tmp_path):
+    "Folds of half a year: no earlier Christmas in the backtest, so the seasonal naive of the daily revenue says what is normal."
+    out, backtest = _demand_out(tmp_path, "2024-06-01", 3.0)
+    judged = check_performance(out, DEMAND_SPEC, THRESHOLDS, backtest)
+    assert judged["checked"] and judged["metric"] == "mase" and judged["seasonal"]["found"], judged
+    assert judged["mase"] > judged["training_mase"] * 1.5 and not judged["breach"], judged["reason"]
+    assert judged["seasonal"]["years"] == [2022, 2023] and "seasonal naive" in judged["reason"], judged["reason"]
+    bad = check_performance(out, DEMAND_SPEC, THRESHOLDS, _shift_newest(backtest, 1.5))
+    assert bad["breach"] and "MASE" in bad["reason"] and "x seasonal" in bad["reason"], bad["reason"]
+
+
+def test_demand_prefers_the_backtests_own_error_in_the_same_weeks(tmp_path):
+    "Folds reaching back past the previous Christmas: the forecast's own error there (1.5 x) sets the normal, not the naive's (3 x)."
+    out, backtest = _demand_out(tmp_path, "2023-06-01", 1.5)
+    judged = check_performance(out, DEMAND_SPEC, THRESHOLDS, backtest)
+    assert judged["seasonal"]["found"] and "the backtest's error in demand/backtest.parquet" in judged["reason"], judged["reason"]
+    assert judged["seasonal"]["years"] == [2023] and 1.2 < judged["seasonal"]["factor"] < 1.8, judged["seasonal"]
+    assert not judged["breach"], judged["reason"]
+    # a Christmas twice as bad as the last one: normal by the naive's measure, an alert by the forecast's own
+    worse = backtest.assign(model=np.where([_christmas(d) and d.year == 2024 for d in backtest.date],
+                                           backtest.actual + 2 * (backtest.model - backtest.actual), backtest.model))
+    bad = check_performance(out, DEMAND_SPEC, THRESHOLDS, worse)
+    assert bad["breach"] and "the backtest's error" in bad["reason"], bad["reason"]
+    naive_only = {**DEMAND_SPEC, "seasonal": DEMAND_SPEC["seasonal"][1:]}
+    assert not check_performance(out, naive_only, THRESHOLDS, worse)["breach"]
