@@ -187,11 +187,11 @@ def geofence_settings(**settings) -> dict:
     return out
 
 def sampling_intervals(drv: np.ndarray, t_s: np.ndarray) -> pd.Series:
-    "Median gap (s) between consecutive pings of each driver, from pings sorted by (driver, time); index driver_id."
+    "Median gap (s, to 0.1 s) between consecutive pings of each driver, from pings sorted by (driver, time); index driver_id."
     drv = np.asarray(drv, np.int64); t_s = np.asarray(t_s, float)
     same = drv[1:] == drv[:-1]
     gaps = pd.Series(np.diff(t_s)[same], index=drv[1:][same])
-    return gaps[gaps > 0].groupby(level=0).median().rename("interval_s")
+    return gaps[gaps > 0].groupby(level=0).median().round(1).rename("interval_s")   # a rate, not the clock's jitter
 
 def driver_thresholds(interval_s: pd.Series, settings: dict) -> pd.DataFrame:
     "Per-driver thresholds (index driver_id) from the median ping interval; a number in `settings` fixes one for all."
