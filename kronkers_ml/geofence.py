@@ -104,17 +104,19 @@ def _epoch_s(ts) -> np.ndarray:
 
 def route_windows(fences: pd.DataFrame, window_h: float = 12.0) -> pd.DataFrame:
     "Per route: driver_id and the time window (epoch s) its pings are looked for in: planned span +- window_h, cut halfway to the driver's previous/next route."
-    t = _epoch_s(fences["planned_arrival"].to_numpy())
-    w = pd.DataFrame({"route_id": fences["route_id"].to_numpy(), "driver_id": fences["driver_id"].to_numpy(np.int64), "t": t}).groupby(
-        "route_id").agg(driver_id=("driver_id", "first"), first_s=("t", "min"), last_s=("t", "max"))
-    w = w.sort_values(["driver_id", "first_s"], kind="stable")
+    o = np.argsort(fences["route_id"].to_numpy(), kind="stable")
+    r, d, t = fences["route_id"].to_numpy()[o], fences["driver_id"].to_numpy(np.int64)[o], _epoch_s(fences["planned_arrival"].to_numpy())[o]
+    s = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.zeros(0, np.int64)
+    w = pd.DataFrame({"route_id": r[s], "driver_id": d[s], "first_s": np.minimum.reduceat(t, s) if len(s) else t[:0],
+                      "last_s": np.maximum.reduceat(t, s) if len(s) else t[:0]})
+    w = w.iloc[np.lexsort((w["first_s"].to_numpy(), w["driver_id"].to_numpy()))]
     same_prev = w["driver_id"].eq(w["driver_id"].shift()).to_numpy()
     prev_last = w["last_s"].shift().to_numpy(); next_first = w["first_s"].shift(-1).to_numpy()
     same_next = np.r_[same_prev[1:], False]
     pad = window_h * 3600.0
     start = np.where(same_prev, np.fmax(w["first_s"] - pad, (prev_last + w["first_s"]) / 2), w["first_s"] - pad)
     end = np.where(same_next, np.fmin(w["last_s"] + pad, (w["last_s"] + next_first) / 2), w["last_s"] + pad)
-    return w.assign(start_s=start, end_s=end).reset_index()
+    return w.assign(start_s=start, end_s=end).reset_index(drop=True)
 
 def window_slots(drv: np.ndarray, t_s: np.ndarray, windows: pd.DataFrame) -> np.ndarray:
     "Row of `windows` (same driver, start_s <= t < end_s) for each ping, -1 where none."
@@ -213,30 +215,26 @@ def _per_item(value, n: int, order: np.ndarray) -> np.ndarray:
 def dwell_runs(fence: np.ndarray, t_s: np.ndarray, max_gap_s=180.0, min_dwell_s=60.0, min_segment_pings=3,
                flap_gap_s=20.0, edge_s=0.0) -> pd.DataFrame:
     "Runs (fence, entry_s, exit_s, n_pings) from in-fence (fence, time) pairs; thresholds are scalars or one per pair; see prose."
-    empty = pd.DataFrame({"fence": np.array([], np.int64), "entry_s": np.array([], float),
-                          "exit_s": np.array([], float), "n_pings": np.array([], np.int64)})
-    if len(t_s) == 0:
-        empty.attrs = {"n_segments": 0, "n_segments_kept": 0, "n_runs": 0, "n_runs_kept": 0}
-        return empty
-    o = np.lexsort((t_s, fence)); fence, t_s = np.asarray(fence)[o], np.asarray(t_s, float)[o]
+    o = np.lexsort((t_s, fence)); fence, t_s = np.asarray(fence, np.int64)[o], np.asarray(t_s, float)[o]
     n = len(t_s)
     flap, gap, dwell, seg_min, edge = (_per_item(v, n, o) for v in (flap_gap_s, max_gap_s, min_dwell_s, min_segment_pings, edge_s))
-    other = np.r_[True, fence[1:] != fence[:-1]]
-    seg = np.cumsum(other | np.r_[True, np.diff(t_s) > flap[1:]])
-    segs = pd.DataFrame({"fence": fence, "t": t_s, "seg": seg, "gap": gap, "dwell": dwell, "seg_min": seg_min, "edge": edge}).groupby("seg").agg(
-        fence=("fence", "first"), entry_s=("t", "first"), exit_s=("t", "last"), n_pings=("t", "size"),
-        gap=("gap", "first"), dwell=("dwell", "first"), seg_min=("seg_min", "first"), edge=("edge", "first"))
-    n_segments = len(segs)
-    segs = segs[segs["n_pings"] >= segs["seg_min"]]
-    f = segs["fence"].to_numpy(); a = segs["entry_s"].to_numpy(); b = segs["exit_s"].to_numpy()
-    new_run = np.r_[True, f[1:] != f[:-1]] | np.r_[True, a[1:] - b[:-1] > segs["gap"].to_numpy()[1:]]
-    runs = segs.assign(run=np.cumsum(new_run)).groupby("run").agg(
-        fence=("fence", "first"), entry_s=("entry_s", "min"), exit_s=("exit_s", "max"), n_pings=("n_pings", "sum"),
-        dwell=("dwell", "first"), edge=("edge", "first"))
-    runs["entry_s"] -= runs["edge"]; runs["exit_s"] += runs["edge"]
-    kept = runs[runs["exit_s"] - runs["entry_s"] >= runs["dwell"]]
-    out = kept[["fence", "entry_s", "exit_s", "n_pings"]].reset_index(drop=True).astype({"fence": np.int64, "n_pings": np.int64})
-    out.attrs = {"n_segments": int(n_segments), "n_segments_kept": int(len(segs)), "n_runs": int(len(runs)), "n_runs_kept": int(len(kept))}
+    # segments: consecutive pings of one fence with no gap over flap_gap_s (numpy on sorted arrays, no groupby)
+    s0 = np.flatnonzero(np.r_[True, (fence[1:] != fence[:-1]) | (np.diff(t_s) > flap[1:])]) if n else np.zeros(0, np.int64)
+    s1 = np.r_[s0[1:], n][:len(s0)] - 1
+    keep = (s1 - s0 + 1) >= seg_min[s0]
+    n_segments = len(s0)
+    s0, s1 = s0[keep], s1[keep]
+    f, a, b = fence[s0], t_s[s0], t_s[s1]
+    # runs: kept segments of one fence at most max_gap_s apart
+    r0 = np.flatnonzero(np.r_[True, (f[1:] != f[:-1]) | (a[1:] - b[:-1] > gap[s0][1:])]) if len(s0) else np.zeros(0, np.int64)
+    r1 = np.r_[r0[1:], len(s0)][:len(r0)] - 1
+    cnt = np.add.reduceat(s1 - s0 + 1, r0) if len(r0) else np.zeros(0, np.int64)
+    e = edge[s0][r0] if len(r0) else np.zeros(0)
+    entry, exit_ = a[r0] - e, b[r1] + e
+    long_enough = exit_ - entry >= (dwell[s0][r0] if len(r0) else np.zeros(0))
+    out = pd.DataFrame({"fence": f[r0][long_enough].astype(np.int64), "entry_s": entry[long_enough], "exit_s": exit_[long_enough],
+                        "n_pings": cnt[long_enough].astype(np.int64)})
+    out.attrs = {"n_segments": int(n_segments), "n_segments_kept": int(len(s0)), "n_runs": int(len(r0)), "n_runs_kept": int(long_enough.sum())}
     return out
 
 
@@ -335,8 +333,8 @@ def visit_diagnostics(fences: pd.DataFrame, thresholds: pd.DataFrame, settings: 
     o = np.lexsort((t_s, fj)); f, t = fj[o], t_s[o]
     same = (f[1:] == f[:-1]) if len(f) else np.zeros(0, bool)
     gaps = np.diff(t)[same] if len(f) else np.zeros(0)
-    planned = fences.set_index("stop_id")["planned_arrival"]
-    lag_h = ((visits["entry"] - planned.loc[visits["stop_id"]].to_numpy()).dt.total_seconds() / 3600).to_numpy() if len(visits) else np.zeros(0)
+    planned = fences["planned_arrival"].to_numpy()[pd.Index(fences["stop_id"]).get_indexer(visits["stop_id"])]
+    lag_h = (visits["entry"].to_numpy() - planned).astype("timedelta64[ns]").astype(np.int64) / 3.6e12
     drivers = set(thresholds.index)
     return {"n_stops": int(len(fences)), "n_visits": int(len(visits)),
             "n_stops_without_pings_of_their_driver": int((~fences["driver_id"].isin(drivers)).sum()),
