@@ -10,7 +10,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import require_columns
-from .ingest import SERVICE_TIME_CONTRACT
+from .ingest import SERVICE_TIME_CONTRACT, local_clock
 
 # %% auto #0
 __all__ = ['PING_COLS', 'STOP_COLS', 'CUSTOMER_COLS', 'M_PER_DEG', 'SORT5', 'GEOFENCE_DEFAULTS', 'PER_DRIVER', 'VISIT_COLS',
@@ -393,6 +393,9 @@ def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFr
     require_columns(pings, PING_COLS, "pings")
     settings = geofence_settings(radius_m=radius_m, min_dwell_s=min_dwell_s, max_gap_s=max_gap_s, min_segment_pings=min_segment_pings,
                                  flap_gap_s=flap_gap_s, edge_s=edge_s, smooth_s=smooth_s, window_h=window_h)
+    if any(getattr(f[c].dtype, "tz", None) is not None for f, c in ((pings, "timestamp"), (stops, "planned_arrival"), (stops, "date")) if c in f):
+        lc = local_clock({"pings": pings, "stops": stops}, timezone)             # tz-aware input: wall-clock times of `timezone`
+        pings, stops = lc["pings"], lc["stops"]
     fences = fence_table(stops, customers)
     p = pings if _is_clean(pings) else clean_pings(pings)
     lat0, lon0 = (float(fences["lat"].mean()), float(fences["lon"].mean())) if len(fences) else (0.0, 0.0)
