@@ -11,6 +11,14 @@ For each size the script
      reported both as the whole peak and as the increment over the loaded inputs.
 
 Results go to benchmarks/results/geofence_throughput.json (one entry per size).
+
+With `--peer` (default on), the script also runs movingpandas' stop detector (TrajectoryStopDetector, version
+0.23, diameter 2 x the fence radius, minimum duration min_dwell_s) on a slice of the same world (`--peer-days`
+days, cleaned pings, one trajectory per driver and day) and this project's detector on the same slice, and
+writes both throughputs, their ratio and both detectors' recall and service-time MAE against the truth.
+movingpandas needs NumPy 2 while this project pins numpy<2, so it runs in its own virtual environment, which
+the script creates on first use (`--peer-venv`, default in the system's temporary folder) with pip from the
+package index; nothing is downloaded when it exists.
 """
 from __future__ import annotations
 
@@ -26,6 +34,31 @@ import time
 from pathlib import Path
 
 SIZES = {"1M": 73, "10M": 730}          # days of the default-size world
+PEER_SPEC = ["movingpandas==0.23.0"]
+RADIUS_M, MIN_DWELL_S = 50.0, 60.0      # the defaults of env.yaml; the peer gets diameter 2 x radius
+UTM_CRS = "EPSG:32632"                  # UTM zone 32N: metres around Oslo, where the generated world lies
+PEER_SCRIPT = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import pandas as pd, geopandas as gpd, movingpandas as mpd
+from datetime import timedelta
+src, out, diameter, min_s = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+p = pd.read_csv(src)
+p["t"] = pd.to_datetime(p["t_ns"], unit="ns")
+gdf = gpd.GeoDataFrame(p, geometry=gpd.points_from_xy(p["lon"], p["lat"]), crs="EPSG:4326").to_crs(sys.argv[5])
+t0 = time.perf_counter()                    # projected to metres (UTM) first: planar distances, as in the project's detector
+tc = mpd.TrajectoryCollection(gdf, traj_id_col="traj", t="t")
+build_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+stops = mpd.TrajectoryStopDetector(tc).get_stop_points(max_diameter=diameter, min_duration=timedelta(seconds=min_s))
+detect_s = time.perf_counter() - t0
+where = gpd.GeoSeries(stops.geometry.to_numpy(), crs=sys.argv[5]).to_crs("EPSG:4326")
+res = pd.DataFrame({"traj": stops["traj_id"].to_numpy(), "start": pd.to_datetime(stops["start_time"]).dt.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+                    "end": pd.to_datetime(stops["end_time"]).dt.strftime("%Y-%m-%dT%H:%M:%S.%f"), "lat": where.y.to_numpy(),
+                    "lon": where.x.to_numpy()})
+res.to_csv(out, index=False)
+print(json.dumps({"seconds_build": build_s, "seconds_detect": detect_s, "n_stops": len(res), "movingpandas": mpd.__version__}))
+"""
 WORLD = dict(n_customers=6000, n_drivers=9, start="2024-01-01", stops_per_route=11.0, ping_interval_s=5.0)
 
 
@@ -81,6 +114,66 @@ def measure(folder: Path) -> None:
     }))
 
 
+def peer_python(venv: Path) -> Path:
+    "Python of a virtual environment with movingpandas 0.23, created with pip on first use."
+    py = venv / "bin" / "python"
+    if not py.exists() or subprocess.run([str(py), "-c", "import movingpandas"], capture_output=True).returncode:
+        subprocess.run([sys.executable if sys.prefix == sys.base_prefix else sys.base_prefix + "/bin/python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER_SPEC], check=True)
+    return py
+
+
+def _match(found: "pd.DataFrame", truth: "pd.DataFrame", stops: "pd.DataFrame", customers: "pd.DataFrame") -> dict:
+    "Recall and service-time MAE of stays (driver_id, start, end, lat, lon) against truth: a served stop is found by the stay of its driver that overlaps it longest, within 2 x radius of the address."
+    import numpy as np
+    import pandas as pd
+    from kronkers_ml.geofence import to_local_metres
+    t = truth.merge(stops[["stop_id", "driver_id", "customer_id"]], on="stop_id").merge(customers[["customer_id", "lat", "lon"]], on="customer_id")
+    m = t.merge(found, on="driver_id", suffixes=("", "_stay"))
+    overlap = (np.minimum(m["departure"], m["end"]) - np.maximum(m["arrival"], m["start"])).dt.total_seconds()
+    dx, dy = to_local_metres(m["lat_stay"].to_numpy(), m["lon_stay"].to_numpy(), float(m["lat"].mean()), float(m["lon"].mean()))
+    ax, ay = to_local_metres(m["lat"].to_numpy(), m["lon"].to_numpy(), float(m["lat"].mean()), float(m["lon"].mean()))
+    m = m[(overlap > 0) & (np.hypot(dx - ax, dy - ay) <= 2 * RADIUS_M)].assign(overlap=overlap)
+    best = m.sort_values("overlap").drop_duplicates("stop_id", keep="last")
+    err = (best["end"] - best["start"]).dt.total_seconds() - best["service_time_s"]
+    return {"stop_recall": round(len(best) / len(truth), 4), "service_time_mae_s": round(float(err.abs().mean()), 2)}
+
+
+def run_peer(days: int, seed: int, venv: Path) -> dict:
+    "Both detectors on the same slice (cleaned pings of `days` days of the default world); movingpandas in its own venv."
+    import pandas as pd
+    from kronkers_ml.geofence import clean_pings, detect_visits, geofence_accuracy
+    from kronkers_ml.service_sim import simulate_service_data
+    py = peer_python(venv)
+    data = simulate_service_data(days=days, seed=seed, progress=False, **WORLD)
+    clean = clean_pings(data["pings"])
+    n = len(clean)
+    best = float("inf")
+    for _ in range(3):                                  # best of three: the slice takes well under a second
+        t = time.perf_counter(); visits = detect_visits(clean, data["stops"], data["customers"], progress=False); best = min(best, time.perf_counter() - t)
+    ours = geofence_accuracy(visits, data["truth"], data["stops"])
+    with tempfile.TemporaryDirectory(prefix="geofence_peer_") as tmp:
+        src, out = Path(tmp) / "pings.csv", Path(tmp) / "stops.csv"
+        day = clean["timestamp"].dt.strftime("%Y%m%d")
+        pd.DataFrame({"traj": clean["driver_id"].astype(str) + "-" + day, "t_ns": clean["timestamp"].astype("int64"),
+                      "lat": clean["lat"], "lon": clean["lon"]}).to_csv(src, index=False)
+        done = subprocess.run([str(py), "-c", PEER_SCRIPT, str(src), str(out), str(2 * RADIUS_M), str(MIN_DWELL_S), UTM_CRS],
+                              check=True, capture_output=True, text=True)
+        rec = json.loads(done.stdout.strip().splitlines()[-1])
+        st = pd.read_csv(out)
+    found = pd.DataFrame({"driver_id": st["traj"].str.split("-").str[0].astype("int64"), "start": pd.to_datetime(st["start"]),
+                          "end": pd.to_datetime(st["end"]), "lat": st["lat"], "lon": st["lon"]})
+    peer_acc = _match(found, data["truth"], data["stops"], data["customers"])
+    peer_s = rec["seconds_build"] + rec["seconds_detect"]
+    return {"days": days, "n_pings": n, "n_stops": len(data["stops"]), "n_truth": len(data["truth"]),
+            "ours": {"seconds": round(best, 3), "pings_per_second": round(n / best), "stop_recall": round(ours["stop_recall"], 4),
+                     "stop_precision": round(ours["stop_precision"], 4), "service_time_mae_s": round(ours["service_time_mae_s"], 2)},
+            "movingpandas": {"version": rec["movingpandas"], "max_diameter_m": 2 * RADIUS_M, "min_duration_s": MIN_DWELL_S,
+                             "seconds_build": round(rec["seconds_build"], 3), "seconds_detect": round(rec["seconds_detect"], 3),
+                             "pings_per_second": round(n / peer_s), "n_stays": rec["n_stops"], **peer_acc},
+            "ratio_ours_to_movingpandas_throughput": round(peer_s / best, 1)}
+
+
 def run_size(label: str, days: int, seed: int) -> dict:
     "Parent: generate in one child, measure in a fresh child, return the merged record."
     with tempfile.TemporaryDirectory(prefix="geofence_bench_") as tmp:
@@ -94,8 +187,12 @@ def run_size(label: str, days: int, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["1M", "10M"], help="sizes to run (default: 1M 10M)")
+    parser.add_argument("--sizes", nargs="*", choices=sorted(SIZES), default=["1M", "10M"], help="sizes to run (default: 1M 10M; none: the peer only)")
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="also run movingpandas' stop detector on a slice (default on)")
+    parser.add_argument("--peer-days", type=int, default=7, help="days of the default world in the peer slice (default 7, ~100k pings)")
+    parser.add_argument("--peer-venv", type=Path, default=Path(tempfile.gettempdir()) / "kronkers-movingpandas-0.23",
+                        help="virtual environment for movingpandas (created on first use)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "geofence_throughput.json",
                         help="output JSON (default benchmarks/results/geofence_throughput.json)")
     args = parser.parse_args(argv)
@@ -108,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
               f"pandas sort+dedupe alone {rec['baseline_pandas_sort_dedupe_pings_per_second']:,} pings/s; "
               f"recall {rec['stop_recall']}, precision {rec['stop_precision']}, MAE {rec['service_time_mae_s']} s", flush=True)
         results.append(rec)
+    peer = None
+    if args.peer:
+        peer = run_peer(args.peer_days, args.seed, args.peer_venv)
+        print(f"peer slice: {peer['n_pings']:,} pings; ours {peer['ours']['pings_per_second']:,} pings/s, movingpandas "
+              f"{peer['movingpandas']['pings_per_second']:,} pings/s: {peer['ratio_ours_to_movingpandas_throughput']}x; "
+              f"recall {peer['ours']['stop_recall']} vs {peer['movingpandas']['stop_recall']}, MAE {peer['ours']['service_time_mae_s']} s "
+              f"vs {peer['movingpandas']['service_time_mae_s']} s", flush=True)
     import numpy, pandas
     doc = {"benchmark": "geofence_throughput", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -117,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                      "detect_visits wall time (perf_counter); peak memory = ru_maxrss (RUSAGE_SELF) of that subprocess; "
                      "baseline = pandas sort_values + drop_duplicates on the same raw pings",
            "load_average_1_5_15_at_start": load_start,
-           "world": WORLD, "seed": args.seed, "results": results}
+           "world": WORLD, "seed": args.seed, "results": results, "peer": peer}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")

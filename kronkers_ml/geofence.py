@@ -10,12 +10,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import require_columns
-from .ingest import SERVICE_TIME_CONTRACT
+from .ingest import SERVICE_TIME_CONTRACT, local_clock
 
 # %% auto #0
-__all__ = ['PING_COLS', 'STOP_COLS', 'CUSTOMER_COLS', 'M_PER_DEG', 'SORT5', 'VISIT_COLS', 'to_local_metres', 'from_local_metres',
-           'clean_pings', 'fence_table', 'candidate_pairs', 'median5', 'smooth_positions', 'nearest_fences',
-           'dwell_runs', 'choose_runs', 'resolve_shared_runs', 'in_fence_pings', 'detect_visits', 'geofence_accuracy']
+__all__ = ['PING_COLS', 'STOP_COLS', 'CUSTOMER_COLS', 'M_PER_DEG', 'SORT5', 'GEOFENCE_DEFAULTS', 'PER_DRIVER', 'VISIT_COLS',
+           'SETTING_NAMES', 'to_local_metres', 'from_local_metres', 'clean_pings', 'fence_table', 'candidate_pairs',
+           'route_windows', 'window_slots', 'median5', 'smooth_positions', 'nearest_fences', 'geofence_settings',
+           'sampling_intervals', 'driver_thresholds', 'dwell_runs', 'choose_runs', 'resolve_shared_runs',
+           'in_fence_pings', 'visit_diagnostics', 'explain_visits', 'detect_visits', 'geofence_accuracy']
 
 # %% ../nbs/03_geofence.ipynb #10d61ba0
 PING_COLS = tuple(SERVICE_TIME_CONTRACT["pings"])
@@ -67,14 +69,9 @@ def fence_table(stops: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"stops.customer_id {bad} has no location in customers (lat/lon)")
     return f.sort_values(["route_id", "seq"], kind="stable").reset_index(drop=True)
 
-def _day_slot_key(driver_id: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    "One int64 per (driver, calendar day): driver_id * 1e6 + days since 1970."
-    day = np.asarray(ts, "datetime64[ns]").astype("datetime64[D]").view(np.int64)
-    return np.asarray(driver_id, np.int64) * 1_000_000 + day
-
 def candidate_pairs(px: np.ndarray, py: np.ndarray, p_slotkey: np.ndarray, fx: np.ndarray, fy: np.ndarray,
                     f_slotkey: np.ndarray, cell_m: float) -> tuple[np.ndarray, np.ndarray]:
-    "Index pairs (ping i, fence j) of the same driver-day whose grid cells are neighbours (within ~cell_m)."
+    "Index pairs (ping i, fence j) of the same slot (route window) whose grid cells are neighbours (within ~cell_m)."
     slots, f_slot = np.unique(f_slotkey, return_inverse=True)
     if len(slots) == 0 or len(px) == 0: return np.array([], np.int64), np.array([], np.int64)
     pos = np.clip(np.searchsorted(slots, p_slotkey), 0, len(slots) - 1)
@@ -99,6 +96,43 @@ def candidate_pairs(px: np.ndarray, py: np.ndarray, p_slotkey: np.ndarray, fx: n
     rep_p = np.repeat(pi, n)
     j = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())
     return rep_p, fidx[j]
+
+# %% ../nbs/03_geofence.ipynb #9a0c1e02
+def _epoch_s(ts) -> np.ndarray:
+    "Seconds since 1970 (float) of naive datetime64 values."
+    return np.asarray(ts, "datetime64[ns]").view(np.int64) / 1e9
+
+def route_windows(fences: pd.DataFrame, window_h: float = 12.0) -> pd.DataFrame:
+    "Per route: driver_id and the time window (epoch s) its pings are looked for in: planned span +- window_h, cut halfway to the driver's previous/next route."
+    o = np.argsort(fences["route_id"].to_numpy(), kind="stable")
+    r, d, t = fences["route_id"].to_numpy()[o], fences["driver_id"].to_numpy(np.int64)[o], _epoch_s(fences["planned_arrival"].to_numpy())[o]
+    s = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.zeros(0, np.int64)
+    w = pd.DataFrame({"route_id": r[s], "driver_id": d[s], "first_s": np.minimum.reduceat(t, s) if len(s) else t[:0],
+                      "last_s": np.maximum.reduceat(t, s) if len(s) else t[:0]})
+    w = w.iloc[np.lexsort((w["first_s"].to_numpy(), w["driver_id"].to_numpy()))]
+    same_prev = w["driver_id"].eq(w["driver_id"].shift()).to_numpy()
+    prev_last = w["last_s"].shift().to_numpy(); next_first = w["first_s"].shift(-1).to_numpy()
+    same_next = np.r_[same_prev[1:], False]
+    pad = window_h * 3600.0
+    start = np.where(same_prev, np.fmax(w["first_s"] - pad, (prev_last + w["first_s"]) / 2), w["first_s"] - pad)
+    end = np.where(same_next, np.fmin(w["last_s"] + pad, (w["last_s"] + next_first) / 2), w["last_s"] + pad)
+    return w.assign(start_s=start, end_s=end).reset_index(drop=True)
+
+def window_slots(drv: np.ndarray, t_s: np.ndarray, windows: pd.DataFrame) -> np.ndarray:
+    "Row of `windows` (same driver, start_s <= t < end_s) for each ping, -1 where none."
+    if len(windows) == 0 or len(drv) == 0: return np.full(len(drv), -1, np.int64)
+    drivers = np.unique(windows["driver_id"].to_numpy(np.int64))
+    span = 4e9                                                   # seconds: > any epoch time until 2096
+    wd = np.searchsorted(drivers, windows["driver_id"].to_numpy(np.int64)) * span
+    order = np.argsort(wd + windows["start_s"].to_numpy(), kind="stable")
+    ws, we = (wd + windows["start_s"].to_numpy())[order], (wd + windows["end_s"].to_numpy())[order]
+    pd_i = np.searchsorted(drivers, np.asarray(drv, np.int64))
+    known = (pd_i < len(drivers)) & (drivers[np.minimum(pd_i, len(drivers) - 1)] == drv)
+    key = pd_i * span + np.asarray(t_s, float)
+    j = np.searchsorted(ws, key, side="right") - 1
+    ok = known & (j >= 0) & (key < we[np.maximum(j, 0)])
+    return np.where(ok, order[np.maximum(j, 0)], -1).astype(np.int64)
+
 
 # %% ../nbs/03_geofence.ipynb #3b725560
 SORT5 = ((0, 1), (3, 4), (2, 4), (2, 3), (0, 3), (0, 2), (1, 4), (1, 3), (1, 2))   # optimal sorting network
@@ -129,31 +163,86 @@ def nearest_fences(ping: np.ndarray, dist: np.ndarray, share_m: float = 15.0) ->
     nmin = np.empty(len(ping)); nmin[o] = np.repeat(dmin, np.diff(np.r_[starts, len(ping)]))
     return dist <= nmin + share_m
 
+# %% ../nbs/03_geofence.ipynb #9a0c1e05
+GEOFENCE_DEFAULTS = {"radius_m": 50.0, "min_dwell_s": 60.0, "max_gap_s": "auto", "flap_gap_s": "auto",
+                     "min_segment_pings": "auto", "edge_s": "auto", "smooth_s": 30.0, "window_h": 12.0}
+PER_DRIVER = ("flap_gap_s", "max_gap_s", "min_segment_pings", "edge_s", "min_dwell_s")
+
+def _is_auto(value) -> bool:
+    "True for the settings that ask for a derived value: None, '' or 'auto'."
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto"))
+
+def geofence_settings(**settings) -> dict:
+    "Defaults overlaid with `settings`; numbers are checked, ''/'auto'/None are kept as 'auto' (derived per driver)."
+    unknown = sorted(set(settings) - set(GEOFENCE_DEFAULTS))
+    if unknown: raise ValueError(f"unknown geofence setting(s) {', '.join(unknown)}; known: {', '.join(GEOFENCE_DEFAULTS)}")
+    out = {}
+    for key, value in {**GEOFENCE_DEFAULTS, **settings}.items():
+        if _is_auto(value):
+            if key not in PER_DRIVER[:4]: raise ValueError(f"geofence setting {key} needs a number (only {', '.join(PER_DRIVER[:4])} can be 'auto')")
+            out[key] = "auto"; continue
+        try: v = float(value)
+        except (TypeError, ValueError): raise ValueError(f"geofence setting {key}={value!r}: give a number, or '' / 'auto' to derive it") from None
+        if not (v > 0 if key in ("radius_m", "window_h") else v >= 0):
+            raise ValueError(f"geofence setting {key}={value!r} must be {'> 0' if key in ('radius_m', 'window_h') else '>= 0'}")
+        out[key] = v
+    return out
+
+def sampling_intervals(drv: np.ndarray, t_s: np.ndarray) -> pd.Series:
+    "Median gap (s, to 0.1 s) between consecutive pings of each driver, from pings sorted by (driver, time); index driver_id."
+    drv = np.asarray(drv, np.int64); t_s = np.asarray(t_s, float)
+    same = drv[1:] == drv[:-1]
+    gaps = pd.Series(np.diff(t_s)[same], index=drv[1:][same])
+    return gaps[gaps > 0].groupby(level=0).median().round(1).rename("interval_s")   # a rate, not the clock's jitter
+
+def driver_thresholds(interval_s: pd.Series, settings: dict) -> pd.DataFrame:
+    "Per-driver thresholds (index driver_id) from the median ping interval; a number in `settings` fixes one for all."
+    dt = interval_s.astype(float).clip(lower=0.1)
+    auto = {"flap_gap_s": np.maximum(20.0, 4 * dt), "max_gap_s": np.maximum(180.0, 8 * dt),
+            "min_segment_pings": np.clip(np.round(15.0 / dt), 1, 3), "edge_s": np.maximum(0.0, (dt - 5.0) / 2)}
+    t = pd.DataFrame({k: (np.asarray(auto[k], float) if settings[k] == "auto" else np.full(len(dt), float(settings[k])))
+                      for k in PER_DRIVER}, index=dt.index)
+    t.insert(0, "interval_s", dt)
+    return t.astype({"min_segment_pings": np.int64})
+
+
 # %% ../nbs/03_geofence.ipynb #d3e020fa
-def dwell_runs(fence: np.ndarray, t_s: np.ndarray, max_gap_s: float = 180.0, min_dwell_s: float = 60.0,
-               min_segment_pings: int = 3, flap_gap_s: float = 20.0) -> pd.DataFrame:
-    "Runs (fence, entry_s, exit_s, n_pings) from in-fence (fence, time) pairs; see prose."
-    if len(t_s) == 0:
-        return pd.DataFrame({"fence": np.array([], np.int64), "entry_s": np.array([], float),
-                             "exit_s": np.array([], float), "n_pings": np.array([], np.int64)})
-    o = np.lexsort((t_s, fence)); fence, t_s = fence[o], t_s[o]
-    other = np.r_[True, fence[1:] != fence[:-1]]
-    seg = np.cumsum(other | np.r_[True, np.diff(t_s) > flap_gap_s])
-    segs = pd.DataFrame({"fence": fence, "t": t_s, "seg": seg}).groupby("seg").agg(
-        fence=("fence", "first"), entry_s=("t", "first"), exit_s=("t", "last"), n_pings=("t", "size"))
-    segs = segs[segs["n_pings"] >= min_segment_pings]
-    f = segs["fence"].to_numpy(); a = segs["entry_s"].to_numpy(); b = segs["exit_s"].to_numpy()
-    new_run = np.r_[True, f[1:] != f[:-1]] | np.r_[True, a[1:] - b[:-1] > max_gap_s]
-    runs = segs.assign(run=np.cumsum(new_run)).groupby("run").agg(
-        fence=("fence", "first"), entry_s=("entry_s", "min"), exit_s=("exit_s", "max"), n_pings=("n_pings", "sum"))
-    runs = runs[runs["exit_s"] - runs["entry_s"] >= min_dwell_s]
-    return runs.reset_index(drop=True).astype({"fence": np.int64, "n_pings": np.int64})
+def _per_item(value, n: int, order: np.ndarray) -> np.ndarray:
+    "A scalar broadcast to n items, or an array of n items taken in `order`."
+    a = np.asarray(value, float)
+    return np.full(n, float(a)) if a.ndim == 0 else a[order]
+
+def dwell_runs(fence: np.ndarray, t_s: np.ndarray, max_gap_s=180.0, min_dwell_s=60.0, min_segment_pings=3,
+               flap_gap_s=20.0, edge_s=0.0) -> pd.DataFrame:
+    "Runs (fence, entry_s, exit_s, n_pings) from in-fence (fence, time) pairs; thresholds are scalars or one per pair; see prose."
+    o = np.lexsort((t_s, fence)); fence, t_s = np.asarray(fence, np.int64)[o], np.asarray(t_s, float)[o]
+    n = len(t_s)
+    flap, gap, dwell, seg_min, edge = (_per_item(v, n, o) for v in (flap_gap_s, max_gap_s, min_dwell_s, min_segment_pings, edge_s))
+    # segments: consecutive pings of one fence with no gap over flap_gap_s (numpy on sorted arrays, no groupby)
+    s0 = np.flatnonzero(np.r_[True, (fence[1:] != fence[:-1]) | (np.diff(t_s) > flap[1:])]) if n else np.zeros(0, np.int64)
+    s1 = np.r_[s0[1:], n][:len(s0)] - 1
+    keep = (s1 - s0 + 1) >= seg_min[s0]
+    n_segments = len(s0)
+    s0, s1 = s0[keep], s1[keep]
+    f, a, b = fence[s0], t_s[s0], t_s[s1]
+    # runs: kept segments of one fence at most max_gap_s apart
+    r0 = np.flatnonzero(np.r_[True, (f[1:] != f[:-1]) | (a[1:] - b[:-1] > gap[s0][1:])]) if len(s0) else np.zeros(0, np.int64)
+    r1 = np.r_[r0[1:], len(s0)][:len(r0)] - 1
+    cnt = np.add.reduceat(s1 - s0 + 1, r0) if len(r0) else np.zeros(0, np.int64)
+    e = edge[s0][r0] if len(r0) else np.zeros(0)
+    entry, exit_ = a[r0] - e, b[r1] + e
+    long_enough = exit_ - entry >= (dwell[s0][r0] if len(r0) else np.zeros(0))
+    out = pd.DataFrame({"fence": f[r0][long_enough].astype(np.int64), "entry_s": entry[long_enough], "exit_s": exit_[long_enough],
+                        "n_pings": cnt[long_enough].astype(np.int64)})
+    out.attrs = {"n_segments": int(n_segments), "n_segments_kept": int(len(s0)), "n_runs": int(len(r0)), "n_runs_kept": int(long_enough.sum())}
+    return out
+
 
 # %% ../nbs/03_geofence.ipynb #bfddb2bf
 def choose_runs(runs: pd.DataFrame, fences: pd.DataFrame) -> pd.DataFrame:
     "One run per fence: the only one, or the one nearest planned arrival + route drift; adds a `score` column."
     f = fences[["route_id", "seq"]].copy()
-    f["planned_s"] = (fences["planned_arrival"] - fences["date"]).dt.total_seconds().to_numpy()
+    f["planned_s"] = _epoch_s(fences["planned_arrival"].to_numpy())
     n_runs = runs.groupby("fence").size()
     single = runs[runs["fence"].map(n_runs).to_numpy() == 1]
     f["drift"] = np.nan
@@ -197,7 +286,8 @@ def resolve_shared_runs(chosen: pd.DataFrame) -> pd.DataFrame:
 VISIT_COLS = ["stop_id", "entry", "exit", "service_time_s", "n_pings"]
 
 def _is_clean(p: pd.DataFrame) -> bool:
-    "True if pings are valid, sorted by (driver_id, timestamp) and free of duplicate keys."
+    "True if pings are valid, naive, sorted by (driver_id, timestamp) and free of duplicate keys."
+    if getattr(p["timestamp"].dtype, "tz", None) is not None: return False
     if not _valid_mask(p).all(): return False
     d = p["driver_id"].to_numpy(np.int64); t = p["timestamp"].to_numpy("datetime64[ns]").view(np.int64)
     return bool(np.all((d[1:] > d[:-1]) | ((d[1:] == d[:-1]) & (t[1:] > t[:-1]))))
@@ -212,20 +302,17 @@ def _chunk_bounds(drv: np.ndarray, ts: np.ndarray, chunk_pings: int) -> np.ndarr
     return np.unique(np.r_[0, cuts[idx[idx < len(cuts)]], len(drv)])
 
 def in_fence_pings(p: pd.DataFrame, fences: pd.DataFrame, fx: np.ndarray, fy: np.ndarray, lat0: float, lon0: float,
-                   radius_m: float, share_m: float) -> tuple[np.ndarray, np.ndarray]:
-    "(fence index, epoch seconds) of every clean ping inside a fence of its driver-day (smoothed, nearest rule)."
+                   radius_m: float, share_m: float, windows: pd.DataFrame | None = None, smooth_s: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    "(fence index, epoch seconds) of every clean ping inside a fence of its route window (smoothed, nearest rule)."
+    if windows is None: windows = route_windows(fences)
     px, py = to_local_metres(p["lat"].to_numpy(), p["lon"].to_numpy(), lat0, lon0)
-    drv = p["driver_id"].to_numpy(np.int64); ts = p["timestamp"].to_numpy("datetime64[ns]")
-    fsel = np.flatnonzero(np.isin(fences["driver_id"].to_numpy(np.int64), np.unique(drv)))
-    pi, fj = candidate_pairs(px, py, _day_slot_key(drv, ts), fx[fsel], fy[fsel],
-                             _day_slot_key(fences["driver_id"].to_numpy()[fsel], fences["date"].to_numpy()[fsel]), cell_m=2 * radius_m)
-    fj = fsel[fj]
+    drv = p["driver_id"].to_numpy(np.int64); t_s = _epoch_s(p["timestamp"].to_numpy("datetime64[ns]"))
+    f_slot = pd.Index(windows["route_id"]).get_indexer(fences["route_id"])
+    pi, fj = candidate_pairs(px, py, window_slots(drv, t_s, windows), fx, fy, f_slot, cell_m=2 * radius_m)
     near = np.hypot(px[pi] - fx[fj], py[pi] - fy[fj]) <= radius_m + 50.0     # raw pings far outside cannot smooth inside
     pi, fj = pi[near], fj[near]
-    day0 = ts.astype("datetime64[D]")
-    t_s = (ts - day0).view(np.int64) / 1e9 + day0.view(np.int64) * 86_400.0   # seconds since epoch (float)
     rows = np.unique(pi)
-    sx, sy = smooth_positions(px, py, drv, t_s, rows)
+    sx, sy = smooth_positions(px, py, drv, t_s, rows, max_dt_s=smooth_s)
     k = np.searchsorted(rows, pi)
     dist = np.hypot(sx[k] - fx[fj], sy[k] - fy[fj])
     inside = dist <= radius_m
@@ -233,35 +320,114 @@ def in_fence_pings(p: pd.DataFrame, fences: pd.DataFrame, fx: np.ndarray, fy: np
     keep = nearest_fences(pi, dist, share_m)
     return fj[keep], t_s[pi[keep]]
 
+
+# %% ../nbs/03_geofence.ipynb #9a0c1e07
+def _quantiles(x, qs=(0.1, 0.5, 0.9)) -> list[float]:
+    "Rounded quantiles of x ([] when empty)."
+    x = np.asarray(x, float)
+    return [round(float(v), 1) for v in np.quantile(x, qs)] if len(x) else []
+
+def visit_diagnostics(fences: pd.DataFrame, thresholds: pd.DataFrame, settings: dict, fj: np.ndarray, t_s: np.ndarray,
+                      runs: pd.DataFrame, visits: pd.DataFrame, n_pings: int, n_pings_in_windows: int) -> dict:
+    "What the detector saw at each step (pings in route windows, in fences, gaps, segments, runs, clock offset)."
+    o = np.lexsort((t_s, fj)); f, t = fj[o], t_s[o]
+    same = (f[1:] == f[:-1]) if len(f) else np.zeros(0, bool)
+    gaps = np.diff(t)[same] if len(f) else np.zeros(0)
+    planned = fences["planned_arrival"].to_numpy()[pd.Index(fences["stop_id"]).get_indexer(visits["stop_id"])]
+    lag_h = (visits["entry"].to_numpy() - planned).astype("timedelta64[ns]").astype(np.int64) / 3.6e12
+    drivers = set(thresholds.index)
+    return {"n_stops": int(len(fences)), "n_visits": int(len(visits)),
+            "n_stops_without_pings_of_their_driver": int((~fences["driver_id"].isin(drivers)).sum()),
+            "n_pings": int(n_pings), "n_pings_in_route_windows": int(n_pings_in_windows),
+            "n_in_fence_pings": int(len(fj)), "n_stops_with_in_fence_pings": int(len(np.unique(fj))),
+            "in_fence_gap_s_p10_p50_p90": _quantiles(gaps),
+            "in_fence_pings_per_stop_p10_p50_p90": _quantiles(np.bincount(fj)[np.unique(fj)]) if len(fj) else [],
+            "sampling_interval_s_min_median_max": _quantiles(thresholds["interval_s"], (0, 0.5, 1)),
+            "thresholds_min_max": {k: _quantiles(thresholds[k], (0, 1)) for k in PER_DRIVER},
+            "settings": settings, **{k: int(v) for k, v in runs.attrs.items()},
+            "visit_minus_planned_h_median": round(float(np.median(lag_h)), 2) if len(lag_h) else None}
+
+
+# %% ../nbs/03_geofence.ipynb #9a0c1e08
+SETTING_NAMES = {"radius_m": "service_time.geofence_radius_m", **{k: f"service_time.{k}" for k in GEOFENCE_DEFAULTS if k != "radius_m"},
+                 "timezone": "service_time.timezone"}
+
+def explain_visits(diag: dict, timezone: str = "Europe/Oslo", few_share: float = 0.8, names: dict | None = None) -> list[str]:
+    "Plain sentences on why few or no stops found a visit, and on clocks that disagree by whole hours; [] when all is well."
+    names = {**SETTING_NAMES, **(names or {})}
+    n, nv, out = diag["n_stops"], diag["n_visits"], []
+    th = diag["thresholds_min_max"]
+    def rng(q): return f"{q[0]:g}" if len(q) and q[0] == q[-1] else (f"{q[0]:g}-{q[-1]:g}" if len(q) else "?")
+    if n and nv < few_share * n:
+        why = []
+        if diag["n_stops_without_pings_of_their_driver"]:
+            why.append(f"{diag['n_stops_without_pings_of_their_driver']} stops belong to a driver_id that has no pings")
+        if diag["n_pings_in_route_windows"] == 0:
+            why.append(f"no ping falls within {diag['settings']['window_h']:g} h of a route's planned arrivals "
+                       f"({names['window_h']}); check that pings and stops share driver ids and a clock ({names['timezone']})")
+        elif diag["n_in_fence_pings"] == 0:
+            why.append(f"no ping comes within {diag['settings']['radius_m']:g} m of a stop's address during its route ({names['radius_m']})")
+        else:
+            g = diag["in_fence_gap_s_p10_p50_p90"]
+            if g and g[1] > th["flap_gap_s"][-1]:
+                why.append(f"pings inside fences are {g[0]:g}-{g[2]:g} s apart, longer than the {rng(th['flap_gap_s'])} s a dwell "
+                           f"segment allows ({names['flap_gap_s']})")
+            if diag["n_segments"] and diag["n_segments_kept"] < 0.5 * diag["n_segments"]:
+                why.append(f"{diag['n_segments'] - diag['n_segments_kept']} of {diag['n_segments']} in-fence segments have fewer "
+                           f"than {rng(th['min_segment_pings'])} pings ({names['min_segment_pings']})")
+            if diag["n_runs"] and diag["n_runs_kept"] < 0.5 * diag["n_runs"]:
+                why.append(f"{diag['n_runs'] - diag['n_runs_kept']} of {diag['n_runs']} stays last less than "
+                           f"{rng(th['min_dwell_s'])} s ({names['min_dwell_s']})")
+        out.append(f"{nv} of {n} stops found a visit" + (": " + "; ".join(why) if why else ""))
+    h = diag.get("visit_minus_planned_h_median")
+    if h is not None and abs(h) >= 0.75 and abs(h - round(h)) <= 0.25:
+        out.append(f"measured visits are {abs(round(h))} h {'later' if h > 0 else 'earlier'} than planned (median): pings and stops "
+                   f"seem to be on different clocks; check {names['timezone']} (now {timezone}) and the UTC offsets in the files")
+    return out
+
 def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFrame, radius_m: float = 50.0,
-                  min_dwell_s: float = 60.0, max_gap_s: float = 180.0, min_segment_pings: int = 3,
-                  share_m: float = 15.0, chunk_pings: int = 2_000_000, progress: bool = True) -> pd.DataFrame:
-    "Detected visits (schema `visits`): one row per planned stop whose geofence saw a real dwell."
+                  min_dwell_s: float = 60.0, max_gap_s="auto", min_segment_pings="auto", flap_gap_s="auto", edge_s="auto",
+                  smooth_s: float = 30.0, window_h: float = 12.0, share_m: float = 15.0, chunk_pings: int = 2_000_000,
+                  timezone: str = "Europe/Oslo", progress: bool = True) -> pd.DataFrame:
+    "Detected visits (schema `visits`), one row per planned stop whose geofence saw a real dwell; `.attrs['diagnostics']` says what it saw."
     require_columns(pings, PING_COLS, "pings")
-    if radius_m <= 0 or min_dwell_s < 0 or max_gap_s < 0: raise ValueError("radius_m must be > 0, min_dwell_s and max_gap_s >= 0")
+    settings = geofence_settings(radius_m=radius_m, min_dwell_s=min_dwell_s, max_gap_s=max_gap_s, min_segment_pings=min_segment_pings,
+                                 flap_gap_s=flap_gap_s, edge_s=edge_s, smooth_s=smooth_s, window_h=window_h)
+    if any(getattr(f[c].dtype, "tz", None) is not None for f, c in ((pings, "timestamp"), (stops, "planned_arrival"), (stops, "date")) if c in f):
+        lc = local_clock({"pings": pings, "stops": stops}, timezone)             # tz-aware input: wall-clock times of `timezone`
+        pings, stops = lc["pings"], lc["stops"]
     fences = fence_table(stops, customers)
     p = pings if _is_clean(pings) else clean_pings(pings)
     lat0, lon0 = (float(fences["lat"].mean()), float(fences["lon"].mean())) if len(fences) else (0.0, 0.0)
     fx, fy = to_local_metres(fences["lat"].to_numpy(), fences["lon"].to_numpy(), lat0, lon0)
-    bounds = _chunk_bounds(p["driver_id"].to_numpy(np.int64), p["timestamp"].to_numpy("datetime64[ns]"), chunk_pings)
-    parts = [in_fence_pings(p.iloc[a:b], fences, fx, fy, lat0, lon0, radius_m, share_m)
+    drv_all, ts_all = p["driver_id"].to_numpy(np.int64), p["timestamp"].to_numpy("datetime64[ns]")
+    windows = route_windows(fences, settings["window_h"])
+    n_in_windows = int((window_slots(drv_all, _epoch_s(ts_all), windows) >= 0).sum())
+    thresholds = driver_thresholds(sampling_intervals(drv_all, _epoch_s(ts_all)), settings)
+    bounds = _chunk_bounds(drv_all, ts_all, chunk_pings)
+    parts = [in_fence_pings(p.iloc[a:b], fences, fx, fy, lat0, lon0, settings["radius_m"], share_m, windows, settings["smooth_s"])
              for a, b in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="geofence", disable=not progress)]
     fj = np.concatenate([f for f, _ in parts]) if parts else np.array([], np.int64)
     t_s = np.concatenate([t for _, t in parts]) if parts else np.array([], float)
-    runs = dwell_runs(fj, t_s, max_gap_s, min_dwell_s, min_segment_pings)
-    # runs carry epoch seconds; convert to seconds since the stop's date for planning comparisons
-    fdate_s = fences["date"].to_numpy("datetime64[ns]").astype("datetime64[D]").view(np.int64) * 86_400.0
-    runs = runs.assign(entry_s=runs["entry_s"] - fdate_s[runs["fence"].to_numpy()],
-                       exit_s=runs["exit_s"] - fdate_s[runs["fence"].to_numpy()])
+    th = thresholds.reindex(fences["driver_id"].to_numpy()).to_numpy(float)[fj] if len(fj) else np.zeros((0, len(thresholds.columns)))
+    col = {c: i for i, c in enumerate(thresholds.columns)}
+    runs = dwell_runs(fj, t_s, th[:, col["max_gap_s"]], th[:, col["min_dwell_s"]], th[:, col["min_segment_pings"]],
+                      th[:, col["flap_gap_s"]], th[:, col["edge_s"]])
+    attrs = runs.attrs
     v = resolve_shared_runs(choose_runs(runs, fences)) if len(runs) else runs.assign(route_id=0, seq=0, score=0.0)
     fi = v["fence"].to_numpy()
-    date = fences["date"].to_numpy("datetime64[ns]")[fi]
     visits = pd.DataFrame({"stop_id": fences["stop_id"].to_numpy(np.int64)[fi],
-                           "entry": date + np.round(v["entry_s"].to_numpy() * 1e9).astype("timedelta64[ns]"),
-                           "exit": date + np.round(v["exit_s"].to_numpy() * 1e9).astype("timedelta64[ns]"),
+                           "entry": (np.round(v["entry_s"].to_numpy() * 1e9).astype(np.int64)).view("datetime64[ns]"),
+                           "exit": (np.round(v["exit_s"].to_numpy() * 1e9).astype(np.int64)).view("datetime64[ns]"),
                            "n_pings": v["n_pings"].to_numpy(np.int64)})
     visits.insert(3, "service_time_s", (visits["exit"] - visits["entry"]).dt.total_seconds())
-    return visits.sort_values("stop_id").reset_index(drop=True)[VISIT_COLS]
+    visits = visits.sort_values("stop_id").reset_index(drop=True)[VISIT_COLS]
+    runs.attrs = attrs
+    diag = visit_diagnostics(fences, thresholds, settings, fj, t_s, runs, visits, len(p), n_in_windows)
+    diag["explanation"] = explain_visits(diag, timezone)
+    visits.attrs = {"diagnostics": diag}
+    return visits
+
 
 # %% ../nbs/03_geofence.ipynb #9789a161
 def geofence_accuracy(visits: pd.DataFrame, truth: pd.DataFrame, stops: pd.DataFrame) -> dict:

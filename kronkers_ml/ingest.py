@@ -12,7 +12,8 @@ import pandas as pd
 from .core import DataContractError, enforce_contract, find_table, read_table
 
 # %% auto #0
-__all__ = ['BUSINESS_RULE_S', 'ZONES', 'SERVICE_TIME_CONTRACT', 'NULLABLE', 'check_service_tables', 'load_service_data']
+__all__ = ['BUSINESS_RULE_S', 'ZONES', 'SERVICE_TIME_CONTRACT', 'NULLABLE', 'check_service_tables', 'check_timezone',
+           'local_clock', 'load_service_data']
 
 # %% ../nbs/01_ingest.ipynb #0f57fb38
 # The business rule the models must beat: every stop planned at a fixed 7 minutes.
@@ -50,10 +51,32 @@ def check_service_tables(tables: dict[str, pd.DataFrame], sources: dict[str, str
         raise DataContractError(f"{sources['stops']}: column 'customer_id': {int(unknown.sum())} of {len(stops)} rows "
                                 f"name a customer missing from {sources['customers']}")
 
+# %% ../nbs/01_ingest.ipynb #7e2d0a02
+def check_timezone(tz: str) -> str:
+    "`tz` if it names an IANA time zone, else a ValueError that names the setting."
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(str(tz)); return str(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"service_time.timezone {tz!r} is not an IANA time zone name (e.g. Europe/Oslo, UTC, America/Chicago)") from None
+
+def local_clock(tables: dict[str, pd.DataFrame], tz: str = "Europe/Oslo") -> dict[str, pd.DataFrame]:
+    "Copies of the contract tables with every tz-aware datetime column converted to naive wall-clock time in `tz`."
+    check_timezone(tz)
+    out = dict(tables)
+    for name, contract in SERVICE_TIME_CONTRACT.items():
+        if name not in tables: continue
+        cols = [c for c, spec in contract.items() if (spec if isinstance(spec, str) else spec[0]) == "datetime" and c in tables[name]
+                and getattr(tables[name][c].dtype, "tz", None) is not None]
+        if cols: out[name] = tables[name].assign(**{c: tables[name][c].dt.tz_convert(tz).dt.tz_localize(None) for c in cols})
+    if "stops" in out: out["stops"] = out["stops"].assign(date=out["stops"]["date"].dt.normalize())
+    return out
+
+
 # %% ../nbs/01_ingest.ipynb #a150face
 def load_service_data(folder: str | Path, tz: str = "Europe/Oslo") -> dict[str, pd.DataFrame]:
-    "Read and check the real-data tables in `folder`; `truth` is included only where the folder has one."
-    folder = Path(folder)
+    "Read and check the real-data tables in `folder`, clock times in `tz` (offsets converted); `truth` only where the folder has one."
+    folder, tz = Path(folder), check_timezone(tz)
     tables, sources = {}, {}
     for name, contract in SERVICE_TIME_CONTRACT.items():
         if name == "truth" and not any((folder / f"truth{s}").exists() for s in (".parquet", ".csv")):

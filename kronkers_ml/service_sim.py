@@ -18,10 +18,10 @@ from .ingest import BUSINESS_RULE_S, ZONES
 __all__ = ['OSLO_LAT', 'OSLO_LON', 'ZONE_SHARE', 'ZONE_RING_KM', 'ZONE_P_APARTMENT', 'ZONE_P_PARKING', 'SERVICE_EFFECT_SD',
            'DETOUR', 'ZONE_SPEED_MS', 'SHIFT_STARTS_H', 'SHIFT_P', 'SERVICE_SCALE', 'NOISE_SD', 'NOISE_SD_PEAK',
            'P_WAIT', 'P_WAIT_PEAK', 'MEAN_WAIT_S', 'MIN_SERVICE_S', 'PARKING_S', 'ZONE_S', 'TARGET_MEAN_S', 'DRIVEBY_P',
-           'CANCEL_P', 'PARK_OFFSET_M', 'SCENARIOS', 'DEFAULT_SIZE', 'TINY_SIZE', 'simulate_customers',
+           'CANCEL_P', 'PARK_OFFSET_M', 'SCENARIOS', 'CLOCK_COLUMNS', 'DEFAULT_SIZE', 'TINY_SIZE', 'simulate_customers',
            'simulate_customer_latents', 'assign_territories', 'christmas_peak', 'working_days', 'simulate_routes',
            'driver_pace', 'expected_service_time', 'true_service_times', 'calibrate_scale', 'simulate_trajectories',
-           'simulate_pings', 'apply_scenario', 'simulate_service_data', 'oracle_mae']
+           'simulate_pings', 'apply_scenario', 'utc_clock', 'simulate_service_data', 'oracle_mae']
 
 # %% ../nbs/02_service_sim.ipynb #87fb22bb
 OSLO_LAT, OSLO_LON = 59.9139, 10.7522   # origin of the local frame (Oslo sentrum); projection: geofence.to_local_metres
@@ -324,19 +324,33 @@ def simulate_trajectories(stops: pd.DataFrame, customers: pd.DataFrame, hubs: pd
     return kf, truth
 
 # %% ../nbs/02_service_sim.ipynb #7aff453e
+def _ping_times(g: pd.DataFrame, ping_interval_s: float, ping_interval_max_s: float | None,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    "(route slot, seconds) of every ping: every ping_interval_s +- 1 s, or intervals drawn in [ping_interval_s, ping_interval_max_s]."
+    span = g["max"].to_numpy() - g["min"].to_numpy()
+    if ping_interval_max_s is None:
+        n_per = np.floor(span / ping_interval_s).astype(np.int64) + 1
+        k = np.arange(n_per.sum()) - np.repeat(np.cumsum(n_per) - n_per, n_per)
+        return np.repeat(np.arange(len(g)), n_per), np.repeat(g["min"].to_numpy(), n_per) + k * ping_interval_s + rng.uniform(-1, 1, len(k))
+    n_per = np.floor(span / ping_interval_s).astype(np.int64) + 2
+    slot = np.repeat(np.arange(len(g)), n_per)
+    step = rng.uniform(ping_interval_s, ping_interval_max_s, len(slot))
+    step[np.cumsum(n_per) - n_per] = rng.uniform(0, ping_interval_s, len(g))     # first ping: a random phase
+    rel = np.cumsum(step) - np.repeat(np.cumsum(step)[np.cumsum(n_per) - n_per] - step[np.cumsum(n_per) - n_per], n_per)
+    keep = rel <= span[slot]
+    return slot[keep], np.repeat(g["min"].to_numpy(), n_per)[keep] + rel[keep]
+
 def _pings_for_routes(kf: pd.DataFrame, route_date: pd.Series, route_driver: pd.Series, ping_interval_s: float,
-                      rng: np.random.Generator) -> pd.DataFrame:
+                      rng: np.random.Generator, ping_interval_max_s: float | None = None) -> pd.DataFrame:
     "Clean ping track (driver_id, timestamp, x, y, accuracy) for the routes in the keyframe frame kf."
     r = kf["route_id"].to_numpy()
     g = kf.groupby("route_id")["t_s"].agg(["min", "max"])
-    n_per = np.floor((g["max"].to_numpy() - g["min"].to_numpy()) / ping_interval_s).astype(np.int64) + 1
-    rid = np.repeat(g.index.to_numpy(), n_per)
-    k = np.arange(n_per.sum()) - np.repeat(np.cumsum(n_per) - n_per, n_per)
-    t = np.repeat(g["min"].to_numpy(), n_per) + k * ping_interval_s + rng.uniform(-1, 1, len(k))
+    slot, t = _ping_times(g, ping_interval_s, ping_interval_max_s, rng)
+    rid = g.index.to_numpy()[slot]
     # interpolate on a global axis: route slot * 2 days + seconds, so routes never mix
     off = 2 * 86_400.0
     kf_axis = np.searchsorted(g.index.to_numpy(), r) * off + kf["t_s"].to_numpy()
-    p_axis = np.repeat(np.arange(len(g)), n_per) * off + t
+    p_axis = slot * off + t
     x = np.interp(p_axis, kf_axis, kf["x"].to_numpy()); y = np.interp(p_axis, kf_axis, kf["y"].to_numpy())
     acc = np.exp(rng.uniform(np.log(5), np.log(30), len(t)))
     x += rng.standard_normal(len(t)) * acc / np.sqrt(2); y += rng.standard_normal(len(t)) * acc / np.sqrt(2)
@@ -371,9 +385,11 @@ def _dirty(p: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 
 # %% ../nbs/02_service_sim.ipynb #9c259862
 def simulate_pings(kf: pd.DataFrame, stops: pd.DataFrame, ping_interval_s: float = 5.0, seed: int = 0,
-                   chunk_routes: int = 500, progress: bool = True) -> pd.DataFrame:
-    "Raw phone pings (schema `pings`) along the keyframe tracks, with noise, gaps, duplicates and disorder."
+                   chunk_routes: int = 500, progress: bool = True, ping_interval_max_s: float | None = None) -> pd.DataFrame:
+    "Raw phone pings (schema `pings`) along the keyframe tracks, with noise, gaps, duplicates and disorder; sparse and jittered with ping_interval_max_s."
     if ping_interval_s <= 0: raise ValueError(f"ping_interval_s must be > 0, got {ping_interval_s}")
+    if ping_interval_max_s is not None and not ping_interval_max_s >= ping_interval_s:
+        raise ValueError(f"ping_interval_max_s must be >= ping_interval_s ({ping_interval_s}), got {ping_interval_max_s}")
     rinfo = stops.groupby("route_id")[["date", "driver_id"]].first()
     routes = np.unique(kf["route_id"].to_numpy())
     chunks = [routes[i:i + chunk_routes] for i in range(0, len(routes), chunk_routes)]
@@ -382,7 +398,8 @@ def simulate_pings(kf: pd.DataFrame, stops: pd.DataFrame, ping_interval_s: float
     bounds = np.searchsorted(kf_r, [c[0] for c in chunks] + [np.inf]) if chunks else []
     for i, ch in enumerate(tqdm(chunks, desc="pings", disable=not progress)):
         rng = np.random.default_rng([seed, 8, i])
-        part = _pings_for_routes(kf.iloc[bounds[i]:bounds[i + 1]], rinfo["date"], rinfo["driver_id"], ping_interval_s, rng)
+        part = _pings_for_routes(kf.iloc[bounds[i]:bounds[i + 1]], rinfo["date"], rinfo["driver_id"], ping_interval_s, rng,
+                                 ping_interval_max_s)
         lat, lon = from_local_metres(part["x"].to_numpy(), part["y"].to_numpy(), OSLO_LAT, OSLO_LON)
         part = pd.DataFrame({"driver_id": part["driver_id"].to_numpy(), "timestamp": part["timestamp"].to_numpy(),
                              "lat": lat, "lon": lon, "route_id": part["route_id"].to_numpy()})
@@ -412,14 +429,35 @@ def apply_scenario(customers: pd.DataFrame, scenario: str | None = None, seed: i
     out.loc[hit, "parking_difficulty"] = np.int64(spec["parking_difficulty"])
     return out
 
+# %% ../nbs/02_service_sim.ipynb #5b1c0e02
+CLOCK_COLUMNS = {"pings": ("timestamp",), "stops": ("planned_arrival",), "truth": ("arrival", "departure")}
+
+def utc_clock(tables: dict[str, pd.DataFrame], timezone: str = "Europe/Oslo") -> dict[str, pd.DataFrame]:
+    "Copies of the tables with local wall-clock times (in `timezone`) as tz-aware UTC; pings that fall in a DST gap or fold are dropped."
+    out = dict(tables)
+    for name, cols in CLOCK_COLUMNS.items():
+        if name not in tables: continue
+        t = tables[name].copy()
+        for c in cols:
+            if getattr(t[c].dtype, "tz", None) is None:
+                t[c] = t[c].dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+        bad = t[list(cols)].isna().any(axis=1) & tables[name][list(cols)].notna().all(axis=1)
+        if bad.any() and name != "pings":
+            raise ValueError(f"{name}: {int(bad.sum())} rows fall in a daylight-saving gap or fold of {timezone}")
+        out[name] = t[~bad] if name == "pings" else t
+    return out
+
+
 # %% ../nbs/02_service_sim.ipynb #edf90b06
 DEFAULT_SIZE = dict(n_customers=6000, n_drivers=9, start="2024-01-01", days=730, stops_per_route=11.0, ping_interval_s=5.0)
 TINY_SIZE = dict(n_customers=400, n_drivers=2, start="2024-11-25", days=45, stops_per_route=6.0, ping_interval_s=5.0)
 
 def simulate_service_data(n_customers: int = 6000, n_drivers: int = 9, start: str = "2024-01-01", days: int = 730,
                           stops_per_route: float = 11.0, ping_interval_s: float = 5.0, seed: int = 0,
-                          progress: bool = True, scenario: str | None = None) -> dict[str, pd.DataFrame]:
-    "Synthetic service-time study data: dict with customers, stops, pings, truth (contract schemas); `scenario` names a drift (SCENARIOS)."
+                          progress: bool = True, scenario: str | None = None, ping_interval_max_s: float | None = None,
+                          clock: str = "local", timezone: str = "Europe/Oslo") -> dict[str, pd.DataFrame]:
+    "Synthetic service-time study data: dict with customers, stops, pings, truth (contract schemas); `scenario` names a drift (SCENARIOS); hard cases: sparse pings (ping_interval_max_s), UTC clocks (clock='utc')."
+    if clock not in ("local", "utc"): raise ValueError(f"clock must be 'local' or 'utc', got {clock!r}")
     customers = apply_scenario(simulate_customers(n_customers, seed), scenario, seed)
     latents = simulate_customer_latents(customers["customer_id"].to_numpy(), seed)
     stops, hubs = simulate_routes(customers, latents, n_drivers, start, days, stops_per_route, seed)
@@ -427,9 +465,10 @@ def simulate_service_data(n_customers: int = 6000, n_drivers: int = 9, start: st
     expected = expected_service_time(stops, customers, latents, seed, scale)
     service = true_service_times(stops, expected, seed)
     kf, truth = simulate_trajectories(stops, customers, hubs, service, seed)
-    pings = simulate_pings(kf, stops, ping_interval_s, seed, progress=progress)
+    pings = simulate_pings(kf, stops, ping_interval_s, seed, progress=progress, ping_interval_max_s=ping_interval_max_s)
     truth["expected_service_time_s"] = pd.Series(expected, index=stops["stop_id"]).loc[truth["stop_id"]].to_numpy()
-    return {"customers": customers, "stops": stops, "pings": pings, "truth": truth}
+    tables = {"customers": customers, "stops": stops, "pings": pings, "truth": truth}
+    return utc_clock(tables, timezone) if clock == "utc" else tables
 
 def oracle_mae(truth: pd.DataFrame) -> float:
     "MAE (s) of predicting each stop by its noise-free expectation: the floor no model can beat."
