@@ -133,9 +133,10 @@ def service_runs(source: Path, folder: Path, uri: str) -> dict:
         with httpx.Client(base_url=base, timeout=600) as c:
             c.post("/v1/models/returns/classify", files=[("files", ("warm.png", small_png(), "image/png"))],
                    headers={"X-API-Key": key})
+            bomb = bomb_png()
             before = psutil.Process(proc.pid).memory_info().rss / 2**20
             peak = Peak(proc.pid); t0 = time.perf_counter()
-            r = c.post("/v1/models/returns/classify", files=[("files", ("bomb.png", bomb_png(), "image/png"))],
+            r = c.post("/v1/models/returns/classify", files=[("files", ("bomb.png", bomb, "image/png"))],
                        headers={"X-API-Key": key})
             out["bomb_upload"] = {"status": r.status_code, "seconds": time.perf_counter() - t0, "rss_before_mb": before,
                                   "peak_rss_mb": peak.stop(), "detail": r.text[:300]}
@@ -153,7 +154,16 @@ def service_runs(source: Path, folder: Path, uri: str) -> dict:
                 status, detail = type(e).__name__, str(e)[:200]
             out["bad_key_300mb_body"] = {"status": status, "seconds": time.perf_counter() - t0, "rss_before_mb": before,
                                          "peak_rss_mb": peak.stop(), "detail": detail,
-                                         "note": "the route is not served here (only returns): the key check decides"}
+                                         "note": "the client sends all 300 MB before it reads the answer; the route "
+                                                 "is not served here (only returns): the key check decides"}
+            # the answer to 300 MB announced and 1 MB sent: how long the server waits before it says 401
+            t0 = time.perf_counter()
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:   # a service that reads it all: no answer
+                s.sendall(b"POST /v1/models/service-time/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"X-API-Key: kk_000000000000_not-a-real-key\r\nContent-Length: 314572800\r\n\r\n" + b"{" * (1 << 20))
+                try: first = s.recv(200).split(b"\r\n")[0].decode()
+                except socket.timeout: first = "no answer within 60 s"
+            out["bad_key_300mb_announced_1mb_sent"] = {"answer": first, "seconds_to_answer": time.perf_counter() - t0}
     finally:
         proc.terminate(); proc.wait(timeout=60); log.close()
     return out
