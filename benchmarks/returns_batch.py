@@ -15,6 +15,14 @@ The photos are Fashion-MNIST test images of the five return categories written a
 writes the inbox); the model is an EfficientNet built by kronkers_ml.returns_model at the pipeline's input size,
 saved with save_classifier and loaded with load_classifier (untrained: speed does not depend on the weights).
 Writes benchmarks/results/returns_batch.json.
+
+With `--compare-threads`, the console script `kronkers-returns-batch` itself is timed instead, as the nightly run
+starts it, on the same photos with three thread settings side by side in one run (rounds interleaved, each run into
+a fresh results file): torch's default (one thread per core, what the job used before it set threads), one
+thread, and the job's own default (no `--threads`: the cores the load average leaves idle). Writes
+benchmarks/results/returns_batch_threads.json.
+
+    .venv/bin/python benchmarks/returns_batch.py --compare-threads --images 400 --repeats 2
 """
 from __future__ import annotations
 
@@ -91,6 +99,49 @@ def components(inbox: Path, names: list[str], folder: Path, batch_size: int, rep
             "append_flush_ms_per_batch_max": max(flushes) * 1000}
 
 
+def compare_threads(args) -> dict:
+    "Wall seconds of the console script on the same inbox with torch's default threads, 1 thread and the job's default."
+    import json
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    torch_default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                                       capture_output=True, text=True, check=True).stdout)
+    settings = {"torch_default": ["--threads", str(torch_default)], "one_thread": ["--threads", "1"], "job_default": []}
+    script = Path(sys.executable).parent / "kronkers-returns-batch"
+    runs = {name: [] for name in settings}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        images, _ = load_fashion_mnist(args.fashion_mnist, "t10k")
+        write_inbox(d / "inbox", images, args.images, seed=0)
+        nets = [build_classifier(args.architecture, n_classes=5, pretrained=False, seed=k) for k in range(args.members)]
+        save_classifier(ensemble_of(nets), d / "model.pt", image_size=args.image_size, flip_tta=args.flip_tta)
+        for r in range(args.repeats):
+            names = list(settings) if r % 2 == 0 else list(settings)[::-1]
+            for name in names:
+                results = d / f"{name}{r}.csv"
+                cmd = [str(script), "--input", str(d / "inbox"), "--output", str(results), "--model", str(d / "model.pt"),
+                       "--no-progress", "--batch-size", str(args.batch_size), "--summary-json", str(results.with_suffix(".json")),
+                       *settings[name]]
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=env, check=True, capture_output=True)
+                wall = time.perf_counter() - t0
+                summary = json.loads(results.with_suffix(".json").read_text())
+                assert summary["processed"] == args.images, summary
+                runs[name].append({"wall_seconds": wall, "job_seconds": summary["seconds"], "threads": summary["threads"],
+                                   "load_average_1min": os.getloadavg()[0]})
+                print(f"round {r + 1}, {name} ({summary['threads']} threads): {wall:.1f} s wall, "
+                      f"{summary['seconds']:.1f} s classifying", flush=True)
+    result = {"benchmark": "returns_batch_threads", "machine": machine_info(),
+              "usable_cpus": len(os.sched_getaffinity(0)), "images": args.images, "batch_size": args.batch_size,
+              "architecture": args.architecture, "image_size": args.image_size, "torch_default_threads": torch_default,
+              "runs": runs,
+              "median_job_seconds": {n: statistics.median(x["job_seconds"] for x in v) for n, v in runs.items()}}
+    path = write_result(result, Path(args.out).with_name("returns_batch_threads.json"))
+    print(f"median seconds classifying {args.images} photos: " +
+          ", ".join(f"{n} {s:.1f}" for n, s in result["median_job_seconds"].items()) + f" -> {path}")
+    return result
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=200, help="PNG photos in the inbox (default: %(default)s)")
@@ -106,7 +157,10 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "returns_batch.json"), help="result JSON")
+    p.add_argument("--compare-threads", action="store_true",
+                   help="time the console script with torch's default threads, 1 thread and its own default instead")
     args = p.parse_args(argv)
+    if args.compare_threads: return compare_threads(args)
     if args.threads: torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as d:

@@ -12,8 +12,10 @@ import hashlib
 import importlib
 import io
 import os
+import stat
 import sys
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,12 +31,14 @@ from tqdm import tqdm
 from .core import write_atomic, write_json
 
 # %% auto #0
-__all__ = ['COLUMNS', 'HEADER', 'DEFAULT_LOADER', 'DEFAULT_JOB', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_LOCKED',
-           'EXIT_PUSH_FAILED', 'SIGNATURES', 'LATENCY_BUCKETS', 'Classifier', 'one_line', 'format_rows',
-           'repair_results', 'init_results', 'read_results', 'done_pairs', 'scan_inbox', 'file_digest', 'pending_files',
-           'ImageError', 'sniff_format', 'decode_image', 'read_item', 'utc_now', 'classify_items', 'LockHeld',
-           'lock_path', 'results_lock', 'write_all', 'append_durably', 'run_batch', 'classify_inbox',
-           'metrics_registry', 'push_metrics', 'load_model', 'summary_line', 'build_parser', 'main']
+__all__ = ['COLUMNS', 'HEADER', 'DEFAULT_LOADER', 'DEFAULT_JOB', 'DEFAULT_MODEL_NAME', 'DEFAULT_MAX_PIXELS',
+           'DEFAULT_MAX_FILE_BYTES', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_LOCKED', 'EXIT_PUSH_FAILED',
+           'SIGNATURES', 'LATENCY_BUCKETS', 'Classifier', 'one_line', 'name_field', 'format_rows', 'repair_results',
+           'init_results', 'read_results', 'done_pairs', 'scan_inbox', 'InboxError', 'open_entry', 'read_entry',
+           'file_digest', 'pending_files', 'ImageError', 'sniff_format', 'check_pixels', 'decode_image', 'read_item',
+           'utc_now', 'classify_items', 'LockHeld', 'lock_path', 'results_lock', 'write_all', 'append_durably',
+           'run_batch', 'classify_inbox', 'metrics_registry', 'push_metrics', 'load_model', 'load_champion',
+           'summary_line', 'default_threads', 'set_threads', 'build_parser', 'main']
 
 # %% ../nbs/42_returns_batch.ipynb #3691d2b5
 COLUMNS = ["file", "sha256", "category", "confidence", "needs_review", "model_version", "processed_at", "status",
@@ -42,6 +46,9 @@ COLUMNS = ["file", "sha256", "category", "confidence", "needs_review", "model_ve
 HEADER = ",".join(COLUMNS) + "\n"
 DEFAULT_LOADER = "kronkers_ml.returns_model:load_classifier"
 DEFAULT_JOB = "kronkers_returns_batch"
+DEFAULT_MODEL_NAME = "returns"            # the registered model whose champion classifies by default
+DEFAULT_MAX_PIXELS = 16_000_000           # declared width x height above which a photo is refused before decoding
+DEFAULT_MAX_FILE_BYTES = 50_000_000       # a larger file is refused before it is read
 # exit codes of the console script
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_PUSH_FAILED = 0, 1, 2, 3, 4
 
@@ -52,8 +59,19 @@ class Classifier(Protocol):
 
 # %% ../nbs/42_returns_batch.ipynb #39404038
 def one_line(text) -> str:
-    "A field on one line: carriage returns and newlines escaped, so that every row of the results file is one line."
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+    "A field on one line and in valid UTF-8: carriage returns and newlines escaped, unencodable characters as `\\udcXX`."
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+_CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+def name_field(name: str) -> str:
+    """A relative path as the `file` column holds it: valid UTF-8 on one line, one field per path. A backslash is
+    written `\\\\`, a newline `\\n`, a carriage return `\\r`, a tab `\\t`, any other control character and every byte
+    that is not UTF-8 `\\xHH`; every other character is itself. Two different paths never give the same field."""
+    raw = os.fsencode(name).replace(b"\\", b"\\\\")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(_CONTROL.get(ch, f"\\x{ord(ch):02x}") if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in text)
 
 def format_rows(rows: Sequence[dict]) -> str:
     "The CSV text of `rows` (dicts keyed by COLUMNS), one line a row."
@@ -126,7 +144,8 @@ def done_pairs(path: str | Path) -> dict[str, set[str]]:
 
 # %% ../nbs/42_returns_batch.ipynb #651d076f
 def scan_inbox(root: str | Path, exclude: Sequence[str | Path] = ()) -> list[str]:
-    "Relative paths of the regular files under `root`, recursively and sorted; hidden files and folders skipped."
+    """Relative paths of the regular files and symbolic links under `root`, recursively and sorted; hidden files and
+    folders skipped, linked folders not entered. Paths are as the file system gives them (`name_field` writes them)."""
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: input folder not found")
     skip = {Path(p).resolve() for p in exclude}
@@ -135,17 +154,57 @@ def scan_inbox(root: str | Path, exclude: Sequence[str | Path] = ()) -> list[str
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in names:
             path = Path(folder) / name
-            if name.startswith(".") or not path.is_file() or path.resolve() in skip: continue
-            found.append(one_line(path.relative_to(root).as_posix()))
+            if name.startswith(".") or not (path.is_symlink() or path.is_file()) or path.resolve() in skip: continue
+            found.append(path.relative_to(root).as_posix())
     return sorted(found)
+
+class InboxError(ValueError):
+    "An inbox entry that is not read (a link out of the inbox, not a regular file, too large); the message says why."
+
+def open_entry(root: str | Path, name: str) -> int:
+    """A read-only descriptor of the regular file `name` under `root`. A symbolic link is followed only when its target
+    lies inside the inbox; InboxError for a link out of it, a broken link or anything that is not a regular file."""
+    path = Path(root) / name
+    if path.is_symlink():
+        target = os.path.realpath(path)
+        if not Path(target).is_relative_to(os.path.realpath(root)):
+            raise InboxError(f"symbolic link to {name_field(os.readlink(path))}, outside the inbox: not followed")
+        if not os.path.exists(target): raise InboxError(f"broken symbolic link to {name_field(os.readlink(path))}")
+        path = Path(target)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InboxError("not a regular file")
+    return fd
+
+def read_entry(root: str | Path, name: str, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+               keep: bool = True) -> tuple[str, bytes | None, str]:
+    """(SHA-256, bytes, error) of the inbox entry `name`: the bytes only with `keep` and up to `max_bytes` (a larger
+    file is hashed in pieces and refused); an entry that cannot be read has an empty SHA-256 and the reason."""
+    try: fd = open_entry(root, name)
+    except InboxError as e: return "", None, str(e)
+    except OSError as e: return "", None, f"cannot read file: {e.strerror or e}"
+    digest, chunks, size = hashlib.sha256(), [], 0
+    try:
+        with os.fdopen(fd, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk); size += len(chunk)
+                if keep and (max_bytes is None or size <= max_bytes): chunks.append(chunk)
+                else: chunks = []
+    except OSError as e: return "", None, f"cannot read file: {e.strerror or e}"
+    if max_bytes is not None and size > max_bytes:
+        return digest.hexdigest(), None, f"file of {size:,} bytes is over the limit of {max_bytes:,} bytes (not decoded)"
+    return digest.hexdigest(), b"".join(chunks) if keep else None, ""
 
 def file_digest(path: str | Path) -> str:
     "SHA-256 of a file's bytes."
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 def pending_files(root: str | Path, files: Sequence[str], done: dict[str, set[str]]) -> list[str]:
-    "The files of `files` (relative to `root`) that have no row for their current content."
-    return [f for f in files if f not in done or file_digest(Path(root) / f) not in done[f]]
+    """The files of `files` (relative to `root`) that have no row for their current content (an entry that cannot be
+    read counts by its empty SHA-256, so it gets one error row, not one a night)."""
+    return [f for f in files
+            if name_field(f) not in done or read_entry(root, f, None, keep=False)[0] not in done[name_field(f)]]
 
 # %% ../nbs/42_returns_batch.ipynb #5b28cbcd
 class ImageError(ValueError):
@@ -159,29 +218,43 @@ def sniff_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP": return "WEBP"
     return next((fmt for sig, fmt in SIGNATURES.items() if data.startswith(sig)), None)
 
-def decode_image(data: bytes) -> Image.Image:
-    "Decode image bytes fully, or raise ImageError with the reason (empty, unknown format, corrupt, truncated)."
+def check_pixels(size: tuple[int, int], max_pixels: int | None, fmt: str | None = None) -> None:
+    "ImageError when an image's declared width x height is over `max_pixels` (None: no limit)."
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"{fmt or 'image'} of {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} pixels "
+                         "(not decoded)")
+
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes fully, or raise ImageError with the reason (empty, unknown format, more pixels declared than
+    `max_pixels`, corrupt, truncated). The declared size is checked before any pixel is decoded."""
     if not data: raise ImageError("empty file (0 bytes)")
     fmt = sniff_format(data)
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt = probe.format
+            check_pixels(probe.size, max_pixels, fmt)
             probe.verify()
         image = Image.open(io.BytesIO(data))
+        check_pixels(image.size, max_pixels, fmt)
         image.load()
+    except ImageError: raise
     except UnidentifiedImageError:
         if fmt: raise ImageError(f"corrupt {fmt} file: Pillow cannot read it") from None
         raise ImageError("not an image (unknown format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{fmt or 'image'} over Pillow's pixel limit (not decoded): {e}") from None
     except Exception as e:
         raise ImageError(f"corrupt {fmt or 'image'} file: {type(e).__name__}: {e}") from None
     return image
 
-def read_item(root: str | Path, name: str) -> dict:
-    "One file read once: its name, the SHA-256 of its bytes, and the decoded image or the error reason."
-    try: data = (Path(root) / name).read_bytes()
-    except OSError as e: return {"file": name, "sha256": "", "image": None, "error": f"cannot read file: {e.strerror or e}"}
-    item = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "image": None, "error": ""}
-    try: item["image"] = decode_image(data)
+def read_item(root: str | Path, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+              max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> dict:
+    "One inbox entry read once: its `file` field, the SHA-256 of its bytes, and the decoded image or the error reason."
+    sha, data, error = read_entry(root, name, max_bytes)
+    item = {"file": name_field(name), "sha256": sha, "image": None, "error": error}
+    if error: return item
+    try: item["image"] = decode_image(data, max_pixels)
     except ImageError as e: item["error"] = str(e)
     return item
 
@@ -266,7 +339,8 @@ def append_durably(fd: int, text: str) -> None:
 
 # %% ../nbs/42_returns_batch.ipynb #24c80306
 def run_batch(input_dir: str | Path, output: str | Path, model: Classifier, batch_size: int = 10,
-              review_threshold: float = 0.9, progress: bool | None = False) -> dict:
+              review_threshold: float = 0.9, progress: bool | None = False,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> dict:
     "Classify the inbox files without a row in `output` and append their rows, one durable write per batch."
     if int(batch_size) < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not 0.0 <= float(review_threshold) <= 1.0:
@@ -286,7 +360,7 @@ def run_batch(input_dir: str | Path, output: str | Path, model: Classifier, batc
             flushing = None
             for start in range(0, len(todo), int(batch_size)):
                 t0 = time.perf_counter()
-                items = [read_item(input_dir, name) for name in todo[start:start + int(batch_size)]]
+                items = [read_item(input_dir, name, max_pixels, max_bytes) for name in todo[start:start + int(batch_size)]]
                 rows = classify_items(model, items, float(review_threshold), utc_now())
                 text = format_rows(rows)
                 if flushing is not None: flushing.result()      # the previous batch is on disk before this one is written
@@ -309,7 +383,7 @@ def run_batch(input_dir: str | Path, output: str | Path, model: Classifier, batc
             "low_confidence": counts["low_confidence"], "review_threshold": float(review_threshold),
             "categories": {c: categories.get(c, 0) for c in (getattr(model, "categories", None) or sorted(categories))}
                           | dict(categories),
-            "batch_size": int(batch_size), "batch_seconds": batch_seconds, "repaired_bytes": repaired,
+            "batch_size": int(batch_size), "max_pixels": max_pixels, "batch_seconds": batch_seconds, "repaired_bytes": repaired,
             "seconds": time.perf_counter() - started, "finished_at": utc_now()}
 
 def classify_inbox(input_dir: str | Path, output: str | Path, model: Classifier, **kwargs) -> dict:
@@ -355,11 +429,45 @@ def load_model(path: str | Path, loader: str = DEFAULT_LOADER) -> Classifier:
     if lacking: raise TypeError(f"{loader} returned a {type(model).__name__} without {lacking}")
     return model
 
+def load_champion(uri: str, name: str = DEFAULT_MODEL_NAME) -> tuple[Classifier, dict]:
+    """The classifier that the `champion` alias of `name` points at in the registry at `uri` (as the model service
+    loads it), with the facts of the version: registry name and version, and its review threshold (or None)."""
+    from kronkers_ml.registry import champion_version, family_of, load_version
+    version = champion_version(uri, name)
+    if version is None:
+        raise LookupError(f"model '{name}' has no champion in the registry {uri}: build the pipeline (its gate promotes "
+                          f"a version that beats the baselines) or promote a version by hand with "
+                          f"`kronkers models promote {name} VERSION --out OUTPUTS`; `--model FILE` classifies with a file")
+    model, info = family_of(name).serve(load_version(uri, name, version))
+    return model, {"registry_model": name, "registry_version": version, "review_threshold": info.get("review_threshold")}
+
 def summary_line(s: dict) -> str:
     "The closing line of a run."
+    source = (f" (registry {s['registry_model']} version {s['registry_version']}, the champion)"
+              if s.get("registry_version") else "")
     return (f"returns batch: {s['processed']} processed ({s['ok']} ok, {s['errors']} errors), "
             f"{s['needs_review']} need review ({s['low_confidence']} below {s['review_threshold']:g} confidence), "
-            f"{s['already_done']} already done, {s['seconds']:.1f} s, model {s['model_version']}")
+            f"{s['already_done']} already done, {s['seconds']:.1f} s, model {s['model_version']}{source}")
+
+# %% ../nbs/42_returns_batch.ipynb #0f071986
+def default_threads(environ: dict | None = None) -> int:
+    """Model threads when `--threads` is not given: `OMP_NUM_THREADS` when set, else the CPUs this process may use that
+    the 1-minute load average leaves idle, at least 1. More threads than idle cores make every thread wait for
+    the others at each layer: on a busy 2-core machine the default of one thread per core was ~15x slower than 1."""
+    env = os.environ if environ is None else environ
+    if str(env.get("OMP_NUM_THREADS", "")).isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
+        return int(env["OMP_NUM_THREADS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, int(cpus - os.getloadavg()[0])))
+
+def set_threads(n: int) -> int:
+    "Make torch use `n` threads in an operator (and one to run operators side by side); returns `n`."
+    import torch
+    if int(n) < 1: raise ValueError(f"threads must be at least 1, got {n}")
+    torch.set_num_threads(int(n))
+    try: torch.set_num_interop_threads(1)
+    except RuntimeError: pass                      # already set, or parallel work already started in this process
+    return int(n)
 
 # %% ../nbs/42_returns_batch.ipynb #74f8542e
 def build_parser() -> argparse.ArgumentParser:
@@ -369,19 +477,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify the photos of returned items in an inbox folder (recursively; hidden files skipped) "
                     "that have no row yet in the results CSV, and append one row per photo: file, sha256, category, "
                     "confidence, needs_review, model_version, processed_at, status (ok/error), error. Safe to kill "
-                    "and re-run: the next run continues where the last complete batch ended.",
-        epilog="exit codes: 0 done; 1 failed (bad input folder, results file or model); 2 usage; "
+                    "and re-run: the next run continues where the last complete batch ended. By default the photos "
+                    "are classified by the registry's champion of the 'returns' model.",
+        epilog="exit codes: 0 done; 1 failed (bad input folder, results file or model, no champion); 2 usage; "
                "3 another run holds the results file's lock; 4 results written but the metrics push failed")
     p.add_argument("--input", required=True, metavar="DIR", help="inbox folder with the day's photos")
     p.add_argument("--output", required=True, metavar="CSV", help="results file, created if missing, appended to")
-    p.add_argument("--model", required=True, metavar="PATH", help="model file, read by --loader")
+    p.add_argument("--out", default=os.environ.get("KRONKERS_OUT", "outputs"), metavar="DIR",
+                   help="build outputs folder whose MLflow store holds the champion (default: $KRONKERS_OUT or "
+                        "%(default)s)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI or <out>/mlflow/mlflow.db)")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, metavar="NAME",
+                   help="registered model whose champion classifies (default: %(default)s)")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="classify with this model file instead of the champion (ad-hoc runs), read by --loader")
     p.add_argument("--loader", default=DEFAULT_LOADER, metavar="MODULE:FUNCTION",
                    help="function that loads --model into an object with .version and .predict(images) "
                         "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=10, metavar="N", help="images per model call and per durable "
                    "write to the results file (default: %(default)s)")
-    p.add_argument("--review-threshold", type=float, default=0.9, metavar="P",
-                   help="predictions with a top-class probability below P are flagged needs_review (default: %(default)s)")
+    p.add_argument("--review-threshold", type=float, default=None, metavar="P",
+                   help="predictions with a top-class probability below P are flagged needs_review (default: the "
+                        "champion's own threshold, else 0.9)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads of the model (default: $OMP_NUM_THREADS, else the CPUs the load average leaves idle, "
+                        "at least 1)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="photos declaring more pixels (width x height) become error rows without being decoded "
+                        "(default: %(default)s)")
+    p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="N",
+                   help="larger files become error rows without being read whole (default: %(default)s)")
     p.add_argument("--pushgateway", default=os.environ.get("KRONKERS_PUSHGATEWAY_URL") or None, metavar="HOST:PORT",
                    help="Prometheus Pushgateway to push the run's metrics to (default: $KRONKERS_PUSHGATEWAY_URL; "
                         "unset: nothing is pushed)")
@@ -394,24 +520,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/42_returns_batch.ipynb #e0c7ba20
+def _quiet_third_party() -> None:
+    "Hide other libraries' warnings and info logs (MLflow's when it loads the champion, Pillow's bomb warning); our messages are printed and errors still show."
+    import logging
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore")
+    warnings.showwarning = lambda *args, **kwargs: None              # MLflow puts its own filter first on import
+    for module in ("mlflow", "alembic", "sqlalchemy", "git", "urllib3"):
+        logging.getLogger(module).setLevel(logging.ERROR)
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of `kronkers-returns-batch`; returns the exit code."
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1: parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 0.0 <= args.review_threshold <= 1.0:
+    if args.review_threshold is not None and not 0.0 <= args.review_threshold <= 1.0:
         parser.error(f"--review-threshold must be between 0 and 1, got {args.review_threshold}")
+    if args.threads is not None and args.threads < 1: parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.max_pixels < 1 or args.max_file_bytes < 1: parser.error("--max-pixels and --max-file-bytes must be positive")
     say = lambda msg: print(f"kronkers-returns-batch: {msg}", file=sys.stderr)
+    _quiet_third_party()
     try:
         with results_lock(args.output):
-            model = load_model(args.model, args.loader)
-            summary = run_batch(args.input, args.output, model, args.batch_size, args.review_threshold, args.progress)
+            threads = set_threads(args.threads or default_threads())
+            if args.model is not None:
+                model, facts = load_model(args.model, args.loader), {}
+            else:
+                from kronkers_ml.tracking import tracking_uri
+                model, facts = load_champion(args.tracking_uri or tracking_uri(args.out), args.model_name)
+            threshold = args.review_threshold
+            if threshold is None: threshold = facts.get("review_threshold") or 0.9
+            summary = run_batch(args.input, args.output, model, args.batch_size, threshold, args.progress,
+                                max_pixels=args.max_pixels, max_bytes=args.max_file_bytes)
+            summary.update(registry_model=facts.get("registry_model"), registry_version=facts.get("registry_version"),
+                           model_file=None if args.model is None else str(args.model), threads=threads)
     except LockHeld as e:
         say(str(e))
         return EXIT_LOCKED
-    except (OSError, ValueError, TypeError, ImportError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, ImportError, AttributeError, LookupError) as e:
         say(f"failed: {e}")
         return EXIT_FAILED
+    except Exception as e:
+        if type(e).__module__.startswith("mlflow"):
+            say(f"failed: cannot load the champion: {getattr(e, 'message', e)}")
+            return EXIT_FAILED
+        raise
     print(summary_line(summary), flush=True)
     if args.summary_json: write_json(summary, args.summary_json)
     if args.pushgateway:

@@ -389,6 +389,9 @@ def test_role_by_endpoint_matrix_and_an_audit_line_for_every_call(service):
             rid = uuid.uuid4().hex
             r = _call(c, endpoint, key, service["heldout"], rid, _photos(service["returns_heldout"], 2))
             assert r.status_code == status, f"{role} {endpoint}: {r.status_code} {r.text[:300]}"
+            if role in (None, "bad"):                     # an unauthenticated caller's id is not taken: ours is sent back
+                assert r.headers["x-request-id"] != rid
+                rid = r.headers["x-request-id"]
             assert r.headers["x-request-id"] == rid
             sent[rid] = (role, endpoint, status)
     audit = read_audit(audit_path).iloc[before:]
@@ -590,3 +593,205 @@ def test_returns_rollback_then_reload_serves_the_previous_version(service):
     assert body["version"] == r1["version"] and body["review_threshold"] == 0.9     # no metrics.json logged: the setting
     _models_cli(service, "promote", "returns", r2["version"])
     assert c.post("/v1/admin/reload", headers={"X-API-Key": admin}).json()["models"]["returns"]["to"] == r2["version"]
+
+
+# --- the service's edges, on a store of its own (no pipeline build needed) ------------------------------------------
+# A service-time booster fitted on a few random rows and an untrained returns classifier, each registered and promoted
+# by hand: what these tests check (limits, authentication order, schema, request ids, docs) does not depend on how
+# good the models are.
+
+def _bomb_png(side: int = 12_000) -> bytes:
+    "A black grayscale PNG of side x side pixels, built row by row: a few hundred KB that decode to side**2 bytes."
+    import zlib
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    comp, row = zlib.compressobj(9), b"\0" * (side + 1)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    import lightgbm as lgb
+    from kronkers_ml.ingest import ZONES
+    from kronkers_ml.registry import log_returns_model, register_version, set_champion
+    out = tmp_path_factory.mktemp("edge")
+    uri = f"sqlite:///{out}/mlflow/mlflow.db"
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"n_items": rng.integers(1, 20, 200).astype(float),
+                          "zone": pd.Categorical(rng.choice(list(ZONES), 200), categories=list(ZONES))})
+    booster = lgb.train({"objective": "l2", "verbose": -1, "seed": 0, "min_data_in_leaf": 5},
+                        lgb.Dataset(frame, 100 + 10 * frame.n_items), 10)
+    (out / "st").mkdir()
+    save_model(booster, out / "st" / "model.txt")
+    classifier = out / "ret" / "model.pt"
+    classifier.parent.mkdir()
+    save_classifier(build_classifier("efficientnet_lite0", pretrained=False, seed=1), classifier, image_size=32)
+    data = {"rows_train": 1, "rows_test": 1, "sha256": "x"}
+    for experiment, name, metric, log in (("service-time", "service-time", "mae_s", lambda: log_service_time_model(out / "st" / "model.txt")),
+                                          ("returns", "returns", "accuracy", lambda: log_returns_model(classifier))):
+        use_store(uri, experiment, artifact_root(out))
+        run = log_training_run(experiment, {"seed": 0}, {"family": name, "primary_metric": metric, "model": {metric: 1.0},
+                                                         "baselines": {}, "data": data}, log)
+        set_champion(uri, name, register_version(uri, name, run["model_uri"], run["run_id"]), "test", "edge cases")
+    roles = load_roles(ROLES)
+    keys = {role: create_key(out / "service" / "keys.json", role, roles, f"test {role}")[1] for role in ("operations", "marketing", "admin")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    args = ["--out", str(out), "--roles", str(ROLES), "--models", "service-time,returns", "--max-body-bytes", "200000"]
+    with running_service(args, out / "service.log", env, timeout_s=600) as client:   # a busy machine loads slowly
+        yield {"client": client, "out": out, "keys": keys, "log": out / "service.log",
+               "row": {f: (ZONES[0] if f == "zone" else 1.0) for f in FEATURES}}
+
+
+def _raw(client: httpx.Client, head: str, body: bytes = b"", timeout: float = 60) -> tuple[int, bytes]:
+    "Send a request head (and part of a body) on a raw socket, then read the answer without sending the rest."
+    import socket
+    host, port = client.base_url.host, client.base_url.port
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer) < answer.find(b"\r\n\r\n") + 4 + int(
+                next((l.split(b":")[1] for l in answer.split(b"\r\n") if l.lower().startswith(b"content-length:")), b"0")):
+            got = s.recv(65536)
+            if not got: break
+            answer += got
+    return int(answer.split(b" ", 2)[1]), answer.split(b"\r\n\r\n", 1)[1]
+
+
+def test_serve_prints_where_it_listens_and_no_third_party_warnings(edge):
+    log = edge["log"].read_text()
+    port = edge["client"].base_url.port
+    assert f"Kronkers model service listening on http://127.0.0.1:{port} (models: service-time 1, returns 1)" in log, log
+    assert "warning" not in log.lower() and "INFO" not in log, log
+
+
+def test_models_cli_shows_no_third_party_warnings(edge):
+    done = subprocess.run([str(BIN / "kronkers"), "models", "list", "--out", str(edge["out"])], capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{edge['out']}/mlflow/mlflow.db"}, timeout=300)
+    assert done.returncode == 0 and "service-time" in done.stdout, done.stderr
+    assert done.stderr == "", done.stderr
+    bad = subprocess.run([str(BIN / "kronkers"), "models", "show", "nosuchmodel", "--out", str(edge["out"])],
+                         capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{edge['out']}/mlflow/mlflow.db"},
+                         timeout=300)
+    assert bad.returncode == 2 and "kronkers: error:" in bad.stderr and "nosuchmodel" in bad.stderr   # errors still show
+
+
+def test_the_key_is_checked_before_the_body_is_read(edge):
+    c = edge["client"]
+    path = "/v1/models/service-time/predict"
+    # 300 MB announced, 1 KB sent: the answer comes without the rest of the body
+    for key_header in ("", "X-API-Key: kk_000000000000_not-a-real-key\n"):
+        status, body = _raw(c, f"POST {path} HTTP/1.1\nHost: x\nContent-Type: application/json\n{key_header}"
+                               f"Content-Length: 300000000\n", b"{" * 1024)
+        assert status == 401 and b"valid API key" in body, (status, body)
+    # malformed JSON with an invalid key: 401, not 400/422
+    r = c.post(path, content=b"{not json", headers={"Content-Type": "application/json", "X-API-Key": "kk_bad"})
+    assert r.status_code == 401, r.text
+    assert c.post(path, content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 401
+    assert c.get("/health").status_code == 200
+
+
+def test_body_limits_are_enforced_while_reading(edge):
+    c, key = edge["client"], edge["keys"]["operations"]
+    path = "/v1/models/service-time/predict"
+    # announced over the limit: 413 at once
+    status, body = _raw(c, f"POST {path} HTTP/1.1\nHost: x\nContent-Type: application/json\nX-API-Key: {key}\n"
+                           "Content-Length: 43000000\n", b"{")
+    assert status == 413 and b"over the limit of 200,000 bytes" in body, (status, body)
+    # a real 43 MB JSON body with a key: 413 as documented, not a validation error
+    big = json.dumps({"stops": [edge["row"]] * 60_000}).encode()
+    assert len(big) > 40_000_000
+    r = c.post(path, content=big, headers={"Content-Type": "application/json", "X-API-Key": key})
+    assert r.status_code == 413 and "limit" in r.json()["detail"], r.text[:300]
+    # no length announced (chunked): refused once the bytes received pass the limit
+    chunk = b"x" * 65536
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4))     # 256 KB sent, the end never
+    status, answer = _raw(c, f"POST {path}.csv HTTP/1.1\nHost: x\nContent-Type: text/csv\nX-API-Key: {key}\n"
+                             "Transfer-Encoding: chunked\n", body)
+    assert status == 413 and b"body is over the limit of 200,000 bytes" in answer, (status, answer)
+    assert c.get("/health").status_code == 200
+
+
+def test_json_booleans_are_not_numbers(edge):
+    c, key = edge["client"], edge["keys"]["operations"]
+    path = "/v1/models/service-time/predict"
+    ok = c.post(path, json={"stops": [edge["row"]]}, headers={"X-API-Key": key})
+    assert ok.status_code == 200, ok.text
+    r = c.post(path, json={"stops": [{**edge["row"], "hour": True}]}, headers={"X-API-Key": key})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "stops[0].hour", r.text
+    r = c.post(path, json={"stops": [{**edge["row"], "stop_id": False}]}, headers={"X-API-Key": key})
+    assert r.status_code == 422 and "stop_id" in r.json()["detail"], r.text
+
+
+def test_a_decompression_bomb_upload_is_refused_before_decoding(edge):
+    c, key = edge["client"], edge["keys"]["operations"]
+    bomb = _bomb_png()
+    assert len(bomb) < 1_000_000
+    r = c.post("/v1/models/returns/classify", files=[("files", ("bomb.png", bomb, "image/png"))], headers={"X-API-Key": key})
+    assert r.status_code == 413, r.text
+    assert r.json()["detail"].startswith("file 'bomb.png': PNG of 12000x12000 = 144,000,000 pixels is over the limit"), r.text
+    good = _png(np.full((28, 28), 128, dtype=np.uint8))
+    r = c.post("/v1/models/returns/classify", files=[("files", ("ok.png", good, "image/png"))], headers={"X-API-Key": key},
+               timeout=600)                                       # the first photo the model sees, on a busy machine
+    assert r.status_code == 200 and r.json()["results"][0]["file"] == "ok.png", r.text
+
+
+def test_the_published_schema_matches_the_errors_sent(edge):
+    c, ops, mkt = edge["client"], edge["keys"]["operations"], edge["keys"]["marketing"]
+    spec = c.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert schemas["ValidationErrors"]["properties"]["detail"]["type"] == "string" and "HTTPValidationError" not in schemas
+    P, C, R = "/v1/models/service-time/predict", "/v1/models/service-time/predict.csv", "/v1/models/returns/classify"
+    sent = [
+        ("post", P, c.post(P, json={"stops": [edge["row"]]})),                                            # 401
+        ("post", P, c.post(P, json={"stops": [edge["row"]]}, headers={"X-API-Key": mkt})),              # 403
+        ("post", P, c.post(P, json={"stops": [{**edge["row"], "hour": True}]}, headers={"X-API-Key": ops})),   # 422
+        ("post", C, c.post(C, content=b"\xff\xfe", headers={"X-API-Key": ops, "Content-Type": "text/csv"})),  # 400
+        ("post", C, c.post(C, content=b"x" * 300_000, headers={"X-API-Key": ops, "Content-Type": "text/csv"})),  # 413
+        ("post", R, c.post(R, content=b"png", headers={"X-API-Key": ops, "Content-Type": "image/png"})),    # 415
+        ("get", "/v1/models/{model}", c.get("/v1/models/nosuch", headers={"X-API-Key": edge["keys"]["admin"]})),  # 404
+    ]
+    assert sorted(r.status_code for *_, r in sent) == [400, 401, 403, 404, 413, 415, 422]
+    for method, path, r in sent:
+        documented = spec["paths"][path][method]["responses"]
+        assert str(r.status_code) in documented, (path, r.status_code, sorted(documented))
+        ref = documented[str(r.status_code)]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        body, schema = r.json(), schemas[ref]
+        assert set(schema["required"]) <= set(body) and isinstance(body["detail"], str), (path, body)
+        if r.status_code == 422:
+            assert body["errors"] and all(set(e) == {"field", "message"} for e in body["errors"])
+
+
+def test_request_ids_are_sanitised_and_never_taken_from_an_unauthenticated_caller(edge):
+    import re
+    c, key = edge["client"], edge["keys"]["operations"]
+    audit_path = edge["out"] / "service" / "audit.jsonl"
+    good = "order-2026.12.01_a1"
+    r = c.get("/v1/models", headers={"X-API-Key": key, "X-Request-ID": good})
+    assert r.status_code == 200 and r.headers["x-request-id"] == good
+    for bad in ("x" * 65, "a b", "evil\",\"role\":\"admin", "semi;colon", "x" * 5000):
+        r = c.get("/v1/models", headers={"X-API-Key": key, "X-Request-ID": bad})
+        assert r.status_code == 200 and r.headers["x-request-id"] != bad and re.fullmatch("[0-9a-f]{32}", r.headers["x-request-id"])
+        assert bad not in audit_path.read_text()
+    forged = "forged-by-anonymous-0001"
+    r = c.get("/v1/models", headers={"X-Request-ID": forged})
+    assert r.status_code == 401 and r.headers["x-request-id"] != forged
+    audit = read_audit(audit_path)
+    assert good in set(audit.request_id) and forged not in audit_path.read_text()
+    assert r.headers["x-request-id"] in set(audit.request_id)
+
+
+def test_docs_work_offline_from_the_service_itself(edge):
+    import re
+    c = edge["client"]
+    page = c.get("/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "http://" not in page.text and "https://" not in page.text, "the page must not load anything from elsewhere"
+    refs = set(re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)) | set(re.findall(r"""url: *["']([^"']+)["']""", page.text))
+    assert {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/openapi.json"} <= refs, refs
+    for ref in refs:
+        assert ref.startswith("/"), ref
+        got = c.get(ref)
+        assert got.status_code == 200 and len(got.content) > 0, (ref, got.status_code)
+    assert len(c.get("/docs/assets/swagger-ui-bundle.js").content) > 500_000

@@ -1,5 +1,6 @@
 """The returns batch job as it runs at night: the console script on real PNG files with a real torch model, killed
-with SIGKILL part-way and run again, fed broken files, refused while another run holds the lock, and pushing its
+with SIGKILL part-way and run again, fed broken files, odd names, links out of the inbox and decompression bombs,
+refused while another run holds the lock, following the registry's champion of a real MLflow store, and pushing its
 metrics to a real Prometheus Pushgateway."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import BIN, ROOT, error_outputs, free_port, image_outputs
-from kronkers_ml.returns_batch import (COLUMNS, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main, read_results,
-                                       results_lock, scan_inbox)
+from kronkers_ml.returns_batch import (COLUMNS, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main,
+                                       name_field, read_results, results_lock, scan_inbox)
 from kronkers_ml.returns_model import CATEGORIES, build_classifier, load_classifier, save_classifier
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
@@ -81,6 +83,10 @@ def test_killed_run_resumes_with_exactly_one_row_per_image(model_file, tmp_path)
     inbox, results = tmp_path / "inbox", tmp_path / "out" / "results.csv"
     inbox.mkdir()
     names = make_inbox(inbox, 80)
+    png = (inbox / names[0]).read_bytes()
+    for odd in (b"x\xff.png", b"two\nlines.png", b"station2/caf\xc3\xa9 \\ \"quoted\",.png"):
+        Path(os.fsdecode(os.fsencode(inbox) + b"/" + odd)).write_bytes(png)
+        names.append(name_field(os.fsdecode(odd)))
     first = subprocess.Popen(job(model_file, inbox, results, "--batch-size", "5"), env=job_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while data_rows(results) < 15 and first.poll() is None:      # wait for three batches on disk
@@ -271,6 +277,8 @@ def test_the_schedule_runs_the_job_with_valid_options():
     args = build_parser().parse_args(scheduled_args(lines[0].replace('"$bin/kronkers-returns-batch"', "/bin/kronkers-returns-batch")
                                                     .split("||")[0].split("run batch ", 1)[1]))
     assert args.progress is False and args.input and args.output and args.batch_size == 10
+    # the nightly run follows the registry's champion, not the last trained file
+    assert args.model is None and args.out == "outputs"
 
 
 def test_classify_returns_task_in_the_tiny_build(built):
@@ -290,3 +298,136 @@ def test_classify_returns_task_in_the_tiny_build(built):
     ok = table[table.status == "ok"]
     assert (ok.needs_review == (ok.confidence < summary["review_threshold"])).all()
     assert summary["class_distribution"] == {c: int((ok.category == c).sum()) for c in CATEGORIES}
+
+
+# --- bad input of every kind: one clear error row each, the job goes on, a second run finds nothing to do ----------
+
+def bomb_png(path: Path, side: int = 12_000) -> Path:
+    "A black grayscale PNG of side x side pixels, written row by row (a few hundred KB that decode to side**2 bytes)."
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    comp, row, parts = zlib.compressobj(9), b"\0" * (side + 1), []
+    for _ in range(side): parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_odd_names_links_and_bombs_become_error_rows_and_the_job_goes_on(model_file, tmp_path):
+    inbox, results, outside = tmp_path / "inbox", tmp_path / "results.csv", tmp_path / "elsewhere"
+    inbox.mkdir(); outside.mkdir()
+    good = make_inbox(inbox, 5)
+    png = (inbox / good[0]).read_bytes()
+    raw = os.fsencode(inbox)
+    Path(os.fsdecode(raw + b"/x\xff.png")).write_bytes(png)            # not UTF-8: stopped every run before
+    Path(os.fsdecode(raw + b"/two\nlines.png")).write_bytes(png)       # a newline: FileNotFoundError on the next run
+    (outside / "secret.png").write_bytes(png)
+    (inbox / "out.png").symlink_to(outside / "secret.png")             # out of the inbox: never followed
+    (inbox / "in.png").symlink_to(good[1])                              # inside it: classified
+    bomb = bomb_png(inbox / "bomb.png")
+    assert bomb.stat().st_size < 1_000_000
+    first = run_job(model_file, inbox, results, "--batch-size", "3", "--threads", "1")
+    assert first.returncode == EXIT_OK, first.stderr
+    assert "10 processed (8 ok, 2 errors)" in first.stdout, first.stdout
+    text = results.read_bytes().decode("utf-8")                        # valid UTF-8, one line a row
+    assert text.count("\n") == 11
+    table = read_results(results).set_index("file")
+    assert sorted(table.index) == sorted(good + ["x\\xff.png", "two\\nlines.png", "out.png", "in.png", "bomb.png"])
+    assert table.loc["x\\xff.png", "status"] == table.loc["two\\nlines.png", "status"] == "ok"
+    assert table.loc["in.png", "status"] == "ok" and table.loc["in.png", "sha256"] == table.loc[good[1], "sha256"]
+    out = table.loc["out.png"]
+    assert out.status == "error" and out.sha256 == "" and "outside the inbox: not followed" in out.error
+    b = table.loc["bomb.png"]
+    assert b.status == "error" and len(b.sha256) == 64 and b.error.startswith("PNG of 12000x12000 = 144,000,000 pixels")
+    assert "over the limit of 16,000,000 pixels" in b.error
+    # nothing is done twice, and nothing stops the next run
+    second = run_job(model_file, inbox, results, "--threads", "1")
+    assert second.returncode == EXIT_OK and "0 processed" in second.stdout and "10 already done" in second.stdout, second
+    assert results.read_bytes().decode("utf-8") == text
+    # a higher pixel limit is a setting: a replaced bomb of 3000x3000 is decoded under the default, refused under 1M
+    bomb_png(inbox / "bomb.png", 3_000)
+    third = run_job(model_file, inbox, results, "--threads", "1", "--max-pixels", "1000000")
+    assert third.returncode == EXIT_OK and "1 processed (0 ok, 1 errors)" in third.stdout, third
+    assert "over the limit of 1,000,000 pixels" in read_results(results).error.iloc[-1]
+
+
+# --- the nightly run follows the registry ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    "A real MLflow store in an outputs folder with two versions of the returns model; version 1 is the champion."
+    from kronkers_ml.registry import log_returns_model, register_version, set_champion
+    from kronkers_ml.tracking import artifact_root, log_training_run, tracking_uri, use_store
+    out = tmp_path_factory.mktemp("outputs")
+    uri = tracking_uri(out, environ={})
+    use_store(uri, "returns", artifact_root(out))
+    versions = {}
+    for seed in (1, 2):
+        path = out / f"m{seed}" / "model.pt"
+        path.parent.mkdir()
+        save_classifier(build_classifier("efficientnet_lite0", n_classes=len(CATEGORIES), pretrained=False, seed=seed), path)
+        run = log_training_run("returns", {"seed": seed}, {"family": "returns", "primary_metric": "accuracy", "model": {"accuracy": 0.2},
+                                                          "baselines": {}, "data": {"rows_train": 1, "rows_test": 1, "sha256": "x"}}, lambda: log_returns_model(path))
+        versions[register_version(uri, "returns", run["model_uri"], run["run_id"])] = load_classifier(path).version
+    first = sorted(versions)[0]
+    set_champion(uri, "returns", first, "test", "first")
+    return {"out": out, "uri": uri, "versions": versions}
+
+
+def champion_job(inbox: Path, results: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = job_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(BIN / "kronkers-returns-batch"), "--input", str(inbox), "--output", str(results), "--out", str(out),
+           "--no-progress", "--summary-json", str(results.with_suffix(".json")), *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_job_classifies_with_the_champion_and_follows_a_promotion(store, tmp_path):
+    from kronkers_ml.registry import rollback, set_champion
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    make_inbox(inbox, 4)
+    v1, v2 = sorted(store["versions"])
+    done = champion_job(inbox, results, store["out"])
+    assert done.returncode == EXIT_OK, done.stderr
+    summary = json.loads(results.with_suffix(".json").read_text())
+    assert summary["registry_model"] == "returns" and summary["registry_version"] == v1 and summary["model_file"] is None
+    assert f"registry returns version {v1}, the champion" in done.stdout
+    assert (read_results(results).model_version == store["versions"][v1]).all()
+    assert "warning" not in done.stderr.lower(), done.stderr                  # third-party warnings are not shown
+    set_champion(store["uri"], "returns", v2, "test", "better")
+    make_inbox(inbox, 3, seed=1, start=50)
+    done = champion_job(inbox, results, store["out"])
+    assert done.returncode == EXIT_OK, done.stderr
+    assert json.loads(results.with_suffix(".json").read_text())["registry_version"] == v2
+    assert (read_results(results).model_version.iloc[-3:] == store["versions"][v2]).all()
+    rollback(store["uri"], "returns", "test")                                 # an admin rolls back: the job follows
+    make_inbox(inbox, 2, seed=2, start=80)
+    assert champion_job(inbox, results, store["out"]).returncode == EXIT_OK
+    assert (read_results(results).model_version.iloc[-2:] == store["versions"][v1]).all()
+
+
+def test_a_store_without_a_champion_is_a_clear_error(tmp_path):
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    make_inbox(inbox, 2)
+    done = champion_job(inbox, results, tmp_path / "empty-outputs")
+    assert done.returncode == EXIT_FAILED
+    assert "model 'returns' has no champion" in done.stderr and "kronkers models promote returns VERSION" in done.stderr
+    assert "Traceback" not in done.stderr and data_rows(results) == 0
+
+
+def test_threads_are_set_explicitly_and_reported(model_file, tmp_path):
+    inbox, results = tmp_path / "inbox", tmp_path / "results.csv"
+    inbox.mkdir()
+    make_inbox(inbox, 2)
+    done = run_job(model_file, inbox, results, "--threads", "1", "--summary-json", str(tmp_path / "s.json"))
+    assert done.returncode == EXIT_OK, done.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["threads"] == 1
+    env = {**job_env(), "OMP_NUM_THREADS": "2"}                               # the default follows OMP_NUM_THREADS
+    done = subprocess.run(job(model_file, inbox, tmp_path / "r2.csv", "--summary-json", str(tmp_path / "s2.json")),
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == EXIT_OK and json.loads((tmp_path / "s2.json").read_text())["threads"] == 2
+    bad = run_job(model_file, inbox, results, "--threads", "0")
+    assert bad.returncode == 2 and "--threads must be at least 1" in bad.stderr
