@@ -70,6 +70,7 @@ def superstore_log(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: not a Superstore file, missing column(s) {', '.join(missing)}")
     out = raw[list(SUPERSTORE_COLUMNS)].rename(columns=SUPERSTORE_COLUMNS)
+    out["invoice_id"] = "S-" + out["invoice_id"]      # 'CA-...' would read as a cancellation (an id starting with C)
     quantity = out["quantity"].astype("int64")
     return out.assign(timestamp=pd.to_datetime(out["timestamp"], format="ISO8601"), quantity=quantity,
                       unit_price=(raw["Sales"].astype(float) / quantity).round(4))[list(TRANSACTION_CONTRACT)]

@@ -54,6 +54,8 @@ def check_demand_products(out, log, country: str, timezone: str) -> dict:
     "What every real log's build must show: the daily series over the log's span, its closures, backtest, forecast."
     summary = json.loads((out / "demand" / "transactions.json").read_text())
     assert summary["rows_raw"] == len(log) and summary["timezone"] == timezone
+    dropped = {r["rule"]: r["rows"] for r in summary["cleaning"]}
+    assert dropped["cancellation"] == dropped["cancelled_invoice"] == dropped["return"] == 0   # neither log has any
     lines = pd.read_parquet(out / "demand" / "transactions.parquet")
     daily = pd.read_parquet(out / "demand" / "daily.parquet")
     days = pd.date_range(lines.date.min(), lines.date.max(), freq="D")
@@ -103,3 +105,5 @@ def test_the_demand_branch_builds_on_superstore(tmp_path):
     out, log = build_on(tmp_path, "superstore", SUPERSTORE_TGZ, timezone="America/New_York")
     assert log.invoice_id.nunique() == 5009 and sorted(log.region.unique()) == ["Central", "East", "South", "West"]
     check_demand_products(out, log, "US", "America/New_York")
+    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
+    assert lines.date.min() == pd.Timestamp("2014-01-03") and lines.invoice_id.nunique() == 5009   # every order kept
