@@ -11,11 +11,38 @@ from .core import require_columns
 from .demand_calendar import calendar_features
 
 # %% auto #0
-__all__ = ['daily_revenue', 'region_daily']
+__all__ = ['CLOSED_KINDS', 'DAY_NAMES', 'CLOSED_RULE', 'closed_weekdays', 'closure_kinds', 'daily_revenue', 'daily_summary',
+           'region_daily']
+
+# %% ../nbs/13_demand_series.ipynb #82f18d5e
+CLOSED_KINDS = ("", "weekday", "holiday", "unplanned")
+DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+def closed_weekdays(daily: pd.DataFrame, weeks: int = 13, min_share: float = 0.75, min_weeks: int = 4) -> list[int]:
+    """Weekdays (Monday = 0) the shop regularly closes: no sales on at least `min_share` of the weekday's last `weeks`
+    dates that are not public holidays (needs `min_weeks` such dates); none when every weekday qualifies (an outage)."""
+    require_columns(daily, ["date", "no_sales", "is_holiday"], "closed_weekdays")
+    ordinary = daily[daily["is_holiday"] == 0].sort_values("date")
+    found = []
+    for dow, days in ordinary.groupby(ordinary["date"].dt.dayofweek):
+        recent = days.tail(int(weeks))
+        if len(recent) >= min_weeks and recent["no_sales"].mean() >= min_share:
+            found.append(int(dow))
+    return [] if len(found) == 7 else found
+
+def closure_kinds(daily: pd.DataFrame, weekdays) -> pd.Series:
+    "`closed_kind` of each day (see CLOSED_KINDS): '' with sales, else 'weekday', 'holiday' or 'unplanned', in that order."
+    require_columns(daily, ["date", "no_sales", "is_holiday"], "closure_kinds")
+    closed = daily["no_sales"].astype(bool)
+    kind = pd.Series("unplanned", index=daily.index, dtype=object)
+    kind[daily["is_holiday"] == 1] = "holiday"
+    kind[daily["date"].dt.dayofweek.isin(list(weekdays))] = "weekday"
+    return kind.where(closed, "").rename("closed_kind")
 
 # %% ../nbs/13_demand_series.ipynb #2997922c
-def daily_revenue(lines: pd.DataFrame, start=None, end=None) -> pd.DataFrame:
-    "Revenue, invoices and lines per day from `start` to `end` (default: the log's span), zeros on days without sales."
+def daily_revenue(lines: pd.DataFrame, start=None, end=None, country: str = "NO", **closed_rule) -> pd.DataFrame:
+    """Revenue, invoices and lines per day from `start` to `end` (default: the log's span), zeros on days without sales,
+    `closed` and `closed_kind` (`closed_rule`: closed_weekdays' keywords), and the calendar of `country`."""
     require_columns(lines, ["date", "invoice_id", "revenue"], "daily_revenue")
     if len(lines) == 0:
         raise ValueError("daily_revenue: no transaction lines")
@@ -26,7 +53,29 @@ def daily_revenue(lines: pd.DataFrame, start=None, end=None) -> pd.DataFrame:
                                     n_lines=("revenue", "size"))
     out = agg.reindex(days, fill_value=0).astype({"revenue": "float64", "n_invoices": "int64", "n_lines": "int64"})
     out["no_sales"] = (out["n_lines"] == 0).astype(int)
-    return out.join(calendar_features(days)).reset_index()
+    out = out.join(calendar_features(days, country=country)).reset_index()
+    out["closed"] = out["no_sales"].astype(bool)
+    out["closed_kind"] = closure_kinds(out, closed_weekdays(out, **closed_rule))
+    return out
+
+# %% ../nbs/13_demand_series.ipynb #690fc982
+CLOSED_RULE = ("a weekday is regularly closed when at least {min_share:.0%} of its last {weeks} dates that are not public "
+               "holidays had no sales (at least {min_weeks} such dates; none when all seven qualify)")
+
+def daily_summary(daily: pd.DataFrame, country: str, timezone: str, weeks: int = 13, min_share: float = 0.75,
+                  min_weeks: int = 4) -> dict:
+    "Settings, span, closed weekdays and the number of days of each closed_kind of a daily series (demand/daily.json)."
+    require_columns(daily, ["date", "revenue", "closed", "closed_kind", "is_holiday"], "daily_summary")
+    weekdays = sorted(int(d) for d in daily.loc[daily["closed_kind"] == "weekday", "date"].dt.dayofweek.unique())
+    found = closed_weekdays(daily, weeks=weeks, min_share=min_share, min_weeks=min_weeks)
+    counts = daily["closed_kind"].value_counts()
+    return {"country": country, "timezone": timezone, "first_day": f"{daily['date'].min():%Y-%m-%d}",
+            "last_day": f"{daily['date'].max():%Y-%m-%d}", "days": len(daily), "open_days": int((~daily["closed"]).sum()),
+            "closed_weekdays": found, "closed_weekday_names": [DAY_NAMES[d] for d in found],
+            "closed_days": {k: int(counts.get(k, 0)) for k in CLOSED_KINDS[1:]},
+            "holidays_open": int(((daily["is_holiday"] == 1) & ~daily["closed"]).sum()),
+            "closed_rule": CLOSED_RULE.format(weeks=weeks, min_share=min_share, min_weeks=min_weeks),
+            **({} if weekdays == found else {"closed_kind_weekdays": weekdays})}
 
 # %% ../nbs/13_demand_series.ipynb #f0d1d1e1
 def region_daily(lines: pd.DataFrame, start=None, end=None) -> pd.DataFrame:

@@ -11,22 +11,42 @@ import pandas as pd
 from .demand_calendar import calendar_features
 
 # %% auto #0
-__all__ = ['REGIONS', 'CATEGORIES', 'WEEKDAY_FACTOR', 'TRANSACTION_COLUMNS', 'demand_multiplier', 'simulate_transactions',
-           'add_log_faults']
+__all__ = ['WEEKDAY_NAMES', 'REGIONS', 'CATEGORIES', 'WEEKDAY_FACTOR', 'TRANSACTION_COLUMNS', 'CLOCKS', 'parse_weekdays',
+           'demand_multiplier', 'write_clock', 'simulate_transactions', 'add_log_faults']
+
+# %% ../nbs/11_demand_sim.ipynb #9fa47873
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+def parse_weekdays(value) -> tuple[int, ...]:
+    "Weekdays (Monday = 0) from a setting: '' or None (none), 6, '5,6', 'sat,sun' or a list of these."
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ()
+    items = value if isinstance(value, (list, tuple, set, np.ndarray)) else str(value).replace(";", ",").split(",")
+    out = set()
+    for item in items:
+        text = str(item).strip().lower()
+        if text[:3] in WEEKDAY_NAMES and not text.isdigit():
+            out.add(WEEKDAY_NAMES.index(text[:3]))
+        elif text.isdigit() and int(text) <= 6:
+            out.add(int(text))
+        else:
+            raise ValueError(f"weekday {item!r} in {value!r}: use 0 (Monday) to 6 (Sunday) or a day name")
+    return tuple(sorted(out))
 
 # %% ../nbs/11_demand_sim.ipynb #f8ccd5c0
 REGIONS = ("Oslo", "Vestland", "Trondelag", "Rogaland", "Nord-Norge")
 CATEGORIES = ("grocery", "fresh", "fashion", "home", "beauty")
 WEEKDAY_FACTOR = np.array([0.85, 0.92, 0.97, 1.02, 1.20, 1.25, 0.79])   # Monday .. Sunday
 
-def demand_multiplier(dates, growth: float = 0.12, promo_weeks: int = 4, noise: float = 0.07, seed: int = 0) -> pd.DataFrame:
+def demand_multiplier(dates, growth: float = 0.12, promo_weeks: int = 4, noise: float = 0.07, seed: int = 0,
+                      country: str = "NO", closed_weekdays=()) -> pd.DataFrame:
     "Expected-demand factors per date (trend, week, year, holiday, christmas, promo, noise) and their product `factor`."
-    cal = calendar_features(dates)
+    cal = calendar_features(dates, country=country)
     rng = np.random.default_rng(seed)
     years = (cal.index - cal.index[0]).days.to_numpy() / 365.25
     f = pd.DataFrame(index=cal.index)
     f["trend"] = (1 + growth) ** years
-    f["week"] = WEEKDAY_FACTOR[cal.dow.to_numpy()]
+    f["week"] = WEEKDAY_FACTOR[cal.dow.to_numpy()] * ~np.isin(cal.dow.to_numpy(), list(parse_weekdays(closed_weekdays)))
     f["year"] = 1 + 0.10 * cal.year_cos1 - 0.04 * cal.year_sin1 + 0.03 * cal.year_cos2
     f["holiday"] = np.where(cal.is_holiday == 1, 0.0, 1 + 0.45 * cal.before_holiday + 0.20 * cal.after_holiday)
     f["christmas"] = 1 + 0.8 * cal.christmas_ramp ** 2
@@ -42,6 +62,15 @@ def demand_multiplier(dates, growth: float = 0.12, promo_weeks: int = 4, noise: 
 
 # %% ../nbs/11_demand_sim.ipynb #ba28a99f
 TRANSACTION_COLUMNS = ["invoice_id", "timestamp", "product_id", "quantity", "unit_price", "customer_id", "region"]
+CLOCKS = ("local", "offset", "utc")
+
+def write_clock(local: pd.Series, clock: str, timezone: str) -> pd.Series:
+    "Naive local times of `timezone` as text the way `clock` writes them: 'offset' (+02:00) or 'utc' (+00:00)."
+    stamped = local.dt.tz_localize(timezone, ambiguous=np.zeros(len(local), dtype=bool), nonexistent="shift_forward")
+    if clock == "utc":
+        stamped = stamped.dt.tz_convert("UTC")
+    text = stamped.dt.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return text.str[:-2] + ":" + text.str[-2:]
 
 def _invoice_lines(rng, n_invoices: int, n_products: int, prices: np.ndarray):
     "Line-level arrays (invoice index, product, quantity, price) for `n_invoices` invoices."
@@ -54,13 +83,18 @@ def _invoice_lines(rng, n_invoices: int, n_products: int, prices: np.ndarray):
 
 def simulate_transactions(start: str = "2023-01-01", days: int = 1095, invoices_per_day: float = 250,
                           n_products: int = 400, n_customers: int = 20_000, growth: float = 0.12,
-                          faults: bool = True, seed: int = 0) -> pd.DataFrame:
-    "A transaction log in the documented schema (plus `category`), deterministic by `seed`."
+                          faults: bool = True, seed: int = 0, country: str = "NO", closed_weekdays=(),
+                          clock: str = "local", timezone: str = "Europe/Oslo") -> pd.DataFrame:
+    """A transaction log in the documented schema (plus `category`), deterministic by `seed`: closed on the public
+    holidays of `country` and on `closed_weekdays`, its times written by `clock` (`CLOCKS`) in the shop's `timezone`."""
     if days < 1 or invoices_per_day <= 0:
         raise ValueError(f"need days >= 1 and invoices_per_day > 0, got {days}, {invoices_per_day}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock {clock!r}: use one of {', '.join(CLOCKS)}")
     rng = np.random.default_rng(seed)
     dates = pd.date_range(start, periods=int(days), freq="D")
-    factor = demand_multiplier(dates, growth=growth, seed=seed)["factor"].to_numpy()
+    factor = demand_multiplier(dates, growth=growth, seed=seed, country=country,
+                               closed_weekdays=closed_weekdays)["factor"].to_numpy()
     per_day = rng.poisson(invoices_per_day * factor)
     n_inv = int(per_day.sum())
     day = np.repeat(np.arange(len(dates)), per_day)
@@ -79,7 +113,8 @@ def simulate_transactions(start: str = "2023-01-01", days: int = 1095, invoices_
         "quantity": quantity.astype("int64"), "unit_price": price,
         "customer_id": np.char.add("K", (customer[inv] + 100_000).astype(str)).astype(object),
         "region": np.array(REGIONS)[cust_region[customer[inv]]], "category": np.array(CATEGORIES)[category[product]]})
-    return add_log_faults(log, seed=seed) if faults else log
+    log = add_log_faults(log, seed=seed) if faults else log
+    return log if clock == "local" else log.assign(timestamp=write_clock(log["timestamp"], clock, timezone))
 
 # %% ../nbs/11_demand_sim.ipynb #078972c0
 def add_log_faults(log: pd.DataFrame, cancel_rate: float = 0.015, return_rate: float = 0.02,

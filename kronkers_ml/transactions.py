@@ -6,14 +6,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
 from .core import DataContractError, enforce_contract, read_table
 
 # %% auto #0
-__all__ = ['TRANSACTION_CONTRACT', 'NULLABLE_TRANSACTION_COLUMNS', 'CLEANING_RULES', 'check_transactions', 'load_transactions',
-           'clean_transactions']
+__all__ = ['TRANSACTION_CONTRACT', 'NULLABLE_TRANSACTION_COLUMNS', 'CLEANING_RULES', 'check_timezone', 'check_transactions',
+           'load_transactions', 'clean_transactions']
 
 # %% ../nbs/12_transactions.ipynb #50e3460f
 TRANSACTION_CONTRACT = {"invoice_id": "str", "timestamp": "datetime", "product_id": "str",
@@ -21,8 +22,18 @@ TRANSACTION_CONTRACT = {"invoice_id": "str", "timestamp": "datetime", "product_i
                         "customer_id": "str", "region": "str"}
 NULLABLE_TRANSACTION_COLUMNS = ("customer_id",)
 
+def check_timezone(tz: str) -> str:
+    "`tz` if it is an IANA time zone name this machine knows ('Europe/Oslo', 'UTC'), else a ValueError naming the setting."
+    try:
+        ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"demand.timezone: unknown time zone {tz!r}; use an IANA name such as 'Europe/Oslo' or 'UTC'") from None
+    return str(tz)
+
 def check_transactions(frame: pd.DataFrame, source: str, tz: str = "Europe/Oslo") -> pd.DataFrame:
-    "Check and coerce a transaction log against TRANSACTION_CONTRACT; errors name `source` and the column."
+    """Check and coerce a transaction log against TRANSACTION_CONTRACT; errors name `source` and the column.
+    Timestamps come back as naive local times of `tz`: naive ones are read as such, offsets are converted."""
+    check_timezone(tz)
     if len(frame) == 0:
         raise DataContractError(f"{source}: the transaction log has no rows")
     out = enforce_contract(frame, TRANSACTION_CONTRACT, source, tz=tz, nullable=NULLABLE_TRANSACTION_COLUMNS)

@@ -83,3 +83,45 @@ def test_a_log_with_unreadable_quantities_names_the_column(tmp_path, dirty_log):
     done = ploomber_build(tmp_path / "out", "--env--demand--transactions", str(path), "--partially", DEMAND, check=False)
     assert done.returncode != 0
     assert "column 'quantity': 3 of" in done.stdout + done.stderr
+
+
+def test_generated_hard_cases_with_matching_settings_find_the_shop_s_calendar(tmp_path):
+    """A shop in Chicago, closed on Sundays and England's bank holidays, whose log is written in UTC: with country and
+    timezone set to match, the days are the shop's own and every closed day has a planned reason."""
+    out = tmp_path / "out"
+    ploomber_build(out, "--env--demand--sim_closed_weekdays", "sun", "--env--demand--sim_clock", "utc",
+                   "--env--demand--country", "GB-ENG", "--env--demand--timezone", "America/Chicago",
+                   "--partially", "build-daily-revenue")
+    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
+    assert lines.timestamp.dt.hour.min() == 7 and lines.timestamp.dt.hour.max() == 22     # opening hours, local time
+    meta = json.loads((out / "demand" / "daily.json").read_text())
+    assert (meta["country"], meta["timezone"], meta["closed_weekdays"]) == ("GB-ENG", "America/Chicago", [6])
+    assert meta["closed_days"]["unplanned"] == 0 and meta["closed_days"]["holiday"] > 0
+    daily = pd.read_parquet(out / "demand" / "daily.parquet").set_index("date")
+    assert (daily.closed_kind == "weekday").sum() == meta["closed_days"]["weekday"] == (daily.dow == 6).sum()
+    assert not daily.loc["2023-05-17", "closed"] and daily.loc["2023-05-17", "is_holiday"] == 0   # open on 17 May
+    assert daily.loc["2023-08-28", "closed_kind"] == "holiday"                                    # a Monday bank holiday
+
+
+def test_the_same_log_read_with_oslo_settings_shows_why_the_settings_matter(tmp_path):
+    """The log of the test above read with the defaults (Norway, Oslo time): evening sales move to the next day, so
+    Sundays are no longer closed, England's holidays are unplanned closures and 17 May is a holiday the shop was open."""
+    log = simulate_transactions(start="2023-01-01", days=500, invoices_per_day=25, n_products=60, n_customers=800,
+                                seed=7, country="GB-ENG", closed_weekdays=(6,), clock="utc", timezone="America/Chicago")
+    path = tmp_path / "chicago.csv"
+    log.to_csv(path, index=False)
+    out = tmp_path / "out"
+    ploomber_build(out, "--env--demand--transactions", str(path), "--partially", "build-daily-revenue")
+    meta = json.loads((out / "demand" / "daily.json").read_text())
+    assert (meta["country"], meta["timezone"], meta["closed_weekdays"]) == ("NO", "Europe/Oslo", [])
+    assert meta["closed_days"]["unplanned"] > 0 and meta["holidays_open"] > 0
+    daily = pd.read_parquet(out / "demand" / "daily.parquet").set_index("date")
+    assert not daily.loc["2023-05-17", "closed"] and daily.loc["2023-05-17", "is_holiday"] == 1
+
+
+def test_an_unknown_country_or_time_zone_stops_the_build_naming_the_setting(tmp_path):
+    done = ploomber_build(tmp_path / "out", "--env--demand--timezone", "Europe/Olso", "--partially", "get-demand-data",
+                          check=False)
+    assert done.returncode != 0 and "demand.timezone: unknown time zone 'Europe/Olso'" in done.stdout + done.stderr
+    done = ploomber_build(tmp_path / "out2", "--env--demand--country", "XX", "--partially", "get-demand-data", check=False)
+    assert done.returncode != 0 and "demand.country: no holiday calendar for 'XX'" in done.stdout + done.stderr
