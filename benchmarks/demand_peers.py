@@ -63,7 +63,7 @@ def peer_fold(daily: pd.DataFrame, origin: pd.Timestamp, horizon: int) -> tuple[
 
 def own_backtest(daily: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     "The project's backtest on env.yaml's folds: the test folds' forecasts (`model`: the chosen one) and metrics-like facts."
-    from kronkers_ml.backtest import choose_model, rolling_origins, run_backtest, validation_origins
+    from kronkers_ml.backtest import backtest_scores, choose_model, rolling_origins, run_backtest, validation_origins
     p = yaml.safe_load((ROOT / "env.yaml").read_text())["demand"]
     h, n, step, nv = int(p["horizon"]), int(p["n_origins"]), int(p["step"]), int(p["n_valid"])
     names = [c.strip() for c in str(p["candidates"]).split(",") if c.strip()]
@@ -73,9 +73,12 @@ def own_backtest(daily: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     origins = rolling_origins(daily["date"].max(), n, h, step)
     valid = validation_origins(origins[0], nv, h, step)
     fc, _ = run_backtest(daily, valid + origins, h, spec, n_jobs=-1)
-    chosen, _ = choose_model(fc[fc["origin"].isin(valid)], daily, names)
+    chosen, valid_mase = choose_model(fc[fc["origin"].isin(valid)], daily, names)
     test = fc[fc["origin"].isin(origins)].assign(model=lambda t: t[chosen])
-    return test, {"model": {"name": chosen}, "backtest": {"origins": [str(o.date()) for o in origins], "horizon_days": h}}
+    test_mase = backtest_scores(test, daily, names)["mase"]
+    return test, {"model": {"name": chosen}, "backtest": {"origins": [str(o.date()) for o in origins], "horizon_days": h},
+                  "candidates": {n: {"valid_mase": float(valid_mase[n]), "test_mase": float(test_mase.get(n, np.nan))}
+                                 for n in names}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
               "mase": mean, "ratio_to_seasonal_naive": {m: v / naive for m, v in mean.items()},
               "best_peer": min(PEERS, key=mean.get), "model_vs_best_peer": mean["model"] / min(mean[p] for p in PEERS),
               "peer_fit_s_per_fold": {"mean": float(np.mean(fit_s)), "max": float(np.max(fit_s))},
+              "candidates": metrics.get("candidates") or {n: {"valid_mase": metrics["selection"]["valid_mase"][n]}
+                                                        for n in metrics.get("selection", {}).get("candidates", [])},
               "machine": machine_info()}
     output = args.output or ROOT / "benchmarks" / "results" / "demand_peers.json"
     write_result(result, output)
