@@ -284,7 +284,7 @@ def _sarima_orders(params: dict) -> list[tuple]:
         return [(tuple(params["order"]), tuple(params["seasonal_order"]))]
     return sarima_candidates(*(int(params.get(k, 1)) for k in ("max_p", "max_q", "max_P", "max_Q")))
 
-def sarima_open_design(history: pd.DataFrame, terms: list[str], max_days: int = 1095) -> tuple[pd.Series, pd.DataFrame]:
+def sarima_open_design(history: pd.DataFrame, terms: list[str], max_days: int = YEARLY_MIN_DAYS) -> tuple[pd.Series, pd.DataFrame]:
     "Log open revenue (closed days missing) and the regressors `terms` of the last `max_days` days; constant regressors dropped."
     h = history.iloc[-max_days:]
     y = np.log(open_revenue(h).clip(lower=1.0))
@@ -292,7 +292,7 @@ def sarima_open_design(history: pd.DataFrame, terms: list[str], max_days: int = 
     X = pd.DataFrame(h[terms].to_numpy(dtype=float), index=y.index, columns=terms)
     return y, X.loc[:, X.nunique() > 1]
 
-def fit_sarima_open(history: pd.DataFrame, max_days: int = 1095, **params):
+def fit_sarima_open(history: pd.DataFrame, max_days: int = YEARLY_MIN_DAYS, **params):
     "SARIMA on log open revenue with the supported regressors, the order by AIC over the search (or fixed by `order`): (results, regressor names)."
     y, X = sarima_open_design(history, supported_terms(history), max_days)
     best, best_aic = None, np.inf
@@ -307,7 +307,7 @@ def fit_sarima_open(history: pd.DataFrame, max_days: int = 1095, **params):
         raise ValueError("fit_sarima_open: no order of the search could be fitted")
     return best, list(X.columns)
 
-def fc_sarima(history: pd.DataFrame, future: pd.DataFrame, max_days: int = 1095, **params) -> np.ndarray:
+def fc_sarima(history: pd.DataFrame, future: pd.DataFrame, max_days: int = YEARLY_MIN_DAYS, **params) -> np.ndarray:
     "SARIMA forecast (the median: exp of the mean of log revenue) of the days of `future`."
     res, cols = fit_sarima_open(history, max_days, **params)
     Xf = future[cols].to_numpy(dtype=float) if cols else None
