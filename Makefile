@@ -108,7 +108,7 @@ benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/res
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip
-	.lockenv/bin/python -m pip install --quiet -e '.[workbench,dev]'
+	.lockenv/bin/python -m pip install --quiet -e '.[workbench,dev,peers]'
 	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^kronkers' > requirements.lock
 	rm -rf .lockenv
 

@@ -451,7 +451,7 @@ def load_demand(out: str | Path) -> dict[str, pd.DataFrame]:
     if missing: raise OutputsMissing(f"{', '.join(missing)} missing. {BUILD_HINT}")
     return {k: pd.read_parquet(p) for k, p in paths.items()}
 
-def fold_errors(backtest: pd.DataFrame, models: Sequence[str] = ("sarima", "seasonal_naive")) -> pd.DataFrame:
+def fold_errors(backtest: pd.DataFrame, models: Sequence[str] = ("model", "seasonal_naive")) -> pd.DataFrame:
     "Forecast error (MAE, NOK per day) of each model in each backtest fold, folds (origins) as rows."
     err = {m: (backtest[m] - backtest["actual"]).abs() for m in models}
     return pd.DataFrame(err).groupby(backtest["origin"]).mean().rename_axis("origin")
@@ -476,10 +476,10 @@ def plot_fold(backtest: pd.DataFrame, origin, ax=None):
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(FIG_WIDTH, 3.8))
     f = backtest[backtest["origin"].eq(pd.Timestamp(origin))].sort_values("date")
-    ax.fill_between(f["date"], f["sarima_lo95"], f["sarima_hi95"], color=PALETTE["model"], alpha=0.13, lw=0, label="95% band")
-    ax.fill_between(f["date"], f["sarima_lo80"], f["sarima_hi80"], color=PALETTE["model"], alpha=0.28, lw=0, label="80% band")
+    ax.fill_between(f["date"], f["model_lo95"], f["model_hi95"], color=PALETTE["model"], alpha=0.13, lw=0, label="95% band")
+    ax.fill_between(f["date"], f["model_lo80"], f["model_hi80"], color=PALETTE["model"], alpha=0.28, lw=0, label="80% band")
     ax.plot(f["date"], f["actual"], color=PALETTE["actual"], lw=1.4, label="actual")
-    ax.plot(f["date"], f["sarima"], color=PALETTE["model"], lw=1.8, label="model (SARIMA)")
+    ax.plot(f["date"], f["model"], color=PALETTE["model"], lw=1.8, label="model")
     ax.plot(f["date"], f["seasonal_naive"], color=PALETTE["baseline2"], lw=1.2, ls="--", label="same weekday last week")
     thousands(ax); ax.set(ylabel="revenue per day (NOK)",
                           title=f"Backtest from {pd.Timestamp(origin):%d %b %Y}: forecast against what happened")
@@ -591,7 +591,7 @@ def fold_explorer(backtest: pd.DataFrame):
 
     def show(*_):
         e = errors.loc[fold.value]
-        show_in(shown, Markdown(f"In this period the model missed a day's revenue by **{fmt(e['sarima'])} NOK** on average, "
+        show_in(shown, Markdown(f"In this period the model missed a day's revenue by **{fmt(e['model'])} NOK** on average, "
                                 f"'same weekday last week' by **{fmt(e['seasonal_naive'])} NOK**."),
                 plot_fold(backtest, fold.value).figure)
 

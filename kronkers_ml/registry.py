@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['FAMILIES', 'CHAMPION', 'GATE_RTOL', 'gate_decision', 'ServiceTimeModel', 'service_time_frame',
-           'log_service_time_model', 'service_time_score', 'service_time_serve', 'fit_demand_model',
+           'log_service_time_model', 'service_time_score', 'service_time_serve', 'demand_params', 'fit_demand_model',
            'save_demand_model', 'load_demand_model', 'demand_forecast', 'DemandModel', 'log_demand_model',
            'DemandHeldout', 'demand_heldout', 'demand_score', 'demand_serve', 'ReturnsModel', 'log_returns_model',
            'ReturnsHeldout', 'returns_heldout', 'returns_score', 'returns_serve', 'Family', 'family_of',
@@ -96,80 +96,115 @@ def service_time_serve(model: Any) -> tuple[Any, dict[str, Any]]:
     cats = booster.pandas_categorical or [list(ZONES)]
     return booster, {"features": list(booster.feature_name()), "zones": list(cats[0])}
 
-# %% ../nbs/21_registry.ipynb #1e8087c2
-def fit_demand_model(daily: pd.DataFrame, order: Sequence[int], seasonal_order: Sequence[int]) -> tuple[Any, dict[str, Any]]:
-    "Fit SARIMA with `order`/`seasonal_order` on every day of `daily`; returns the statsmodels results and the spec to save with it."
+# %% ../nbs/21_registry.ipynb #3edf53d0
+def _demand_choice(choice: Mapping[str, Any] | Sequence[int], seasonal_order: Sequence[int] | None) -> dict[str, Any]:
+    "The metrics.json `model` block (name, params, intervals), or a SARIMA order with `seasonal_order`, as one choice."
+    if isinstance(choice, Mapping):
+        if "name" not in choice:
+            raise ValueError("fit_demand_model: the chosen model needs a `name` (metrics.json's model.name)")
+        return {"name": str(choice["name"]), "params": dict(choice.get("params") or {}), "intervals": choice.get("intervals")}
+    if seasonal_order is None:
+        raise ValueError("fit_demand_model: a SARIMA order needs its seasonal_order")
+    return {"name": "sarima", "params": {"order": [int(v) for v in choice], "seasonal_order": [int(v) for v in seasonal_order]},
+            "intervals": None}
+
+def demand_params(spec: Mapping[str, Any]) -> dict[str, Any]:
+    "Parameters to forecast from the saved series: the spec's, with what the fit on the whole series fixed (SARIMA's order)."
+    return {**spec["params"], **spec.get("fitted", {})}
+
+def fit_demand_model(daily: pd.DataFrame, choice: Mapping[str, Any] | Sequence[int],
+                     seasonal_order: Sequence[int] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Fit the chosen demand model on every day of `daily`: `choice` is metrics.json's `model` block, or a SARIMA order
+    with `seasonal_order`. Returns the series it forecasts from (with closures) and the spec to save with it. Without
+    interval quantiles in `choice`, they are calibrated on a short backtest of the last folds of `daily`."""
+    from kronkers_ml.backtest import calibrate_intervals
     from kronkers_ml.core import frame_sha256
-    from kronkers_ml.demand_models import closed_on_holidays, fit_sarima, sarima_design
-    closed = closed_on_holidays(daily)
-    y, X = sarima_design(daily, closed)
-    result = fit_sarima(y, X, order, seasonal_order)
-    spec = {"model": "sarima", "order": [int(v) for v in order], "seasonal_order": [int(v) for v in seasonal_order],
-            "closed_on_holidays": closed, "params": {k: float(v) for k, v in result.params.items()},
+    from kronkers_ml.demand_models import closed_weekdays, closes_on_holidays, fit_sarima_open, with_closures
+    c = _demand_choice(choice, seasonal_order)
+    series = with_closures(daily).reset_index(drop=True)
+    fitted = {}
+    if c["name"] == "sarima":
+        res, _ = fit_sarima_open(series, **c["params"])
+        fitted = {"order": [int(v) for v in res.model.order], "seasonal_order": [int(v) for v in res.model.seasonal_order]}
+    intervals = c["intervals"] or calibrate_intervals(series, c["name"], {**c["params"], **fitted})
+    spec = {"model": c["name"], "params": c["params"], "fitted": fitted, "intervals": intervals,
+            "closed_weekdays": closed_weekdays(series), "closes_on_holidays": closes_on_holidays(series),
             "first_day": str(pd.Timestamp(daily["date"].min()).date()), "last_day": str(pd.Timestamp(daily["date"].max()).date()),
             "rows": int(len(daily)), "data_sha256": frame_sha256(daily)}
-    return result, spec
+    return series, spec
 
 def save_demand_model(daily: pd.DataFrame, spec: Mapping[str, Any], path: str | Path) -> dict[str, str]:
-    "Save the series the model was fitted on at `path` (Parquet: its design columns) and the spec as `path` with `.json`; returns both paths."
+    "Save the series the model was fitted on at `path` (Parquet: date, revenue, calendar, closures) and the spec as `path` with `.json`; returns both paths."
     from kronkers_ml.core import write_json, write_parquet
-    from kronkers_ml.demand_models import SARIMA_EXOG
+    from kronkers_ml.demand_calendar import CALENDAR_COLUMNS
+    from kronkers_ml.demand_models import with_closures
     path = Path(path)
     if str(pd.Timestamp(daily["date"].max()).date()) != spec["last_day"] or len(daily) != spec["rows"]:
         raise ValueError(f"save_demand_model: the series ({len(daily)} days to {pd.Timestamp(daily['date'].max()).date()}) "
                          f"is not the one the spec was fitted on ({spec['rows']} days to {spec['last_day']})")
-    write_parquet(daily[["date", "revenue", "is_holiday", *SARIMA_EXOG]].reset_index(drop=True), path)
+    cols = ["date", "revenue", *CALENDAR_COLUMNS, "closed", "closed_kind"]
+    write_parquet(with_closures(daily)[cols].reset_index(drop=True), path)
     write_json(dict(spec), path.with_suffix(".json"))
     return {"series": str(path), "spec": str(path.with_suffix(".json"))}
 
 def load_demand_model(series_path: str | Path, spec_path: str | Path) -> tuple[Any, dict[str, Any]]:
-    "The filtered SARIMA (results at the stored parameters, ready to forecast) and the spec, from a saved series and spec."
-    from statsmodels.tsa.statespace.sarimax import SARIMAX
-    from kronkers_ml.demand_models import sarima_design
+    "The saved series (ready to forecast from) and the spec; the spec must name a known model."
+    from kronkers_ml.demand_models import CANDIDATES
     spec = json.loads(Path(spec_path).read_text())
-    y, X = sarima_design(pd.read_parquet(series_path), bool(spec["closed_on_holidays"]))
-    model = SARIMAX(y, exog=X, order=tuple(spec["order"]), seasonal_order=tuple(spec["seasonal_order"]),
-                    enforce_stationarity=False, enforce_invertibility=False)
-    names = list(model.param_names)
-    if set(names) != set(spec["params"]):
-        raise ValueError(f"{spec_path}: parameters {sorted(spec['params'])} do not fit the model's {sorted(names)}")
-    return model.filter(np.array([spec["params"][n] for n in names])), spec
+    if spec.get("model") not in CANDIDATES or "params" not in spec or "intervals" not in spec:
+        raise ValueError(f"{spec_path}: not a demand model spec (model one of {sorted(CANDIDATES)}, params, intervals)")
+    series = pd.read_parquet(series_path)
+    if len(series) != spec["rows"] or str(series["date"].max().date()) != spec["last_day"]:
+        raise ValueError(f"{series_path}: {len(series)} days to {series['date'].max().date()}, "
+                         f"but the spec was fitted on {spec['rows']} days to {spec['last_day']}")
+    return series, spec
 
 def demand_forecast(result: Any, spec: Mapping[str, Any], horizon: int) -> pd.DataFrame:
-    "Daily revenue forecast with 80%/95% bounds for the `horizon` days after the spec's `last_day`."
+    "Daily revenue forecast with 80%/95% conformal bounds for the `horizon` days after the spec's `last_day` (`result`: the series)."
+    from kronkers_ml.backtest import apply_intervals
     from kronkers_ml.demand_calendar import calendar_features
-    from kronkers_ml.demand_models import sarima_forecast
+    from kronkers_ml.demand_models import forecast_candidate
     if isinstance(horizon, bool) or not float(horizon).is_integer() or int(horizon) < 1:
         raise ValueError(f"horizon must be a whole number of days >= 1, got {horizon!r}")
     dates = pd.date_range(pd.Timestamp(spec["last_day"]) + pd.Timedelta(days=1), periods=int(horizon), freq="D")
     future = calendar_features(dates).rename_axis("date").reset_index()
-    return sarima_forecast(result, future, bool(spec["closed_on_holidays"]))
+    point = forecast_candidate(spec["model"], result, future, demand_params(spec))
+    out = apply_intervals(point, np.arange(1, int(horizon) + 1), spec["intervals"])
+    out.insert(0, "date", dates)
+    return out
 
-# %% ../nbs/21_registry.ipynb #0f7cbe44
+# %% ../nbs/21_registry.ipynb #4e00c0e3
 class DemandModel(PythonModel):
-    "MLflow pyfunc for the demand SARIMA (artifacts `series` and `spec`): a frame with a `horizon` column in, the forecast table out."
+    "MLflow pyfunc for the chosen demand model (artifacts `series` and `spec`): a frame with a `horizon` column in, the forecast table out."
+    max_horizon = 90
+
     def load_context(self, context):
         self.result, self.spec = load_demand_model(context.artifacts["series"], context.artifacts["spec"])
+        self._path = None
 
     def forecast(self, horizon: int) -> pd.DataFrame:
-        "Date, forecast, lo80, hi80, lo95, hi95 (NOK) for the next `horizon` days."
-        return demand_forecast(self.result, self.spec, horizon)
+        "Date, forecast, lo80, hi80, lo95, hi95 (NOK) for the next `horizon` days (up to 90: cut from one 90-day forecast)."
+        if isinstance(horizon, bool) or not float(horizon).is_integer() or not 1 <= int(horizon) <= self.max_horizon:
+            return demand_forecast(self.result, self.spec, horizon)   # a bad horizon raises there; a longer one is computed
+        if self._path is None:
+            self._path = demand_forecast(self.result, self.spec, self.max_horizon)
+        return self._path.head(int(horizon)).reset_index(drop=True)
 
     def predict(self, context, model_input, params=None):
         return self.forecast(int(pd.DataFrame(model_input)["horizon"].iloc[0]))
 
 def log_demand_model(model_path: str | Path):
     "Log the saved demand model (series at `model_path`, spec at `model_path` with `.json`) as the `model` of the active run."
-    import mlflow, statsmodels
+    import lightgbm, mlflow, statsmodels
     spec = Path(model_path).with_suffix(".json")
     if not spec.is_file():
         raise FileNotFoundError(f"the demand model's spec {spec} is missing (save_demand_model writes it)")
     return mlflow.pyfunc.log_model(name="model", python_model=DemandModel(),
                                    artifacts={"series": str(model_path), "spec": str(spec)},
                                    pip_requirements=[f"statsmodels=={statsmodels.__version__}", f"pandas=={pd.__version__}",
-                                                     f"mlflow=={mlflow.__version__}", "holidays"])
+                                                     f"lightgbm=={lightgbm.__version__}", f"mlflow=={mlflow.__version__}", "holidays"])
 
-# %% ../nbs/21_registry.ipynb #e6400fac
+# %% ../nbs/21_registry.ipynb #d0c7ad77
 @dataclass(frozen=True)
 class DemandHeldout:
     "The demand gate's held-out data: the daily series and the backtest's fold origins, `horizon` days scored after each."
@@ -186,24 +221,24 @@ def demand_heldout(daily: pd.DataFrame, metrics: Mapping[str, Any]) -> DemandHel
     return DemandHeldout(daily, tuple(str(o)[:10] for o in bt["origins"]), int(bt["horizon_days"]))
 
 def demand_score(model: Any, heldout: DemandHeldout) -> float:
-    "MASE of a loaded demand pyfunc's specification, refitted up to each origin of `heldout`, averaged over the folds."
-    from kronkers_ml.demand_models import closed_on_holidays, fit_sarima, sarima_design, sarima_forecast
-    spec, d = model.unwrap_python_model().spec, heldout.daily
-    closed, scores = closed_on_holidays(d), []
+    "MASE of a loaded demand pyfunc's specification (its model and parameters), refitted up to each origin of `heldout`, averaged over the folds."
+    from kronkers_ml.demand_calendar import CALENDAR_COLUMNS
+    from kronkers_ml.demand_models import forecast_candidate, with_closures
+    spec, d = model.unwrap_python_model().spec, with_closures(heldout.daily)
+    scores = []
     for origin in heldout.origins:
         o = pd.Timestamp(origin)
         hist, fut = d[d["date"] <= o], d[(d["date"] > o) & (d["date"] <= o + pd.Timedelta(days=heldout.horizon))]
         if len(fut) != heldout.horizon:
             raise ValueError(f"held-out fold at {origin}: only {len(fut)} of {heldout.horizon} days in the data")
-        y, X = sarima_design(hist, closed)
-        fc = sarima_forecast(fit_sarima(y, X, spec["order"], spec["seasonal_order"]), fut, closed)
-        scores.append(mase(fut["revenue"].to_numpy(float), fc["forecast"].to_numpy(float), hist["revenue"].to_numpy(float), 7))
+        fc = forecast_candidate(spec["model"], hist, fut[["date", *CALENDAR_COLUMNS]].reset_index(drop=True), spec["params"])
+        scores.append(mase(fut["revenue"].to_numpy(float), fc, hist["revenue"].to_numpy(float), 7))
     return float(np.mean(scores))
 
 def demand_serve(model: Any) -> tuple[Any, dict[str, Any]]:
     "What the service calls for a loaded demand pyfunc: the `DemandModel` (its `forecast(horizon)`), with its spec."
     m = model.unwrap_python_model()
-    return m, {k: m.spec[k] for k in ("model", "order", "seasonal_order", "closed_on_holidays", "last_day", "data_sha256")}
+    return m, {k: m.spec[k] for k in ("model", "params", "fitted", "closed_weekdays", "closes_on_holidays", "last_day", "data_sha256")}
 
 # %% ../nbs/21_registry.ipynb #42a77539
 class ReturnsModel(PythonModel):

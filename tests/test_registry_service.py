@@ -69,7 +69,7 @@ def test_pipeline_registers_the_demand_model_through_the_same_gate(built):
     assert str(alias[0]) == reg["version"]
     assert tags["data.sha256"] == metrics["data"]["sha256"] and tags["data.rows"] == str(metrics["data"]["rows"])
     assert tags["family"] == "demand" and "git.commit" in tags and params["seed"] == "7"
-    assert params["order"] == str(metrics["model"]["order"]) and mets["mase"] == pytest.approx(metrics["model"]["mase"])
+    assert params["model"] == metrics["model"]["name"] and mets["mase"] == pytest.approx(metrics["model"]["mase"])
     arts = built / "mlflow" / "artifacts"
     assert list(arts.rglob("backtest-demand.ipynb")) and list(arts.rglob("forecast-demand.ipynb"))
     assert list(arts.rglob("sarima.parquet")) and list(arts.rglob("sarima.json"))
