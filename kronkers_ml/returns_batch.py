@@ -453,7 +453,7 @@ def summary_line(s: dict) -> str:
 def default_threads(environ: dict | None = None) -> int:
     """Model threads when `--threads` is not given: `OMP_NUM_THREADS` when set, else the CPUs this process may use that
     the 1-minute load average leaves idle, at least 1. More threads than idle cores make every thread wait for
-    the others at each layer: on a busy 2-core machine the default of one thread per core was ~15x slower than 1."""
+    the others at each layer: on a busy 2-core machine the default of one thread per core was about 10x slower than 1 (benchmarks/returns_batch.py --compare-threads)."""
     env = os.environ if environ is None else environ
     if str(env.get("OMP_NUM_THREADS", "")).isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
         return int(env["OMP_NUM_THREADS"])
