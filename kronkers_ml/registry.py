@@ -433,8 +433,8 @@ def load_version(uri: str, name: str, version: str | int):
 # one BLAS thread each, the gate in the task's own process with the machine's thread count, and SARIMA's optimiser
 # stops at a tolerance, so the refit lands on slightly different parameters. Measured on the default build (seed 42,
 # 2 cores): the gate's MASE 0.5265649546238909 against metrics.json's 0.5265523757653384, 2.4e-5 relative; the same
-# refit under one BLAS thread gives metrics.json's figure exactly. The tiny build's figures agree exactly, and so do
-# LightGBM's MAE and the returns accuracy. 1e-3 gives that noise 40 times the room; a figure 0.1% off is not noise.
+# refit under one BLAS thread gives metrics.json's figure exactly (benchmarks/gate_tolerance.py). The tiny build's
+# MASE and returns accuracy agree exactly. 1e-3 gives that noise 40 times the room; a figure 0.1% off is not noise.
 GATE_RTOL = 1e-3
 
 class GateError(ValueError):

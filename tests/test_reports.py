@@ -24,7 +24,8 @@ def run_report(nb: Path, out: Path, tmp_path: Path) -> list[str]:
         for o in cell.get("outputs", []):
             assert o["output_type"] != "error", o
             data = o.get("data", {})
-            texts.append("".join(data.get("text/markdown", data.get("text/html", data.get("text/plain", o.get("text", ""))))))
+            texts.append("".join(data.get("text/markdown", data.get("text/plain", o.get("text", "")))))
+            texts.append("".join(data.get("text/html", "")))           # the build banner is HTML
     return texts
 
 
