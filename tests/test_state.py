@@ -86,14 +86,14 @@ def test_a_copied_outputs_folder_serves_its_own_champion_after_the_original_is_d
     roles = load_roles(ROLES)
     admin = create_key(state / "keys.json", "admin", roles, "admin")[1]
     expiring = create_key(state / "keys.json", "operations", roles, "short", parse_expiry("1h"))[1]
-    with running_service(serve_args(first, state), tmp_path / "first.log", service_env()) as c:
+    with running_service(serve_args(first, state), tmp_path / "first.log", service_env(), timeout_s=240) as c:
         served = c.get("/v1/models/service-time", headers={"X-API-Key": admin}).json()["served_version"]
         assert c.get("/v1/models", headers={"X-API-Key": expiring}).status_code == 200
     # the copy's store now names its own artifacts, not the build's (which still exists)
     assert model_dir(first).startswith(str((first / "mlflow" / "artifacts").resolve()))
     shutil.copytree(first, second)
     shutil.rmtree(first)
-    with running_service(serve_args(second, state), tmp_path / "second.log", service_env()) as c:
+    with running_service(serve_args(second, state), tmp_path / "second.log", service_env(), timeout_s=240) as c:
         # ready (running_service waits for /ready 200): the champion was loaded from the copy, the original being gone
         assert c.get("/v1/models/service-time", headers={"X-API-Key": admin}).json()["served_version"] == served
     assert model_dir(second).startswith(str((second / "mlflow" / "artifacts").resolve()))
@@ -107,7 +107,7 @@ def test_an_expired_key_gets_401_saying_it_expired(built, tmp_path):
     data = json.loads((state / "keys.json").read_text())
     data["keys"][0]["expires_at"] = "2020-01-01T00:00:00+00:00"
     (state / "keys.json").write_text(json.dumps(data))
-    with running_service(serve_args(built, state), tmp_path / "svc.log", service_env()) as c:
+    with running_service(serve_args(built, state), tmp_path / "svc.log", service_env(), timeout_s=240) as c:
         r = c.get("/v1/models", headers={"X-API-Key": key})
         assert r.status_code == 401 and f"API key {key_id} expired at 2020-01-01" in r.json()["detail"]
         wrong = c.get("/v1/models", headers={"X-API-Key": key[:-2] + "xx"})
