@@ -113,10 +113,11 @@ def demand_params(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {**spec["params"], **spec.get("fitted", {})}
 
 def fit_demand_model(daily: pd.DataFrame, choice: Mapping[str, Any] | Sequence[int],
-                     seasonal_order: Sequence[int] | None = None) -> tuple[Any, dict[str, Any]]:
+                     seasonal_order: Sequence[int] | None = None, country: str = "NO") -> tuple[Any, dict[str, Any]]:
     """Fit the chosen demand model on every day of `daily`: `choice` is metrics.json's `model` block, or a SARIMA order
     with `seasonal_order`. Returns the series it forecasts from (with closures) and the spec to save with it. Without
-    interval quantiles in `choice`, they are calibrated on a short backtest of the last folds of `daily`."""
+    interval quantiles in `choice`, they are calibrated on a short backtest of the last folds of `daily`. `country`: the
+    public-holiday calendar of the days it forecasts (`demand.country`, in daily.json), kept in the spec."""
     from kronkers_ml.backtest import calibrate_intervals
     from kronkers_ml.core import frame_sha256
     from kronkers_ml.demand_models import closed_weekdays, closes_on_holidays, fit_sarima_open, with_closures
@@ -127,7 +128,7 @@ def fit_demand_model(daily: pd.DataFrame, choice: Mapping[str, Any] | Sequence[i
         res, _ = fit_sarima_open(series, **c["params"])
         fitted = {"order": [int(v) for v in res.model.order], "seasonal_order": [int(v) for v in res.model.seasonal_order]}
     intervals = c["intervals"] or calibrate_intervals(series, c["name"], {**c["params"], **fitted})
-    spec = {"model": c["name"], "params": c["params"], "fitted": fitted, "intervals": intervals,
+    spec = {"model": c["name"], "params": c["params"], "fitted": fitted, "intervals": intervals, "country": str(country),
             "closed_weekdays": closed_weekdays(series), "closes_on_holidays": closes_on_holidays(series),
             "first_day": str(pd.Timestamp(daily["date"].min()).date()), "last_day": str(pd.Timestamp(daily["date"].max()).date()),
             "rows": int(len(daily)), "data_sha256": frame_sha256(daily)}
@@ -167,7 +168,7 @@ def demand_forecast(result: Any, spec: Mapping[str, Any], horizon: int) -> pd.Da
     if isinstance(horizon, bool) or not float(horizon).is_integer() or int(horizon) < 1:
         raise ValueError(f"horizon must be a whole number of days >= 1, got {horizon!r}")
     dates = pd.date_range(pd.Timestamp(spec["last_day"]) + pd.Timedelta(days=1), periods=int(horizon), freq="D")
-    future = calendar_features(dates).rename_axis("date").reset_index()
+    future = calendar_features(dates, country=spec.get("country", "NO")).rename_axis("date").reset_index()
     point = forecast_candidate(spec["model"], result, future, demand_params(spec))
     out = apply_intervals(point, np.arange(1, int(horizon) + 1), spec["intervals"])
     out.insert(0, "date", dates)
