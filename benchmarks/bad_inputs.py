@@ -23,23 +23,14 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from common import machine_info, write_result  # noqa: E402
-
-
-def bomb_png(side: int = 12_000) -> bytes:
-    "A black grayscale PNG of side x side pixels, compressed row by row (never held decoded)."
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-    comp, row = zlib.compressobj(9), b"\0" * (side + 1)
-    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+from conftest import bomb_png  # noqa: E402  (the tests' bomb: one builder for both)
 
 
 def small_png() -> bytes:

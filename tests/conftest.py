@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,6 +70,16 @@ def running_service(args: list[str], log: Path, env: dict | None = None, timeout
         proc.terminate()
         try: proc.wait(timeout=20)
         except subprocess.TimeoutExpired: proc.kill()
+
+
+def bomb_png(side: int = 12_000) -> bytes:
+    "A black grayscale PNG of side x side pixels, compressed row by row: a few hundred KB that decode to side**2 bytes."
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    comp, row = zlib.compressobj(9), b"\0" * (side + 1)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def cell_outputs(notebook: Path) -> list[dict]:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, running_service
+from conftest import BIN, ROOT, bomb_png, running_service
 from kronkers_ml.access import create_key, load_roles, read_audit
 from kronkers_ml.registry import (champion_version, demand_heldout, fit_demand_model, log_demand_model, log_returns_model,
                                   log_service_time_model, register_and_gate, returns_heldout, save_demand_model, show_version)
@@ -600,17 +600,6 @@ def test_returns_rollback_then_reload_serves_the_previous_version(service):
 # by hand: what these tests check (limits, authentication order, schema, request ids, docs) does not depend on how
 # good the models are.
 
-def _bomb_png(side: int = 12_000) -> bytes:
-    "A black grayscale PNG of side x side pixels, built row by row: a few hundred KB that decode to side**2 bytes."
-    import zlib
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-    comp, row = zlib.compressobj(9), b"\0" * (side + 1)
-    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
     import lightgbm as lgb
@@ -726,7 +715,7 @@ def test_json_booleans_are_not_numbers(edge):
 
 def test_a_decompression_bomb_upload_is_refused_before_decoding(edge):
     c, key = edge["client"], edge["keys"]["operations"]
-    bomb = _bomb_png()
+    bomb = bomb_png()
     assert len(bomb) < 1_000_000
     r = c.post("/v1/models/returns/classify", files=[("files", ("bomb.png", bomb, "image/png"))], headers={"X-API-Key": key})
     assert r.status_code == 413, r.text

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BIN, ROOT, error_outputs, free_port, image_outputs
+from conftest import BIN, ROOT, bomb_png, error_outputs, free_port, image_outputs
 from kronkers_ml.returns_batch import (COLUMNS, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main,
                                        name_field, read_results, results_lock, scan_inbox)
 from kronkers_ml.returns_model import CATEGORIES, build_classifier, load_classifier, save_classifier
@@ -302,15 +301,9 @@ def test_classify_returns_task_in_the_tiny_build(built):
 
 # --- bad input of every kind: one clear error row each, the job goes on, a second run finds nothing to do ----------
 
-def bomb_png(path: Path, side: int = 12_000) -> Path:
-    "A black grayscale PNG of side x side pixels, written row by row (a few hundred KB that decode to side**2 bytes)."
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-    comp, row, parts = zlib.compressobj(9), b"\0" * (side + 1), []
-    for _ in range(side): parts.append(comp.compress(row))
-    parts.append(comp.flush())
-    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+def write_bomb(path: Path, side: int = 12_000) -> Path:
+    "The bomb PNG of conftest.bomb_png written to `path`."
+    path.write_bytes(bomb_png(side))
     return path
 
 
@@ -325,7 +318,7 @@ def test_odd_names_links_and_bombs_become_error_rows_and_the_job_goes_on(model_f
     (outside / "secret.png").write_bytes(png)
     (inbox / "out.png").symlink_to(outside / "secret.png")             # out of the inbox: never followed
     (inbox / "in.png").symlink_to(good[1])                              # inside it: classified
-    bomb = bomb_png(inbox / "bomb.png")
+    bomb = write_bomb(inbox / "bomb.png")
     assert bomb.stat().st_size < 1_000_000
     first = run_job(model_file, inbox, results, "--batch-size", "3", "--threads", "1")
     assert first.returncode == EXIT_OK, first.stderr
@@ -346,7 +339,7 @@ def test_odd_names_links_and_bombs_become_error_rows_and_the_job_goes_on(model_f
     assert second.returncode == EXIT_OK and "0 processed" in second.stdout and "10 already done" in second.stdout, second
     assert results.read_bytes().decode("utf-8") == text
     # a higher pixel limit is a setting: a replaced bomb of 3000x3000 is decoded under the default, refused under 1M
-    bomb_png(inbox / "bomb.png", 3_000)
+    write_bomb(inbox / "bomb.png", 3_000)
     third = run_job(model_file, inbox, results, "--threads", "1", "--max-pixels", "1000000")
     assert third.returncode == EXIT_OK and "1 processed (0 ok, 1 errors)" in third.stdout, third
     assert "over the limit of 1,000,000 pixels" in read_results(results).error.iloc[-1]
