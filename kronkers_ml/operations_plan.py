@@ -11,8 +11,9 @@ import pandas as pd
 from .core import require_columns
 
 # %% auto #0
-__all__ = ['Z95', 'PLAN_QUANTITIES', 'optional_float', 'order_stats', 'return_rate', 'service_time_stats',
-           'driving_time_per_stop', 'auto_share_from', 'expected_plan', 'simulate_plan', 'plan_table', 'plan_totals']
+__all__ = ['Z95', 'PLAN_QUANTITIES', 'Z80', 'BOUND_SCORES', 'optional_float', 'order_stats', 'return_rate', 'service_time_stats',
+           'driving_time_per_stop', 'auto_share_from', 'expected_plan', 'forecast_draws', 'simulate_plan', 'plan_table',
+           'plan_totals']
 
 # %% ../nbs/51_operations_plan.ipynb #02248fbd
 def optional_float(value) -> float | None:
@@ -109,21 +110,35 @@ def expected_plan(forecast: pd.DataFrame, order_value: float, items_per_order: f
                          "warehouse_staff": inspection_h / warehouse_shift_h})
 
 # %% ../nbs/51_operations_plan.ipynb #fa1e5421
+Z80 = 1.2815515655446004
+BOUND_SCORES = {"lo95": -Z95, "lo80": -Z80, "forecast": 0.0, "hi80": Z80, "hi95": Z95}
+
+def forecast_draws(forecast: pd.DataFrame, n_sims: int, rng: np.random.Generator, scale: str = "log1p") -> np.ndarray:
+    """Draws (n_sims x days) of each day's revenue that give back the forecast's own median and bounds: its quantile
+    function through (2.5%, lo95), (10%, lo80), (50%, forecast), (90%, hi80), (97.5%, hi95) (lo80/hi80 where present),
+    linear in the normal score between them and beyond the outer ones, in log1p or linear space. Symmetric bounds give a
+    normal; asymmetric ones (conformal intervals) keep their asymmetry instead of being averaged away."""
+    require_columns(forecast, ["forecast", "lo95", "hi95"], "demand forecast")
+    if scale not in ("log1p", "linear"):
+        raise ValueError(f"scale must be 'log1p' or 'linear', got {scale!r}")
+    cols = [c for c in BOUND_SCORES if c in forecast.columns]
+    z = np.array([BOUND_SCORES[c] for c in cols])
+    values = np.maximum.accumulate(np.column_stack([forecast[c].clip(lower=0).to_numpy(float) for c in cols]), axis=1)
+    v = np.log1p(values) if scale == "log1p" else values                       # days x knots, non-decreasing
+    u = rng.standard_normal((n_sims, len(values)))
+    k = np.clip(np.searchsorted(z, u, side="right") - 1, 0, len(z) - 2)      # the piece each draw falls on
+    day = np.arange(len(values))[None, :]
+    v0, v1 = v[day, k], v[day, k + 1]
+    draws = v0 + (u - z[k]) * (v1 - v0) / (z[k + 1] - z[k])
+    return np.clip(np.expm1(draws) if scale == "log1p" else draws, 0, None)
+
 def simulate_plan(forecast: pd.DataFrame, order_value: float, items_per_order: float, delivered_share: float,
                   service_mean_s: float, service_sd_s: float, driving_s: float, return_rate: float, auto_share: float,
                   inspection_min: float, driver_shift_h: float, warehouse_shift_h: float,
                   n_sims: int = 4000, seed: int = 0, scale: str = "log1p") -> dict[str, np.ndarray]:
     "Monte Carlo draws (n_sims x days) of every planned quantity, the forecast and service-time spread carried through."
-    require_columns(forecast, ["forecast", "lo95", "hi95"], "demand forecast")
     rng = np.random.default_rng(seed)
-    point, lo, hi = (forecast[c].clip(lower=0).to_numpy(float) for c in ("forecast", "lo95", "hi95"))
-    if scale == "log1p":
-        draws = rng.normal(np.log1p(point), ((np.log1p(hi) - np.log1p(lo)) / (2 * Z95)).clip(min=0), size=(n_sims, len(point)))
-        revenue = np.clip(np.expm1(draws), 0, None)
-    elif scale == "linear":
-        revenue = np.clip(rng.normal(point, ((hi - lo) / (2 * Z95)).clip(min=0), size=(n_sims, len(point))), 0, None)
-    else:
-        raise ValueError(f"scale must be 'log1p' or 'linear', got {scale!r}")
+    revenue = forecast_draws(forecast, n_sims, rng, scale)
     deliveries = revenue / order_value * delivered_share
     service_s = np.clip(rng.normal(deliveries * service_mean_s, np.sqrt(deliveries) * service_sd_s), 0, None)
     driver_h = (service_s + deliveries * driving_s) / 3600

@@ -493,7 +493,7 @@ def test_demand_rollback_then_reload_serves_the_previous_version(service):
     assert r.status_code == 200 and r.json()["models"]["demand"] == {"from": d2["version"], "to": d1["version"]}
     body = c.get("/v1/models/demand/forecast?horizon=5", headers={"X-API-Key": proc}).json()
     assert body["version"] == d1["version"]
-    assert c.get("/v1/models/demand", headers={"X-API-Key": proc}).json()["serves"]["order"] == [0, 1, 0]
+    assert c.get("/v1/models/demand", headers={"X-API-Key": proc}).json()["serves"]["fitted"]["order"] == [0, 1, 0]
     _promote_and_reload(service, "demand", d2["version"])
 
 
@@ -627,7 +627,8 @@ def edge(tmp_path_factory):
     roles = load_roles(ROLES)
     keys = {role: create_key(out / "service" / "keys.json", role, roles, f"test {role}")[1] for role in ("operations", "marketing", "admin")}
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    args = ["--out", str(out), "--roles", str(ROLES), "--models", "service-time,returns", "--max-body-bytes", "200000"]
+    args = ["--out", str(out), "--roles", str(ROLES), "--models", "service-time,returns", "--max-body-bytes", "200000",
+            "--state-dir", str(out / "service")]
     with running_service(args, out / "service.log", env, timeout_s=600) as client:   # a busy machine loads slowly
         yield {"client": client, "out": out, "keys": keys, "log": out / "service.log",
                "row": {f: (ZONES[0] if f == "zone" else 1.0) for f in FEATURES}}
