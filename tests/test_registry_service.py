@@ -657,11 +657,12 @@ def test_serve_prints_where_it_listens_and_no_third_party_warnings(edge):
 
 
 def test_models_cli_shows_no_third_party_warnings(edge):
-    done = subprocess.run([str(BIN / "kronkers"), "models", "list", "--out", str(edge["out"])], capture_output=True, text=True,
+    state = ["--state-dir", str(edge["out"] / "service")]        # the edge service's keys: no note about another place
+    done = subprocess.run([str(BIN / "kronkers"), "models", "list", "--out", str(edge["out"]), *state], capture_output=True, text=True,
                           env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{edge['out']}/mlflow/mlflow.db"}, timeout=300)
     assert done.returncode == 0 and "service-time" in done.stdout, done.stderr
     assert done.stderr == "", done.stderr
-    bad = subprocess.run([str(BIN / "kronkers"), "models", "show", "nosuchmodel", "--out", str(edge["out"])],
+    bad = subprocess.run([str(BIN / "kronkers"), "models", "show", "nosuchmodel", "--out", str(edge["out"]), *state],
                          capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{edge['out']}/mlflow/mlflow.db"},
                          timeout=300)
     assert bad.returncode == 2 and "kronkers: error:" in bad.stderr and "nosuchmodel" in bad.stderr   # errors still show
