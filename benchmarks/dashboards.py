@@ -12,8 +12,8 @@ Writes benchmarks/results/dashboards.json and prints it.
 
 With --visits N it measures memory instead: the resident memory (RSS) of Voila and all its kernels, summed, after
 N page visits in headless Chromium (round the pages), twice: with Voila as it ran before kernels were culled
-(preheated pool, no culling) and as deploy/dashboards runs it now (idle kernels culled, --cull-idle-s); for the
-culling run also after the idle time has passed. Writes benchmarks/results/dashboards_memory.json.
+(preheated pool, no culling) and as deploy/dashboards runs it now (idle kernels culled, --cull-idle-s, and at most
+--max-kernels held); also the most held after any visit, and after the idle time has passed. Writes benchmarks/results/dashboards_memory.json.
 """
 from __future__ import annotations
 
@@ -44,12 +44,13 @@ def held(port: int) -> dict:
 
 
 @contextmanager
-def culling_voila(out: Path, tmp: Path, cull_idle_s: int, cull_interval_s: int):
-    "deploy/dashboards (culling, token from the state folder) on a free port; yields (base url, token, port)."
+def culling_voila(out: Path, tmp: Path, cull_idle_s: int, cull_interval_s: int, max_kernels: int):
+    "deploy/dashboards (culling, a bound on the kernels, token from the state folder) on a free port; yields (base url, token, port)."
     port = free_port()
     env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "KRONKERS_STATE_DIR": str(tmp / "state"),
            "KRONKERS_DASHBOARD_PORT": str(port), "KRONKERS_DASHBOARD_CULL_IDLE_S": str(cull_idle_s),
-           "KRONKERS_DASHBOARD_CULL_INTERVAL_S": str(cull_interval_s), "PYTHONPATH": str(ROOT)}
+           "KRONKERS_DASHBOARD_CULL_INTERVAL_S": str(cull_interval_s), "KRONKERS_DASHBOARD_MAX_KERNELS": str(max_kernels),
+           "PYTHONPATH": str(ROOT)}
     env.pop("MPLBACKEND", None)
     with open(tmp / "voila.log", "w") as log:
         proc = subprocess.Popen([str(ROOT / "deploy" / "dashboards")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -64,14 +65,17 @@ def culling_voila(out: Path, tmp: Path, cull_idle_s: int, cull_interval_s: int):
 
 
 def visits(driver, base: str, token: str, port: int, n: int, pages: list[str]) -> dict:
-    "Memory after warm-up and after `n` visits round the pages."
+    "Memory after warm-up and after `n` visits round the pages, and the most held after any visit."
     url = lambda page: f"{base}/voila/render/{page}.ipynb?token={token}"
     render(driver, url(pages[0]))
     warm = held(port)
+    peak = dict(warm)
     for i in range(n):
         render(driver, url(pages[i % len(pages)]))
+        now = held(port)
+        peak = {k: max(peak[k], now[k]) for k in peak}
     driver.get("about:blank")                                # the last page closed too
-    return {"after_warmup": warm, f"after_{n}_visits": held(port)}
+    return {"after_warmup": warm, f"after_{n}_visits": held(port), "peak_during_visits": peak}
 
 
 def memory(args) -> int:
@@ -85,14 +89,14 @@ def memory(args) -> int:
                 result["before_no_culling"] = visits(driver, base, token, port, n, pages)
                 time.sleep(args.cull_idle_s + 3 * args.cull_interval_s)
                 result["before_no_culling"]["after_idle_wait"] = held(port)
-            with culling_voila(out, Path(tmp), args.cull_idle_s, args.cull_interval_s) as (base, token, port):
+            with culling_voila(out, Path(tmp), args.cull_idle_s, args.cull_interval_s, args.max_kernels) as (base, token, port):
                 result["after_culling"] = visits(driver, base, token, port, n, pages)
                 time.sleep(args.cull_idle_s + 3 * args.cull_interval_s)
                 result["after_culling"]["after_idle_wait"] = held(port)
         finally:
             driver.quit()
     result.update(idle_wait_s=args.cull_idle_s + 3 * args.cull_interval_s, cull_idle_s=args.cull_idle_s,
-                  cull_interval_s=args.cull_interval_s, machine=machine_info())
+                  cull_interval_s=args.cull_interval_s, max_kernels=args.max_kernels, machine=machine_info())
     path = write_result(result, args.result.replace("dashboards.json", "dashboards_memory.json"))
     print(path.read_text())
     return 0
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--visits", type=int, default=0, help="measure memory after this many page visits instead of time")
     p.add_argument("--cull-idle-s", type=int, default=60, help="with --visits: idle seconds before a kernel is culled (default 60)")
     p.add_argument("--cull-interval-s", type=int, default=5, help="with --visits: seconds between culling checks (default 5)")
+    p.add_argument("--max-kernels", type=int, default=12, help="with --visits: deploy/dashboards' bound on kernels held (default 12, as deployed)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     if not (out / "service_time" / "metrics.json").exists():

@@ -2,7 +2,7 @@
 model the pipeline chose.
 
     .venv/bin/python benchmarks/demand_peers.py OUT          # OUT: the outputs folder of a build (default: outputs/)
-    .venv/bin/python benchmarks/demand_peers.py OUT --transactions LOG.csv   # any other log, backtested here first
+    .venv/bin/python benchmarks/demand_peers.py --transactions LOG.csv --timezone UTC --country US   # any other log
 
 With a build's outputs folder, the folds (origins, horizon) and the chosen model's forecasts are read from its
 `demand/metrics.json` and `demand/backtest.parquet`, and the daily series from `demand/daily.parquet`. With
@@ -61,7 +61,7 @@ def peer_fold(daily: pd.DataFrame, origin: pd.Timestamp, horizon: int) -> tuple[
     return fc[["date", *PEERS]].assign(**{p: lambda f, p=p: f[p].clip(lower=0) for p in PEERS}), seconds
 
 
-def own_backtest(daily: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def own_backtest(daily: pd.DataFrame, save_forecasts: Path | None = None) -> tuple[pd.DataFrame, dict]:
     "The project's backtest on env.yaml's folds: the test folds' forecasts (`model`: the chosen one) and metrics-like facts."
     from kronkers_ml.backtest import backtest_scores, choose_model, rolling_origins, run_backtest, validation_origins
     p = yaml.safe_load((ROOT / "env.yaml").read_text())["demand"]
@@ -73,6 +73,8 @@ def own_backtest(daily: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     origins = rolling_origins(daily["date"].max(), n, h, step)
     valid = validation_origins(origins[0], nv, h, step)
     fc, _ = run_backtest(daily, valid + origins, h, spec, n_jobs=-1)
+    if save_forecasts:
+        fc.assign(fold=np.where(fc["origin"].isin(valid), "valid", "test")).to_parquet(save_forecasts)
     chosen, valid_mase = choose_model(fc[fc["origin"].isin(valid)], daily, names)
     test = fc[fc["origin"].isin(origins)].assign(model=lambda t: t[chosen])
     test_mase = backtest_scores(test, daily, names)["mase"]
@@ -85,15 +87,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", type=Path, default=ROOT / "outputs", help="outputs folder of a build")
     parser.add_argument("--transactions", type=Path, default=None, help="a transaction log to backtest here instead")
+    parser.add_argument("--timezone", default="Europe/Oslo", help="with --transactions: the log's demand.timezone (default Europe/Oslo)")
+    parser.add_argument("--country", default="NO", help="with --transactions: the log's demand.country (default NO)")
+    parser.add_argument("--save-forecasts", type=Path, default=None,
+                        help="with --transactions: write every candidate's forecasts of the validation and test folds here (Parquet)")
     parser.add_argument("--output", type=Path, default=None, help="JSON file to write (default benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.transactions:
         from kronkers_ml.demand_series import daily_revenue
         from kronkers_ml.transactions import clean_transactions, load_transactions
-        lines, _ = clean_transactions(load_transactions(str(args.transactions)))
-        daily = daily_revenue(lines)
-        backtest, metrics = own_backtest(daily)
-        source = str(args.transactions.name)
+        lines, _ = clean_transactions(load_transactions(str(args.transactions), tz=args.timezone))
+        daily = daily_revenue(lines, country=args.country)
+        backtest, metrics = own_backtest(daily, args.save_forecasts)
+        source = f"{args.transactions.name} (timezone {args.timezone}, country {args.country})"
     else:
         d = args.out / "demand"
         for f in ("daily.parquet", "metrics.json", "backtest.parquet"):

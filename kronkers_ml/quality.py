@@ -19,10 +19,11 @@ from .core import DataContractError, read_json, write_json
 from .profiles import _datetimes_as_seconds, profile_summary, read_profile, write_profile
 
 # %% auto #0
-__all__ = ['CONSTRAINT_KINDS', 'BUSINESS_KINDS', 'DEFAULT_SETTINGS', 'REPORT_COLUMNS', 'load_constraints', 'quality_settings',
-           'check_summary', 'check_profile', 'frame_summary', 'example_rows', 'check_frame', 'check_business',
-           'reference_facts', 'generator_facts', 'data_digest', 'save_accepted', 'accepted_records', 'pick_record',
-           'champion_run', 'business_reference', 'QualityError', 'quality_report', 'enforce_quality']
+__all__ = ['CONSTRAINT_KINDS', 'BUSINESS_KINDS', 'DEFAULT_SETTINGS', 'BUSINESS_COLUMN_CHECKS', 'REPORT_COLUMNS',
+           'load_constraints', 'quality_settings', 'check_summary', 'check_profile', 'frame_summary', 'example_rows',
+           'check_frame', 'check_business', 'reference_facts', 'generator_facts', 'data_digest', 'save_accepted',
+           'accepted_records', 'pick_record', 'champion_run', 'business_reference', 'QualityError', 'quality_report',
+           'enforce_quality']
 
 # %% ../nbs/31_quality.ipynb #05c26e72
 CONSTRAINT_KINDS = ("rows", "columns", "types", "max_null_fraction", "ranges", "categories", "business")
@@ -186,6 +187,26 @@ def _pct(x: float) -> str:
     "A share as a percentage with up to 6 significant digits: 0.999 -> 99.9%."
     return f"{100 * x:.6g}%"
 
+def _range_breaks(v: pd.Series, bounds) -> tuple:
+    "Rows of `v` outside `bounds`, the expectation's words, and the observation's words for a share inside."
+    lo, hi = bounds
+    known = v.notna()
+    bad = known & ((v < lo) | (v > hi))
+    seen = f"; range [{_plain(v.min()):g}, {_plain(v.max()):g}]" if known.any() else ""
+    return bad, f"within [{lo:g}, {hi:g}]", lambda inside: f"{_pct(inside)} within{seen}" if known.any() else "no values"
+
+def _category_breaks(v: pd.Series, values) -> tuple:
+    "Rows of `v` not among `values`, the expectation's words, and the observation's words (naming new values)."
+    bad = v.notna() & ~v.astype(str).isin({str(x) for x in values})
+    unseen = sorted(v[bad].astype(str).unique().tolist())
+    shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+    return bad, f"in the reference's {len(values)} values", \
+        lambda inside: f"{_pct(inside)} in them" + (f"; new: {shown}" if unseen else "")
+
+# business constraints on a column: how its breaking rows are found, and the words for a missing reference fact
+BUSINESS_COLUMN_CHECKS = {"ranges": (_range_breaks, "within the reference's range"),
+                          "categories": (_category_breaks, "in the reference's values")}
+
 def check_business(frame: pd.DataFrame, business: dict, reference: dict | None, dataset: str,
                    share: float = 0.999, examples: int = 5) -> list[dict]:
     "The business constraints of one dataset against the reference's facts; `no reference yet` (passing) without one."
@@ -203,39 +224,19 @@ def check_business(frame: pd.DataFrame, business: dict, reference: dict | None, 
             lo = math.ceil(float(business["rows"]) * need)
             out.append(rows("rows", None, f">= {lo:,} rows ({business['rows']} of the reference's {need:,})",
                             "passed" if len(frame) >= lo else "failed", observed=len(frame)))
-    for col in business.get("ranges", []):
-        bounds = (ref.get("ranges") or {}).get(col)
-        if col not in frame.columns:
-            out.append(rows("ranges", col, None, "failed", observed="missing")); continue
-        if bounds is None:
-            out.append(rows("ranges", col, f"{_pct(share)} of rows within the reference's range",
-                            "no reference yet" if not ref else "not in the reference")); continue
-        lo, hi = bounds
-        v = frame[col]
-        known = v.notna()
-        outside = known & ((v < lo) | (v > hi))
-        inside = 1 - outside.sum() / max(int(known.sum()), 1)
-        mn, mx = (_plain(v.min()), _plain(v.max())) if known.any() else (None, None)
-        r = rows("ranges", col, f"{_pct(share)} of rows within [{lo:g}, {hi:g}]", "passed" if inside >= share else "failed",
-                 observed=f"{_pct(inside)} within; range [{mn:g}, {mx:g}]" if known.any() else "no values", share_within=float(inside))
-        out.append(_with_examples(r, frame, outside, examples) if not r["passed"] else {**r, "rows_failing": int(outside.sum())})
-    for col in business.get("categories", []):
-        values = (ref.get("categories") or {}).get(col)
-        if col not in frame.columns:
-            out.append(rows("categories", col, None, "failed", observed="missing")); continue
-        if values is None:
-            out.append(rows("categories", col, f"{_pct(share)} of rows in the reference's values",
-                            "no reference yet" if not ref else "not in the reference")); continue
-        v = frame[col]
-        known = v.notna()
-        new = known & ~v.astype(str).isin({str(x) for x in values})
-        inside = 1 - new.sum() / max(int(known.sum()), 1)
-        unseen = sorted(v[new].astype(str).unique().tolist())
-        shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
-        r = rows("categories", col, f"{_pct(share)} of rows in the reference's {len(values)} values",
-                 "passed" if inside >= share else "failed",
-                 observed=f"{_pct(inside)} in them" + (f"; new: {shown}" if unseen else ""), share_within=float(inside))
-        out.append(_with_examples(r, frame, new, examples) if not r["passed"] else {**r, "rows_failing": int(new.sum())})
+    for kind, (breaks, of_reference) in BUSINESS_COLUMN_CHECKS.items():
+        for col in business.get(kind, []):
+            facts = (ref.get(kind) or {}).get(col)
+            if col not in frame.columns:
+                out.append(rows(kind, col, None, "failed", observed="missing")); continue
+            if facts is None:
+                out.append(rows(kind, col, f"{_pct(share)} of rows {of_reference}",
+                                "no reference yet" if not ref else "not in the reference")); continue
+            bad, wording, observed = breaks(frame[col], facts)
+            inside = 1 - bad.sum() / max(int(frame[col].notna().sum()), 1)
+            r = rows(kind, col, f"{_pct(share)} of rows {wording}", "passed" if inside >= share else "failed",
+                     observed=observed(inside), share_within=float(inside))
+            out.append(_with_examples(r, frame, bad, examples) if not r["passed"] else {**r, "rows_failing": int(bad.sum())})
     return out
 
 # %% ../nbs/31_quality.ipynb #214057ae

@@ -71,3 +71,19 @@ def test_a_given_token_is_written_to_the_private_file_and_used(tmp_path):
         assert token == "given-token-1234" and "given-token-1234" not in " ".join(voila.cmdline())
         assert "given-token-1234" not in "".join(voila.environ().values())
         assert httpx.get(f"{base}/voila/render/overview.ipynb?token=wrong", timeout=120).status_code in (302, 401, 403)
+
+
+def test_the_kernels_held_are_bounded_the_longest_idle_gives_way_and_a_busy_bound_answers_503(tmp_path):
+    with dashboards(tmp_path, pool="0", cull_idle_s="0", max_kernels="1") as (voila, base, token):
+        page = f"{base}/voila/render/overview.ipynb?token={token}"
+        assert httpx.get(page, timeout=300).status_code == 200
+        first = {k.pid for k in kernels(voila)}
+        assert len(first) == 1
+        refused = httpx.get(page, timeout=300)                 # the only kernel was active a moment ago
+        assert refused.status_code == 503 and "try again" in refused.text, refused.text[-500:]
+        assert {k.pid for k in kernels(voila)} == first
+        time.sleep(11)                                         # idle longer than BoundedKernelManager.evict_idle_s
+        assert httpx.get(page, timeout=300).status_code == 200
+        now = {k.pid for k in kernels(voila)}
+        assert len(now) == 1 and now != first, "the idle kernel gave way to the new visit"
+        assert "At the bound of 1 kernels: shutting down kernel" in (tmp_path / "voila.log").read_text()
