@@ -38,9 +38,14 @@ def held(port: int) -> dict:
     "The Voila listening on `port`: its kernels and the RSS of it and them, summed (MB)."
     import psutil
     server = next(p for p in psutil.process_iter(["cmdline"]) if f"--port={port}" in (p.info["cmdline"] or []))
-    kids = [k for k in server.children(recursive=True) if "ipykernel" in " ".join(k.cmdline())]
-    rss = server.memory_info().rss + sum(k.memory_info().rss for k in kids if k.is_running())
-    return {"kernels": len(kids), "rss_mb": round(rss / 2**20, 1)}
+    rss, kernels = server.memory_info().rss, 0
+    for k in server.children(recursive=True):
+        try:                                                  # a kernel being shut down may be gone or a zombie
+            if "ipykernel" in " ".join(k.cmdline()) and k.status() != psutil.STATUS_ZOMBIE:
+                rss, kernels = rss + k.memory_info().rss, kernels + 1
+        except psutil.Error:
+            continue
+    return {"kernels": kernels, "rss_mb": round(rss / 2**20, 1)}
 
 
 @contextmanager

@@ -7,10 +7,12 @@ model the pipeline chose.
 With a build's outputs folder, the folds (origins, horizon) and the chosen model's forecasts are read from its
 `demand/metrics.json` and `demand/backtest.parquet`, and the daily series from `demand/daily.parquet`. With
 `--transactions`, the log is cleaned and aggregated as the pipeline does, and the project's backtest runs here
-on the folds of env.yaml's `demand:` block (validation folds, the choice, then the test folds). Every peer is
+on the folds of env.yaml's `demand:` block (validation folds, then the test folds, the choice made again at each test
+origin on the folds that had ended by it, as the pipeline does). Every peer is
 fitted on the daily revenue up to each origin (as a new user would call it: season 7; MSTL also yearly when the
 history holds two years) and scored by MASE on the days after it, like the pipeline's models. The JSON gives each
-model's MASE, its ratio to the seasonal naive, and the peers' fit time per fold.
+model's MASE, its ratio to the seasonal naive, the chosen model's interval coverage, and the fit time per fold of
+the candidates and of the peers.
 
 statsforecast 2.1.1 installs beside the project's numpy<2 (the `peers` extra of pyproject.toml, pinned in
 requirements.lock); without it the script says how to install it.
@@ -62,8 +64,9 @@ def peer_fold(daily: pd.DataFrame, origin: pd.Timestamp, horizon: int) -> tuple[
 
 
 def own_backtest(daily: pd.DataFrame, save_forecasts: Path | None = None) -> tuple[pd.DataFrame, dict]:
-    "The project's backtest on env.yaml's folds: the test folds' forecasts (`model`: the chosen one) and metrics-like facts."
-    from kronkers_ml.backtest import backtest_scores, choose_model, rolling_origins, run_backtest, validation_origins
+    "The project's backtest on env.yaml's folds: the test folds' forecasts (`model`: chosen at each origin) and metrics-like facts."
+    from kronkers_ml.backtest import (backtest_scores, choice_window, choose_model, chosen_backtest, interval_coverage,
+                                      rolling_choice, rolling_origins, run_backtest, validation_origins)
     p = yaml.safe_load((ROOT / "env.yaml").read_text())["demand"]
     h, n, step, nv = int(p["horizon"]), int(p["n_origins"]), int(p["step"]), int(p["n_valid"])
     names = [c.strip() for c in str(p["candidates"]).split(",") if c.strip()]
@@ -72,15 +75,19 @@ def own_backtest(daily: pd.DataFrame, save_forecasts: Path | None = None) -> tup
                                    "lightgbm": {"horizon": h}}.items() if k in spec})
     origins = rolling_origins(daily["date"].max(), n, h, step)
     valid = validation_origins(origins[0], nv, h, step)
-    fc, _ = run_backtest(daily, valid + origins, h, spec, n_jobs=-1)
+    fc, folds = run_backtest(daily, valid + origins, h, spec, n_jobs=-1)
     if save_forecasts:
         fc.assign(fold=np.where(fc["origin"].isin(valid), "valid", "test")).to_parquet(save_forecasts)
-    chosen, valid_mase = choose_model(fc[fc["origin"].isin(valid)], daily, names)
-    test = fc[fc["origin"].isin(origins)].assign(model=lambda t: t[chosen])
-    test_mase = backtest_scores(test, daily, names)["mase"]
-    return test, {"model": {"name": chosen}, "backtest": {"origins": [str(o.date()) for o in origins], "horizon_days": h},
-                  "candidates": {n: {"valid_mase": float(valid_mase[n]), "test_mase": float(test_mase.get(n, np.nan))}
-                                 for n in names}}
+    choices = rolling_choice(fc, daily, names, origins, nv, h)
+    served, _ = choose_model(fc[fc["origin"].isin(choice_window(fc["origin"].unique(), daily["date"].max(), nv, h))],
+                             daily, names)
+    test = chosen_backtest(fc, choices, h)
+    test_mase = backtest_scores(test, daily, [*names, "model"])["mase"]
+    return test, {"model": {"name": served, **interval_coverage(test)},
+                  "backtest": {"origins": [str(o.date()) for o in origins], "horizon_days": h,
+                               "fit_s": {c: folds[f"fit_s_{c}"].tolist() for c in names}},
+                  "selection": {"at_test_origins": {str(o.date()): m for o, m in zip(choices["origin"], choices["model"])}},
+                  "candidates": {c: {"test_mase": float(test_mase.get(c, np.nan))} for c in names}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,12 +134,15 @@ def main(argv: list[str] | None = None) -> dict:
               "mase": mean, "ratio_to_seasonal_naive": {m: v / naive for m, v in mean.items()},
               "best_peer": min(PEERS, key=mean.get), "model_vs_best_peer": mean["model"] / min(mean[p] for p in PEERS),
               "peer_fit_s_per_fold": {"mean": float(np.mean(fit_s)), "max": float(np.max(fit_s))},
-              "candidates": metrics.get("candidates") or {n: {"valid_mase": metrics["selection"]["valid_mase"][n]}
-                                                        for n in metrics.get("selection", {}).get("candidates", [])},
+              "coverage": {k: metrics["model"][k] for k in ("coverage_80", "coverage_95")},
+              "fit_s_per_fold": {c: float(np.mean(v)) for c, v in metrics["backtest"]["fit_s"].items()},
+              "chosen_at_test_origins": metrics["selection"]["at_test_origins"],
+              "candidates": metrics.get("candidates") or {n: {"test_mase": (metrics["challengers"].get(n) or {}).get("mase")}
+                                                        for n in metrics["selection"]["candidates"]},
               "machine": machine_info()}
     output = args.output or ROOT / "benchmarks" / "results" / "demand_peers.json"
     write_result(result, output)
-    print({k: result[k] for k in ("chosen_model", "ratio_to_seasonal_naive", "best_peer", "model_vs_best_peer")})
+    print({k: result[k] for k in ("chosen_model", "ratio_to_seasonal_naive", "best_peer", "model_vs_best_peer", "coverage")})
     return result
 
 

@@ -30,7 +30,7 @@ def main() -> None:
     metrics = read_json(Path(args.out) / "demand" / "metrics.json")
     held = demand_heldout(pd.read_parquet(Path(args.out) / "demand" / "daily.parquet"), metrics)
     m = metrics["model"]
-    spec = types.SimpleNamespace(spec={"order": m["order"], "seasonal_order": m["seasonal_order"]})
+    spec = types.SimpleNamespace(spec={"model": m["name"], "params": m["params"]})
     model = types.SimpleNamespace(unwrap_python_model=lambda: spec)   # what demand_score reads of a loaded version
     runs = {}
     for threads in (None, 1):
@@ -39,12 +39,12 @@ def main() -> None:
         else:
             with threadpool_limits(threads): mase = demand_score(model, held)
         runs["default" if threads is None else f"{threads}_thread"] = {
-            "mase": mase, "relative_difference": abs(mase - m["mase"]) / m["mase"], "seconds": time.perf_counter() - t0}
-    result = {"metrics_json_mase": m["mase"], "gate_rtol": GATE_RTOL, "runs": runs,
+            "mase": mase, "relative_difference": abs(mase - m["own_mase"]) / m["own_mase"], "seconds": time.perf_counter() - t0}
+    result = {"metrics_json_own_mase": m["own_mase"], "gate_rtol": GATE_RTOL, "runs": runs,
               "blas": [(i["internal_api"], i["num_threads"]) for i in threadpool_info()], "machine": machine_info()}
     print(write_result(result, args.result))
     for name, r in runs.items():
-        print(f"{name}: gate MASE {r['mase']!r} against metrics.json {m['mase']!r}: relative {r['relative_difference']:.2g}")
+        print(f"{name}: gate MASE {r['mase']!r} against metrics.json {m['own_mase']!r}: relative {r['relative_difference']:.2g}")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def demand_value(metrics: Mapping[str, Any], baseline: str = "seasonal_naive") -
     model, base = metrics["model"]["mae"], metrics["baselines"][baseline]["mae"]
     gain = base - model
     name = metrics["model"]["name"].upper() if metrics["model"]["name"] == "sarima" else metrics["model"]["name"]
-    sentence = (f"Over the backtest, the {name} forecast of a day's revenue was off by {fmt(model)} NOK on average, "
+    sentence = (f"Over the backtest, the model's forecast of a day's revenue (chosen at each period as every build "
+                f"chooses it; now {name}) was off by {fmt(model)} NOK on average, "
                 f"'same weekday last week' by {fmt(base)} NOK: {fmt(abs(gain))} NOK per day "
                 f"{'less' if gain >= 0 else 'more'} forecast error.")
     return {"model_error": model, "baseline_error": base, "value": gain, "unit": "NOK less forecast error per day",

@@ -57,8 +57,9 @@ def test_metrics_are_computed_from_the_saved_backtest(built, metrics):
     bt = pd.read_parquet(built / "demand" / "backtest.parquet")
     assert len(bt) == metrics["backtest"]["n_origins"] * HORIZON
     assert bt.groupby("origin").size().eq(HORIZON).all()
-    chosen = metrics["model"]["name"]
-    assert (bt.model == bt[chosen]).all()
+    for origin, fold in bt.groupby("origin"):          # each test fold: the forecast of the model chosen at its origin
+        name = metrics["selection"]["at_test_origins"][str(origin.date())]
+        assert (fold.model_name == name).all() and (fold.model == fold[name]).all()
     assert (bt.model - bt.actual).abs().mean() == pytest.approx(metrics["model"]["mae"], rel=1e-9)
     for name, block in metrics["challengers"].items():
         assert (bt[name] - bt.actual).abs().mean() == pytest.approx(block["mae"], rel=1e-9), name
@@ -69,26 +70,35 @@ def test_metrics_are_computed_from_the_saved_backtest(built, metrics):
         assert (fold.date > origin).all() and fold.actual.to_numpy() == pytest.approx(daily[fold.date].to_numpy())
 
 
-def test_the_choice_is_made_on_validation_folds_before_the_test_folds(built, metrics):
+def test_each_choice_is_made_on_folds_that_had_ended_and_the_served_one_on_the_latest(built, metrics):
     from kronkers_ml.backtest import choose_model
     valid = pd.read_parquet(built / "demand" / "validation.parquet")
     bt = pd.read_parquet(built / "demand" / "backtest.parquet")
     assert valid.date.max() <= bt.origin.min(), "no validation day is a day of a test fold"
-    assert sorted(str(o.date()) for o in valid.origin.unique()) == metrics["selection"]["valid_origins"]
     daily = pd.read_parquet(built / "demand" / "daily.parquet")
-    names = metrics["selection"]["candidates"]
-    chosen, means = choose_model(valid, daily, names)          # the choice again, from the validation folds alone
+    names, n_valid = metrics["selection"]["candidates"], metrics["backtest"]["n_valid"]
+    folds = pd.concat([valid, bt], ignore_index=True)
+    ends = {o: o + pd.Timedelta(days=HORIZON) for o in folds.origin.unique()}
+    for origin in bt.origin.unique():                    # the choice again, from the folds over by that origin alone
+        window = sorted(o for o, end in ends.items() if end <= origin)[-n_valid:]
+        assert len(window) == n_valid and max(ends[o] for o in window) <= origin
+        chosen, _ = choose_model(folds[folds.origin.isin(window)], daily, names)
+        assert chosen == metrics["selection"]["at_test_origins"][str(pd.Timestamp(origin).date())]
+    latest = sorted(ends)[-n_valid:]                     # the model served: the same rule on the latest folds
+    assert [str(pd.Timestamp(o).date()) for o in latest] == metrics["selection"]["valid_origins"]
+    chosen, means = choose_model(folds[folds.origin.isin(latest)], daily, names)
     assert chosen == metrics["model"]["name"]
     assert means.to_dict() == pytest.approx(metrics["selection"]["valid_mase"], rel=1e-9)
+    from kronkers_ml.backtest import fold_mase              # the served model's own test MASE, which the gate reproduces
+    assert metrics["model"]["own_mase"] == pytest.approx(fold_mase(bt, daily, [chosen])[chosen].mean(), rel=1e-9)
 
 
 def test_interval_coverage_is_computed_from_the_backtest_residuals(built, metrics):
     from kronkers_ml.backtest import conformal_quantiles, log_residuals
     valid = pd.read_parquet(built / "demand" / "validation.parquet")
     bt = pd.read_parquet(built / "demand" / "backtest.parquet")
-    chosen = metrics["model"]["name"]
     first = bt[bt.origin == bt.origin.min()]      # the first test fold is calibrated on the validation folds alone
-    q = conformal_quantiles(log_residuals(valid, chosen), HORIZON)
+    q = conformal_quantiles(log_residuals(valid, first.model_name.iloc[0]), HORIZON)
     steps = (first.horizon.to_numpy() - 1) // q["bucket_days"]
     for lv in ("80", "95"):
         lo = np.array([q["bounds"][b][lv][0] for b in steps])

@@ -56,7 +56,7 @@ def test_pipeline_registers_the_demand_model_through_the_same_gate(built):
     reg = json.loads((built / "demand" / "registration.json").read_text())
     metrics = json.loads((built / "demand" / "metrics.json").read_text())
     assert reg["model"] == "demand" and reg["metric"] == "mase" and reg["decision"] == "promoted"
-    assert reg["candidate"] == pytest.approx(metrics["model"]["mase"], rel=1e-6)
+    assert reg["candidate"] == pytest.approx(metrics["model"]["own_mase"], rel=1e-6)
     assert set(reg["baselines"]) == {"seasonal_naive", "moving_average"}
     con = sqlite3.connect(f"file:{built / 'mlflow' / 'mlflow.db'}?mode=ro", uri=True)
     try:
@@ -222,7 +222,7 @@ def test_demand_gate_keeps_a_worse_model_out_and_lets_a_better_one_in(env):
     d1, d2, d3 = env["demand"]
     assert d2["decision"] == "promoted" and d2["champion_version_before"] == d1["version"]
     assert d2["candidate"] < d2["champion"] == pytest.approx(d1["candidate"])       # same folds, same refits
-    assert d2["candidate"] == pytest.approx(env["demand_metrics"]["model"]["mase"], rel=1e-6)
+    assert d2["candidate"] == pytest.approx(env["demand_metrics"]["model"]["own_mase"], rel=1e-6)
     assert d3["decision"] == "rejected" and d3["champion_version_after"] == d2["version"] and d3["candidate"] > d3["champion"]
     tags = show_version(env["uri"], "demand", d3["version"])["tags"]
     assert tags["gate.metric"] == "mase" and tags["gate.direction"] == "lower" and tags["gate.decision"] == "rejected"

@@ -92,9 +92,9 @@ def test_a_failed_gate_fails_the_build_keeps_the_champion_and_the_page_says_so(t
 
     path = out / "demand" / "metrics.json"                   # the pipeline reports a figure 1% off the model's
     metrics = json.loads(path.read_text())
-    true_mase = metrics["model"]["mase"]
+    true_mase = metrics["model"]["own_mase"]
     reported = true_mase * 1.01
-    path.write_text(json.dumps({**metrics, "model": {**metrics["model"], "mase": reported}}))
+    path.write_text(json.dumps({**metrics, "model": {**metrics["model"], "own_mase": reported}}))
     (out / "demand" / "registration.json").unlink()           # so that register-demand runs again
     done = ploomber_build(out, "--partially", "register-demand", check=False)
     assert done.returncode != 0
