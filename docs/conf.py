@@ -5,6 +5,7 @@ notebook's own path (`nbs/21_registry.ipynb` -> `nbs/21_registry.html`) and link
 the same on the site, in the checkout and in README.md. Notebooks are committed without outputs and are never
 executed here: the build reads them as they are and downloads nothing.
 """
+import json
 from pathlib import Path
 import re
 
@@ -100,10 +101,27 @@ def reference_toctrees(nbs=ROOT / "nbs"):
     return "\n".join(out)
 
 
-def _fill_reference(app, docname, source):
+def nbdev_for_the_page(text: str) -> str:
+    "A notebook's JSON as its page shows it, as nbdev's own docs do: `#| hide` and `#| default_exp` cells left out, other `#|` lines dropped."
+    nb = json.loads(text)
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        lines = src.split("\n")
+        flags = [l[2:].strip() for l in lines if l.startswith("#|")]
+        if any(f.split()[:1] in (["hide"], ["default_exp"]) for f in flags):
+            cell.setdefault("metadata", {}).setdefault("tags", []).append("remove-cell")
+        cell["source"] = "\n".join(l for l in lines if not l.startswith("#|")).strip("\n")
+    return json.dumps(nb)
+
+
+def _on_source(app, docname, source):
     if docname == "docs/reference":
         source[0] = source[0].replace("<!-- library notebooks -->", reference_toctrees())
+    elif app.env.doc2path(docname).suffix == ".ipynb":
+        source[0] = nbdev_for_the_page(source[0])
 
 
 def setup(app):
-    app.connect("source-read", _fill_reference)
+    app.connect("source-read", _on_source)

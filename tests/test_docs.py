@@ -61,6 +61,18 @@ def test_a_notebook_without_a_group_stops_the_build(tmp_path):
         conf["reference_toctrees"](tmp_path)
 
 
+def test_pages_leave_out_nbdev_directives():
+    import json
+    conf = runpy.run_path(str(ROOT / "docs" / "conf.py"))
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": ["#| default_exp core"]},
+                    {"cell_type": "code", "metadata": {}, "source": ["#| export\n", "x = 1"]},
+                    {"cell_type": "code", "metadata": {}, "source": "#| hide\nfrom fastcore.test import test_eq"},
+                    {"cell_type": "markdown", "metadata": {}, "source": "#| not code: kept"}]}
+    cells = json.loads(conf["nbdev_for_the_page"](json.dumps(nb)))["cells"]
+    assert [c.get("metadata", {}).get("tags") for c in cells] == [["remove-cell"], None, ["remove-cell"], None]
+    assert cells[1]["source"] == "x = 1" and cells[3]["source"] == "#| not code: kept"
+
+
 def test_readme_is_the_index_notebook():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme == readme_text(ROOT / "nbs" / "index.ipynb", ROOT / "README.md"), \
