@@ -81,7 +81,7 @@ def own_backtest(daily: pd.DataFrame, save_forecasts: Path | None = None) -> tup
     choices = rolling_choice(fc, daily, names, origins, nv, h)
     served, _ = choose_model(fc[fc["origin"].isin(choice_window(fc["origin"].unique(), daily["date"].max(), nv, h))],
                              daily, names)
-    test = chosen_backtest(fc, choices, h)
+    test = chosen_backtest(fc, choices, h, last_folds=nv)
     test_mase = backtest_scores(test, daily, [*names, "model"])["mase"]
     return test, {"model": {"name": served, **interval_coverage(test)},
                   "backtest": {"origins": [str(o.date()) for o in origins], "horizon_days": h,

@@ -162,14 +162,18 @@ def apply_intervals(point, steps, quantiles: dict) -> pd.DataFrame:
         out[f"lo{lv}"], out[f"hi{lv}"] = point * np.exp(lo), point * np.exp(hi)
     return out
 
-def conformal_backtest(forecasts: pd.DataFrame, model: str, test_origins, horizon: int, **kw) -> pd.DataFrame:
-    "The test folds of `forecasts` with `model_lo80` .. `model_hi95`, each fold calibrated on the folds that ended by its origin."
+def conformal_backtest(forecasts: pd.DataFrame, model: str, test_origins, horizon: int, last_folds: int | None = None,
+                       **kw) -> pd.DataFrame:
+    "The test folds of `forecasts` with `model_lo80` .. `model_hi95`, each fold calibrated on the folds that ended by its origin (the `last_folds` latest of them, or all)."
     res = log_residuals(forecasts, model)
     res_end = pd.to_datetime(res["origin"]) + pd.Timedelta(days=horizon)
     parts = []
     for o in test_origins:
         fold = forecasts[forecasts["origin"] == pd.Timestamp(o)].reset_index(drop=True)
-        q = conformal_quantiles(res[res_end <= pd.Timestamp(o)], horizon, **kw)
+        ended = res[res_end <= pd.Timestamp(o)]
+        if last_folds is not None:
+            ended = ended[ended["origin"].isin(sorted(ended["origin"].unique())[-last_folds:])]
+        q = conformal_quantiles(ended, horizon, **kw)
         iv = apply_intervals(fold[model], fold["horizon"], q).drop(columns="forecast").add_prefix("model_")
         parts.append(pd.concat([fold, iv], axis=1))
     return pd.concat(parts, ignore_index=True)
