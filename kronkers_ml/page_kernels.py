@@ -16,14 +16,17 @@ from traitlets import Float, Integer
 __all__ = ['kernel_to_evict', 'BoundedKernelManager']
 
 # %% ../nbs/09_page_kernels.ipynb #e7a44b58
-def kernel_to_evict(kernels: Iterable[Mapping], now: datetime, min_idle_s: float) -> str | None:
+def kernel_to_evict(kernels: Iterable[Mapping], now: datetime, min_idle_s: float, spare: Iterable[str] = ()) -> str | None:
     """The id of the kernel to shut down to make room: the one idle longest, if idle at least `min_idle_s` seconds.
 
     `kernels` holds one mapping per kernel with `id`, `execution_state` and `last_activity` (an aware datetime), as
-    Jupyter Server's kernel models have them. Busy or starting kernels never give way. None when no kernel may."""
+    Jupyter Server's kernel models have them. Busy or starting kernels never give way; kernels in `spare` (a page's
+    preheated kernel, waiting for its next reader) only when no other may. None when no kernel may."""
+    spare = set(spare)
     idle = [k for k in kernels if k["execution_state"] == "idle"
             and (now - k["last_activity"]).total_seconds() >= min_idle_s]
-    return min(idle, key=lambda k: k["last_activity"])["id"] if idle else None
+    idle.sort(key=lambda k: (k["id"] in spare, k["last_activity"]))
+    return idle[0]["id"] if idle else None
 
 # %% ../nbs/09_page_kernels.ipynb #65a4dace
 class BoundedKernelManager(AsyncMappingKernelManager):
@@ -49,9 +52,19 @@ class BoundedKernelManager(AsyncMappingKernelManager):
                                    last_activity=kernel.last_activity))
         return states
 
+    def _preheated(self) -> set[str]:
+        "Kernels waiting in Voila's preheated pools (empty without preheating)."
+        ids = set()
+        for pool in getattr(self, "_pools", {}).values():
+            for task in pool:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    ids.add(task.result().get("kernel_id"))
+        return ids
+
     async def start_kernel(self, *args, **kwargs) -> str:
         while self.max_kernels and self.held() >= self.max_kernels:
-            victim = kernel_to_evict(self._kernel_states(), datetime.now(timezone.utc), self.evict_idle_s)
+            victim = kernel_to_evict(self._kernel_states(), datetime.now(timezone.utc), self.evict_idle_s,
+                                     spare=self._preheated())
             if victim is None:
                 self.log.warning("At the bound of %d kernels, all busy or active in the last %g s: refusing a new one",
                                  self.max_kernels, self.evict_idle_s)
