@@ -18,20 +18,17 @@ N page visits in headless Chromium (round the pages), twice: with Voila as it ra
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import ROOT, machine_info, write_result  # noqa: E402
 from test_dashboards import PAGES, chrome, page_problems, render, voila  # noqa: E402
-from conftest import free_port  # noqa: E402
+from test_state_dashboards import dashboards  # noqa: E402
 
 
 def held(port: int) -> dict:
@@ -46,27 +43,6 @@ def held(port: int) -> dict:
         except psutil.Error:
             continue
     return {"kernels": kernels, "rss_mb": round(rss / 2**20, 1)}
-
-
-@contextmanager
-def culling_voila(out: Path, tmp: Path, cull_idle_s: int, cull_interval_s: int, max_kernels: int):
-    "deploy/dashboards (culling, a bound on the kernels, token from the state folder) on a free port; yields (base url, token, port)."
-    port = free_port()
-    env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "KRONKERS_STATE_DIR": str(tmp / "state"),
-           "KRONKERS_DASHBOARD_PORT": str(port), "KRONKERS_DASHBOARD_CULL_IDLE_S": str(cull_idle_s),
-           "KRONKERS_DASHBOARD_CULL_INTERVAL_S": str(cull_interval_s), "KRONKERS_DASHBOARD_MAX_KERNELS": str(max_kernels),
-           "PYTHONPATH": str(ROOT)}
-    env.pop("MPLBACKEND", None)
-    with open(tmp / "voila.log", "w") as log:
-        proc = subprocess.Popen([str(ROOT / "deploy" / "dashboards")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        import urllib.request
-        for _ in range(600):
-            try: urllib.request.urlopen(f"http://127.0.0.1:{port}/voila/static/voila.js", timeout=2); break
-            except OSError: time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}", (tmp / "state" / "dashboard.token").read_text(), port
-    finally:
-        proc.terminate(); proc.wait(timeout=60)
 
 
 def visits(driver, base: str, token: str, port: int, n: int, pages: list[str]) -> dict:
@@ -94,7 +70,9 @@ def memory(args) -> int:
                 result["before_no_culling"] = visits(driver, base, token, port, n, pages)
                 time.sleep(args.cull_idle_s + 3 * args.cull_interval_s)
                 result["before_no_culling"]["after_idle_wait"] = held(port)
-            with culling_voila(out, Path(tmp), args.cull_idle_s, args.cull_interval_s, args.max_kernels) as (base, token, port):
+            with dashboards(Path(tmp), outputs=out, cull_idle_s=str(args.cull_idle_s), max_kernels=str(args.max_kernels),
+                            cull_interval_s=str(args.cull_interval_s)) as (_, base, token):
+                port = int(base.rsplit(":", 1)[1])
                 result["after_culling"] = visits(driver, base, token, port, n, pages)
                 time.sleep(args.cull_idle_s + 3 * args.cull_interval_s)
                 result["after_culling"]["after_idle_wait"] = held(port)

@@ -17,14 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def dashboards(tmp: Path, **settings: str):
-    "deploy/dashboards on a free port with `settings` (KRONKERS_DASHBOARD_* without the prefix); yields (process, base url, token)."
+def dashboards(tmp: Path, outputs: Path | None = None, **settings: str):
+    """deploy/dashboards on a free port with `settings` (KRONKERS_DASHBOARD_* without the prefix), its state under
+    `tmp`, the pages reading `outputs` (default: an empty folder, no build yet); yields (process, base url, token)."""
     port = free_port()
-    env = {**os.environ, "KRONKERS_STATE_DIR": str(tmp / "state"), "KRONKERS_OUTPUTS": str(tmp / "outputs"),
+    env = {**os.environ, "KRONKERS_STATE_DIR": str(tmp / "state"), "KRONKERS_OUTPUTS": str(outputs or tmp / "outputs"),
            "KRONKERS_DASHBOARD_PORT": str(port), "PYTHONPATH": str(ROOT),
            **{f"KRONKERS_DASHBOARD_{k.upper()}": v for k, v in settings.items()}}
     env.pop("MPLBACKEND", None)
-    (tmp / "outputs").mkdir(exist_ok=True)                  # the pages say there is no build yet
+    if outputs is None:
+        (tmp / "outputs").mkdir(exist_ok=True)              # the pages say there is no build yet
     log = tmp / "voila.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(ROOT / "deploy" / "dashboards")], cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
