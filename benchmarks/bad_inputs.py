@@ -48,7 +48,7 @@ def child_env(source: Path) -> dict:
 def batch_run(source: Path, inbox: Path, results: Path, model: Path) -> dict:
     "One run of the batch job's main() from `source` on `inbox`: wall seconds, peak RSS (MB), the summary."
     summary = results.with_suffix(".json")
-    code = ("import resource, sys\nfrom kronkers_ml.returns_batch import main\ncode = main(sys.argv[1:])\n"
+    code = ("import resource, sys\nfrom kronkers_ml.returns.batch import main\ncode = main(sys.argv[1:])\n"
             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\nsys.exit(code)")
     cmd = [sys.executable, "-c", code, "--input", str(inbox), "--output", str(results), "--model", str(model),
            "--no-progress", "--summary-json", str(summary)]
@@ -68,8 +68,8 @@ def batch_run(source: Path, inbox: Path, results: Path, model: Path) -> dict:
 
 def make_store(out: Path, model: Path) -> str:
     "An MLflow store in `out`: `returns` champion `model`, `service-time` champion a booster on random rows (this checkout's registry code)."
-    from kronkers_ml.registry import log_returns_model, register_version, set_champion
-    from kronkers_ml.tracking import artifact_root, log_training_run, use_store
+    from kronkers_ml.platform.registry import log_returns_model, register_version, set_champion
+    from kronkers_ml.platform.tracking import artifact_root, log_training_run, use_store
     uri = f"sqlite:///{out}/mlflow/mlflow.db"
     use_store(uri, "returns", artifact_root(out))
     metrics = {"family": "returns", "primary_metric": "accuracy", "model": {"accuracy": 0.2}, "baselines": {},
@@ -79,9 +79,9 @@ def make_store(out: Path, model: Path) -> str:
     import lightgbm as lgb
     import numpy as np
     import pandas as pd
-    from kronkers_ml.ingest import ZONES
-    from kronkers_ml.registry import log_service_time_model
-    from kronkers_ml.service_model import save_model
+    from kronkers_ml.service_time.data import ZONES
+    from kronkers_ml.platform.registry import log_service_time_model
+    from kronkers_ml.service_time.model import save_model
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"n_items": rng.integers(1, 20, 200).astype(float),
                           "zone": pd.Categorical(rng.choice(list(ZONES), 200), categories=list(ZONES))})
@@ -120,7 +120,7 @@ def service_runs(source: Path, folder: Path, uri: str) -> dict:
     "Start the service from `source` serving `returns`; time and peak memory of a bomb upload and a 300 MB bad-key body."
     import httpx
     import psutil
-    from kronkers_ml.access import create_key, load_roles
+    from kronkers_ml.platform.access import create_key, load_roles
     roles = ROOT / "config" / "roles.yaml"
     keys = folder / "service" / "keys.json"
     key = create_key(keys, "operations", load_roles(roles), "bench")[1]
@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="result JSON (default: benchmarks/results/bad_inputs_<label>.json)")
     args = p.parse_args(argv)
     source = Path(args.source).resolve()
-    from kronkers_ml.returns_model import CATEGORIES, build_classifier, save_classifier
+    from kronkers_ml.returns.model import CATEGORIES, build_classifier, save_classifier
     result = {"benchmark": "bad_inputs", "machine": machine_info(), "label": args.label, "bomb_png_bytes": len(bomb_png())}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

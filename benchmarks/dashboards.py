@@ -7,7 +7,7 @@ page's notebook in a kernel, as a reader's visit does). By default Voila preheat
 runs it (--preheat_kernel=True, --pool_size): a kernel per page has already run the page when the request comes,
 and the pool refills about a second after each visit; --no-preheat measures a new kernel per visit. The timed
 loads go round the pages (page 1, 2, ..., page 1, 2, ...) as readers moving between pages would. Uses the same
-server, browser and wait as tests/test_dashboards.py. Needs a build: `make build` (outputs/) or the tiny run (`--out outputs-test`).
+server, browser and wait as tests/pages/test_dashboards.py. Needs a build: `make build` (outputs/) or the tiny run (`--out outputs-test`).
 Writes benchmarks/results/dashboards.json and prints it.
 
 With --visits N it measures memory instead: the resident memory (RSS) of Voila and all its kernels, summed, after

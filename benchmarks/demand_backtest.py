@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine_info, task_seconds, timed_build, write_result  # noqa: E402
 
-from kronkers_ml.backtest import rolling_origins, run_backtest, validation_origins  # noqa: E402
-from kronkers_ml.demand_series import daily_revenue  # noqa: E402
-from kronkers_ml.demand_sim import simulate_transactions  # noqa: E402
-from kronkers_ml.transactions import check_transactions, clean_transactions, load_transactions  # noqa: E402
+from kronkers_ml.demand.backtest import rolling_origins, run_backtest, validation_origins  # noqa: E402
+from kronkers_ml.demand.series import daily_revenue  # noqa: E402
+from kronkers_ml.demand.generator import simulate_transactions  # noqa: E402
+from kronkers_ml.demand.data import check_transactions, clean_transactions, load_transactions  # noqa: E402
 
 
 def demand_params(env_file: str) -> tuple[dict, int]:

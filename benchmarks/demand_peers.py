@@ -65,7 +65,7 @@ def peer_fold(daily: pd.DataFrame, origin: pd.Timestamp, horizon: int) -> tuple[
 
 def own_backtest(daily: pd.DataFrame, save_forecasts: Path | None = None) -> tuple[pd.DataFrame, dict]:
     "The project's backtest on env.yaml's folds: the test folds' forecasts (`model`: chosen at each origin) and metrics-like facts."
-    from kronkers_ml.backtest import (backtest_scores, choice_window, choose_model, chosen_backtest, interval_coverage,
+    from kronkers_ml.demand.backtest import (backtest_scores, choice_window, choose_model, chosen_backtest, interval_coverage,
                                       rolling_choice, rolling_origins, run_backtest, validation_origins)
     p = yaml.safe_load((ROOT / "env.yaml").read_text())["demand"]
     h, n, step, nv = int(p["horizon"]), int(p["n_origins"]), int(p["step"]), int(p["n_valid"])
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=None, help="JSON file to write (default benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.transactions:
-        from kronkers_ml.demand_series import daily_revenue
-        from kronkers_ml.transactions import clean_transactions, load_transactions
+        from kronkers_ml.demand.series import daily_revenue
+        from kronkers_ml.demand.data import clean_transactions, load_transactions
         lines, _ = clean_transactions(load_transactions(str(args.transactions), tz=args.timezone))
         daily = daily_revenue(lines, country=args.country)
         backtest, metrics = own_backtest(daily, args.save_forecasts)

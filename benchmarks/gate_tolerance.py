@@ -1,7 +1,7 @@
 """How far the demand gate's refitted MASE lands from metrics.json's, under one BLAS thread and the machine's default.
 
 The gate (`register_and_gate(..., expected=...)`) must reproduce the figure the pipeline reported within
-`kronkers_ml.registry.GATE_RTOL`; this measures the noise that tolerance has to leave room for, on a built outputs
+`kronkers_ml.platform.registry.GATE_RTOL`; this measures the noise that tolerance has to leave room for, on a built outputs
 folder (`backtest-demand` and `build-daily-revenue` done):
 
     python benchmarks/gate_tolerance.py --out outputs [--result benchmarks/results/gate_tolerance.json]
@@ -26,7 +26,7 @@ def main() -> None:
     import pandas as pd
     from threadpoolctl import threadpool_info, threadpool_limits
     from kronkers_ml.core import read_json
-    from kronkers_ml.registry import GATE_RTOL, demand_heldout, demand_score
+    from kronkers_ml.platform.registry import GATE_RTOL, demand_heldout, demand_score
     metrics = read_json(Path(args.out) / "demand" / "metrics.json")
     held = demand_heldout(pd.read_parquet(Path(args.out) / "demand" / "daily.parquet"), metrics)
     m = metrics["model"]

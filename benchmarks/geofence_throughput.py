@@ -1,7 +1,7 @@
 """Geofence throughput benchmark: clean_pings + detect_visits on ~1M and ~10M simulated pings.
 
 For each size the script
-  1. generates the data with kronkers_ml.service_sim (default-size world: 6000 customers, 9 drivers,
+  1. generates the data with kronkers_ml.service_time.generator (default-size world: 6000 customers, 9 drivers,
      11 stops per route; ~73 days give ~1M pings, 730 days ~10M) in a child process and writes the
      pings, stops, customers and truth to parquet in a temporary folder (not timed);
   2. starts a *fresh* child process that loads the parquet files, records its resident memory, then times
@@ -72,7 +72,7 @@ def _rss_mb() -> float:
 
 def generate(days: int, seed: int, folder: Path) -> None:
     "Child: simulate the default-size world for `days` days and write the four tables to parquet."
-    from kronkers_ml.service_sim import simulate_service_data
+    from kronkers_ml.service_time.generator import simulate_service_data
     t = time.perf_counter()
     data = simulate_service_data(days=days, seed=seed, progress=False, **WORLD)
     gen_s = time.perf_counter() - t
@@ -85,7 +85,7 @@ def generate(days: int, seed: int, folder: Path) -> None:
 def measure(folder: Path) -> None:
     "Child: load the tables, time clean_pings + detect_visits and the pandas baseline; print JSON."
     import pandas as pd
-    from kronkers_ml.geofence import clean_pings, detect_visits, geofence_accuracy
+    from kronkers_ml.service_time.geofence import clean_pings, detect_visits, geofence_accuracy
     pings = pd.read_parquet(folder / "pings.parquet")
     stops = pd.read_parquet(folder / "stops.parquet")
     customers = pd.read_parquet(folder / "customers.parquet")
@@ -127,7 +127,7 @@ def _match(found: "pd.DataFrame", truth: "pd.DataFrame", stops: "pd.DataFrame", 
     "Recall and service-time MAE of stays (driver_id, start, end, lat, lon) against truth: a served stop is found by the stay of its driver that overlaps it longest, within 2 x radius of the address."
     import numpy as np
     import pandas as pd
-    from kronkers_ml.geofence import to_local_metres
+    from kronkers_ml.service_time.geofence import to_local_metres
     t = truth.merge(stops[["stop_id", "driver_id", "customer_id"]], on="stop_id").merge(customers[["customer_id", "lat", "lon"]], on="customer_id")
     m = t.merge(found, on="driver_id", suffixes=("", "_stay"))
     overlap = (np.minimum(m["departure"], m["end"]) - np.maximum(m["arrival"], m["start"])).dt.total_seconds()
@@ -142,8 +142,8 @@ def _match(found: "pd.DataFrame", truth: "pd.DataFrame", stops: "pd.DataFrame", 
 def run_peer(days: int, seed: int, venv: Path) -> dict:
     "Both detectors on the same slice (cleaned pings of `days` days of the default world); movingpandas in its own venv."
     import pandas as pd
-    from kronkers_ml.geofence import clean_pings, detect_visits, geofence_accuracy
-    from kronkers_ml.service_sim import simulate_service_data
+    from kronkers_ml.service_time.geofence import clean_pings, detect_visits, geofence_accuracy
+    from kronkers_ml.service_time.generator import simulate_service_data
     py = peer_python(venv)
     data = simulate_service_data(days=days, seed=seed, progress=False, **WORLD)
     clean = clean_pings(data["pings"])

@@ -35,12 +35,12 @@ os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 
 from common import machine_info, task_seconds, timed_build, write_result  # noqa: E402
 
-from kronkers_ml.drift import drift_scores, flag_drift  # noqa: E402
-from kronkers_ml.monitoring_scenarios import nights_until_alert, pixel_classifier, returns_nights  # noqa: E402
-from kronkers_ml.profiles import profile_frame  # noqa: E402
-from kronkers_ml.returns_data import CATEGORIES, load_fashion_mnist  # noqa: E402
-from kronkers_ml.service_features import location_features  # noqa: E402
-from kronkers_ml.service_sim import (apply_scenario, simulate_customer_latents, simulate_customers,  # noqa: E402
+from kronkers_ml.monitoring.drift import drift_scores, flag_drift  # noqa: E402
+from kronkers_ml.monitoring.scenarios import nights_until_alert, pixel_classifier, returns_nights  # noqa: E402
+from kronkers_ml.monitoring.profiles import profile_frame  # noqa: E402
+from kronkers_ml.returns.data import CATEGORIES, load_fashion_mnist  # noqa: E402
+from kronkers_ml.service_time.features import location_features  # noqa: E402
+from kronkers_ml.service_time.generator import (apply_scenario, simulate_customer_latents, simulate_customers,  # noqa: E402
                                      simulate_routes)
 
 # Tasks that do monitoring work only (the data-quality gates, which also store the raw-data profiles) ...
@@ -108,7 +108,7 @@ def drift_detection(seeds: int, columns: list[str], p_value: float, days: int = 
 def returns_drift_detection(seeds: int, columns: list[str], p_value: float, fashion_mnist_dir: str,
                             brightness: float = 0.7, nights: int = 14, per_night: int = 50) -> dict:
     """Per seed: scored test photos as the reference, then `nights` nightly batches of `per_night` other test photos,
-    undrifted and dimmed to `brightness` (a pixel logistic regression scores them, see nbs/34_monitoring_scenarios)."""
+    undrifted and dimmed to `brightness` (a pixel logistic regression scores them, see nbs/monitoring/05_scenarios)."""
     classify = pixel_classifier(*load_fashion_mnist(fashion_mnist_dir, "train"), CATEGORIES)
     images, _ = load_fashion_mnist(fashion_mnist_dir, "t10k")
     until, alarmed = [], 0
@@ -149,7 +149,7 @@ def build_share(env_file: str) -> dict:
 
 def judge_builds(outs: list[str], env_file: str = "env.yaml", families: tuple[str, ...] = ("service_time", "demand")) -> dict:
     "The monitor's performance verdict (no retraining) on the out folders of finished builds, one row per build and family."
-    from kronkers_ml.monitor import monitor
+    from kronkers_ml.monitoring.monitor import monitor
     rows = []
     for out in outs:
         summary = monitor(ROOT / env_file, list(families), out, retrain_on_breach=False)

@@ -1,4 +1,4 @@
-"""Returns batch job on the CPU: images per second of the job (kronkers_ml.returns_batch.run_batch: scan, hash,
+"""Returns batch job on the CPU: images per second of the job (kronkers_ml.returns.batch.run_batch: scan, hash,
 decode, classify, append and flush a batch at a time) and its overhead against a bare loop over the same model on
 the same PNG files with the same batches (decode and predict only), measured side by side in one process with the
 repeats interleaved (bare, job, job, bare, ...), after a warm-up of both. The job's own costs (reading and hashing
@@ -12,7 +12,7 @@ while it classifies the next, so the flush adds no time while a batch's model ti
     .venv/bin/python benchmarks/returns_batch.py --images 400 --repeats 5 --architecture efficientnet_b0
 
 The photos are Fashion-MNIST test images of the five return categories written as PNG (as get-returns-data
-writes the inbox); the model is an EfficientNet built by kronkers_ml.returns_model at the pipeline's input size,
+writes the inbox); the model is an EfficientNet built by kronkers_ml.returns.model at the pipeline's input size,
 saved with save_classifier and loaded with load_classifier (untrained: speed does not depend on the weights).
 Writes benchmarks/results/returns_batch.json.
 
@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import machine_info, write_result  # noqa: E402
 
-from kronkers_ml.returns_batch import append_durably, format_rows, read_item, run_batch, scan_inbox  # noqa: E402
-from kronkers_ml.returns_data import load_fashion_mnist, write_inbox  # noqa: E402
-from kronkers_ml.returns_model import build_classifier, ensemble_of, load_classifier, save_classifier  # noqa: E402
+from kronkers_ml.returns.batch import append_durably, format_rows, read_item, run_batch, scan_inbox  # noqa: E402
+from kronkers_ml.returns.data import load_fashion_mnist, write_inbox  # noqa: E402
+from kronkers_ml.returns.model import build_classifier, ensemble_of, load_classifier, save_classifier  # noqa: E402
 
 
 def bare_loop(model, inbox: Path, names: list[str], batch_size: int) -> tuple[float, float]:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import machine_info, write_result  # noqa: E402
 
-from kronkers_ml.returns_data import load_fashion_mnist, sample_per_class  # noqa: E402
-from kronkers_ml.returns_model import (CATEGORIES, ReturnsClassifier, build_classifier, pick_device,  # noqa: E402
+from kronkers_ml.returns.data import load_fashion_mnist, sample_per_class  # noqa: E402
+from kronkers_ml.returns.model import (CATEGORIES, ReturnsClassifier, build_classifier, pick_device,  # noqa: E402
                                        set_threads, train_classifier)
 
 

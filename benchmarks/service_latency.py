@@ -95,9 +95,9 @@ def main(argv=None) -> dict:
     levels = [int(x) for x in args.levels.split(",")]
     uri = f"sqlite:///{out / 'mlflow' / 'mlflow.db'}"
     sys.path.insert(0, str(ROOT))
-    from kronkers_ml.access import create_key, load_roles
-    from kronkers_ml.registry import champion_version
-    from kronkers_ml.service_features import FEATURES
+    from kronkers_ml.platform.access import create_key, load_roles
+    from kronkers_ml.platform.registry import champion_version
+    from kronkers_ml.service_time.features import FEATURES
     version = champion_version(uri, "service-time")
     if version is None:
         raise SystemExit(f"no champion of service-time in {uri}: build the pipeline first")

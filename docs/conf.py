@@ -1,7 +1,7 @@
 """Sphinx configuration of the docs site (`make docs`): the notebooks under nbs/ and the pages under docs/.
 
 The source folder is the repository root (`sphinx-build -M html . _docs -c docs`, the site in _docs/html/), so that a notebook's page sits at the
-notebook's own path (`nbs/21_registry.ipynb` -> `nbs/21_registry.html`) and links between notebooks and pages work
+notebook's own path (`nbs/platform/02_registry.ipynb` -> `nbs/platform/02_registry.html`) and links between notebooks and pages work
 the same on the site, in the checkout and in README.md. Notebooks are committed without outputs and are never
 executed here: the build reads them as they are and downloads nothing.
 """
@@ -29,7 +29,7 @@ nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3           # `[x](page.md#a-heading)` links resolve to the heading
 suppress_warnings = [
-    # A few library notebooks go from their title (H1) straight to H3 sections (31_quality); the pages read well
+    # A few library notebooks go from their title (H1) straight to H3 sections (monitoring/02_quality); the pages read well
     # and the notebooks are not rewritten for the site, so MyST's warning for each skipped level is off.
     "myst.header",
 ]
@@ -45,21 +45,19 @@ html_show_sourcelink = False
 # fits no group is listed under OTHER with a warning naming it, which fails `make docs` (-W): add it to GROUPS.
 OTHER = "Other library notebooks"
 GROUPS = [
-    ("Service time", ["service_time"], ["ingest", "service_sim", "geofence", "service_features", "service_model"]),
-    ("Demand", ["demand"], ["demand_calendar", "demand_sim", "transactions", "demand_series", "demand_models",
-                            "backtest", "real_logs"]),
-    ("Returns", ["returns"], ["returns_data", "returns_model", "returns_batch"]),
-    ("Platform: tracking, registry, access, service, command line", ["platform"],
-     ["tracking", "registry", "access", "service", "cli"]),
-    ("Monitoring", ["monitoring"], ["profiles", "quality", "drift", "monitor", "monitoring_scenarios"]),
-    ("Dashboards", ["pages", "dashboards"], ["reports", "dashboards", "page_kernels"]),
-    ("Operations", ["operations"], ["operations_plan", "polyglot"]),
-    ("Core", ["core"], ["core", "metrics", "readme", "families", "settings", "products"]),
+    ("Service time", ["service_time"], []),
+    ("Demand", ["demand"], []),
+    ("Returns", ["returns"], []),
+    ("Platform: tracking, registry, access, the web API, command line", ["platform"], ["cli"]),
+    ("Monitoring", ["monitoring"], []),
+    ("Dashboards", ["pages"], []),
+    ("Operations", ["operations"], []),
+    ("Core", [], ["core", "metrics", "readme", "moved", "families", "settings", "products"]),
 ]
 
 
 def _module(name):
-    "`21_registry` -> `registry`: the notebook's name without its number prefix."
+    "`02_registry` -> `registry`: the notebook's name without its number prefix."
     return re.sub(r"^\d+[a-z]?_", "", name)
 
 

@@ -50,11 +50,12 @@ def test_reference_and_pipeline_pages_list_every_notebook(site):
 
 def test_a_notebook_without_a_group_is_named(tmp_path):
     conf = runpy.run_path(str(ROOT / "docs" / "conf.py"))
-    for name in ["00_core", "21_registry", "pipeline/train_returns", "index", "service_time/01_geofence"]:
+    for name in ["00_core", "02_cli", "platform/02_registry", "pipeline/returns/train_returns", "index", "service_time/01_geofence"]:
         (tmp_path / name).with_suffix(".ipynb").parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).with_suffix(".ipynb").write_text("{}")
     toc = conf["reference_toctrees"](tmp_path)
-    assert "/nbs/service_time/01_geofence" in toc and "/nbs/21_registry" in toc and "pipeline" not in toc
+    assert "/nbs/service_time/01_geofence" in toc and "/nbs/platform/02_registry" in toc and "/nbs/02_cli" in toc
+    assert "pipeline" not in toc
     assert "index" not in toc
     assert conf["ungrouped"](tmp_path) == []
     (tmp_path / "77_unknown.ipynb").write_text("{}")
