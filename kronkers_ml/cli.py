@@ -137,12 +137,13 @@ def listening_line(host: str, port: int, models: dict) -> str:
 
 def run_serve(args: argparse.Namespace, paths: dict) -> int:
     import uvicorn
+    from kronkers_ml.families import FAMILIES
     from kronkers_ml.platform.api import ServiceSettings, create_app
     app = create_app(ServiceSettings(**paths, max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
                                      max_horizon=args.max_horizon, max_images=args.max_images,
                                      max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
                                      review_threshold=args.review_threshold, outputs_dir=args.outputs or args.out,
-                                     models=tuple(m.strip() for m in args.models.split(",") if m.strip())))
+                                     models=tuple(m.strip() for m in args.models.split(",") if m.strip())), FAMILIES)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):
