@@ -2,12 +2,14 @@
 
 # %% auto #0
 __all__ = ['PAGE', 'FAMILY', 'demand_params', 'fit_demand_model', 'save_demand_model', 'load_demand_model', 'demand_forecast',
-           'DemandModel', 'log_demand_model', 'DemandHeldout', 'demand_heldout', 'demand_score', 'demand_serve',
-           'demand_routes', 'demand_value', 'demand_headline', 'load_demand', 'fold_errors', 'plot_forecast',
-           'plot_fold', 'forecast_explorer', 'fold_explorer']
+           'log_demand_model', 'DemandHeldout', 'demand_heldout', 'demand_score', 'demand_serve', 'demand_routes',
+           'demand_value', 'demand_headline', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold',
+           'forecast_explorer', 'fold_explorer']
 
 # %% ../../nbs/demand/08_family.ipynb #ca35373b
 import json
+import contextlib
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,24 +107,28 @@ def demand_forecast(result: Any, spec: Mapping[str, Any], horizon: int) -> pd.Da
     return out
 
 # %% ../../nbs/demand/08_family.ipynb #4e00c0e3
-class DemandModel(PythonModel):
-    "MLflow pyfunc for the chosen demand model (artifacts `series` and `spec`): a frame with a `horizon` column in, the forecast table out."
-    max_horizon = 90
+# mlflow warns on stderr, when a PythonModel subclass is defined, that `predict` has no type hints (its own
+# warning filter comes first, so a filter here cannot silence it); the pyfunc takes any input on purpose, and a
+# page that imports the family must not show that warning
+with contextlib.redirect_stderr(io.StringIO()):
+    class DemandModel(PythonModel):
+        "MLflow pyfunc for the chosen demand model (artifacts `series` and `spec`): a frame with a `horizon` column in, the forecast table out."
+        max_horizon = 90
 
-    def load_context(self, context):
-        self.result, self.spec = load_demand_model(context.artifacts["series"], context.artifacts["spec"])
-        self._path = None
+        def load_context(self, context):
+            self.result, self.spec = load_demand_model(context.artifacts["series"], context.artifacts["spec"])
+            self._path = None
 
-    def forecast(self, horizon: int) -> pd.DataFrame:
-        "Date, forecast, lo80, hi80, lo95, hi95 (NOK) for the next `horizon` days (up to 90: cut from one 90-day forecast)."
-        if isinstance(horizon, bool) or not float(horizon).is_integer() or not 1 <= int(horizon) <= self.max_horizon:
-            return demand_forecast(self.result, self.spec, horizon)   # a bad horizon raises there; a longer one is computed
-        if self._path is None:
-            self._path = demand_forecast(self.result, self.spec, self.max_horizon)
-        return self._path.head(int(horizon)).reset_index(drop=True)
+        def forecast(self, horizon: int) -> pd.DataFrame:
+            "Date, forecast, lo80, hi80, lo95, hi95 (NOK) for the next `horizon` days (up to 90: cut from one 90-day forecast)."
+            if isinstance(horizon, bool) or not float(horizon).is_integer() or not 1 <= int(horizon) <= self.max_horizon:
+                return demand_forecast(self.result, self.spec, horizon)   # a bad horizon raises there; a longer one is computed
+            if self._path is None:
+                self._path = demand_forecast(self.result, self.spec, self.max_horizon)
+            return self._path.head(int(horizon)).reset_index(drop=True)
 
-    def predict(self, context, model_input, params=None):
-        return self.forecast(int(pd.DataFrame(model_input)["horizon"].iloc[0]))
+        def predict(self, context, model_input, params=None):
+            return self.forecast(int(pd.DataFrame(model_input)["horizon"].iloc[0]))
 
 def log_demand_model(model_path: str | Path):
     "Log the saved demand model (series at `model_path`, spec at `model_path` with `.json`) as the `model` of the active run."
