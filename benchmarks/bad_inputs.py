@@ -68,7 +68,8 @@ def batch_run(source: Path, inbox: Path, results: Path, model: Path) -> dict:
 
 def make_store(out: Path, model: Path) -> str:
     "An MLflow store in `out`: `returns` champion `model`, `service-time` champion a booster on random rows (this checkout's registry code)."
-    from kronkers_ml.platform.registry import log_returns_model, register_version, set_champion
+    from kronkers_ml.platform.registry import register_version, set_champion
+    from kronkers_ml.returns.family import log_returns_model
     from kronkers_ml.platform.tracking import artifact_root, log_training_run, use_store
     uri = f"sqlite:///{out}/mlflow/mlflow.db"
     use_store(uri, "returns", artifact_root(out))
@@ -80,7 +81,7 @@ def make_store(out: Path, model: Path) -> str:
     import numpy as np
     import pandas as pd
     from kronkers_ml.service_time.data import ZONES
-    from kronkers_ml.platform.registry import log_service_time_model
+    from kronkers_ml.service_time.family import log_service_time_model
     from kronkers_ml.service_time.model import save_model
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"n_items": rng.integers(1, 20, 200).astype(float),

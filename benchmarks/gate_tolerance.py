@@ -26,7 +26,8 @@ def main() -> None:
     import pandas as pd
     from threadpoolctl import threadpool_info, threadpool_limits
     from kronkers_ml.core import read_json
-    from kronkers_ml.platform.registry import GATE_RTOL, demand_heldout, demand_score
+    from kronkers_ml.demand.family import demand_heldout, demand_score
+    from kronkers_ml.platform.registry import GATE_RTOL
     metrics = read_json(Path(args.out) / "demand" / "metrics.json")
     held = demand_heldout(pd.read_parquet(Path(args.out) / "demand" / "daily.parquet"), metrics)
     m = metrics["model"]

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="returns: confidence below which a photo needs review, when the served version has no metrics (default: %(default)s)")
     serve.add_argument("--outputs", default=None,
                        help="run outputs folder the operations plan is read from (default: --out, the repo's outputs/)")
-    serve.add_argument("--models", default="service-time,demand,returns",
-                       help="comma-separated registered models to serve (default: %(default)s)")
+    serve.add_argument("--models", default=None,
+                       help="comma-separated registered models to serve (default: every family of kronkers_ml.families)")
     return top
 
 # %% ../nbs/02_cli.ipynb #2386d28c
@@ -137,12 +137,14 @@ def listening_line(host: str, port: int, models: dict) -> str:
 
 def run_serve(args: argparse.Namespace, paths: dict) -> int:
     import uvicorn
+    from kronkers_ml.families import FAMILIES
     from kronkers_ml.platform.api import ServiceSettings, create_app
     app = create_app(ServiceSettings(**paths, max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
                                      max_horizon=args.max_horizon, max_images=args.max_images,
                                      max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
                                      review_threshold=args.review_threshold, outputs_dir=args.outputs or args.out,
-                                     models=tuple(m.strip() for m in args.models.split(",") if m.strip())))
+                                     models=tuple(m.strip() for m in (args.models or ",".join(f.model_name for f in FAMILIES.values())).split(",")
+                                                  if m.strip())), FAMILIES)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

@@ -312,7 +312,8 @@ def champion_run(out: str | Path, family: str) -> dict | None:
     from kronkers_ml.platform.tracking import tracking_uri
     uri = tracking_uri(out)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists(): return None
-    from kronkers_ml.platform.registry import FAMILIES, champion_version, show_version
+    from kronkers_ml.families import FAMILIES
+    from kronkers_ml.platform.registry import champion_version, show_version
     name = FAMILIES[family].model_name
     version = champion_version(uri, name)
     if version is None: return None

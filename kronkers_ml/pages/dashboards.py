@@ -17,23 +17,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..core import read_json
-from .reports import OutputsMissing, load_metrics
+from .reports import OutputsMissing
 
 # %% auto #0
-__all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'RETURNS_MINUTES_PER_ITEM', 'PAGES', 'QUALITY_COLUMNS',
-           'ALERT_COLUMNS', 'DRIFT_COLUMNS', 'STATUS_RULE', 'SERVICE_WAYS', 'LIVE_ONLY', 'repo_root', 'outputs_dir',
-           'fmt', 'apply_style', 'thousands', 'date_axis', 'stops_per_route', 'service_time_value', 'demand_value',
-           'FamilyPage', 'service_time_headline', 'demand_headline', 'returns_value', 'returns_headline',
-           'families_with_outputs', 'champion_info', 'fmt_age', 'registry_state', 'not_live', 'live_model_note',
-           'build_banner', 'as_text', 'load_quality', 'load_alerts', 'drift_history', 'family_status',
-           'profile_drifted', 'monitoring_status', 'overview', 'load_predictions', 'service_mae', 'weekly_mae',
-           'plot_ways', 'load_demand', 'fold_errors', 'plot_forecast', 'plot_fold', 'badge', 'live_page', 'show_in',
-           'quality_html', 'service_explorer', 'forecast_explorer', 'fold_explorer', 'load_returns', 'review_table',
-           'class_table', 'plot_confusion', 'review_explorer']
+__all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'QUALITY_COLUMNS', 'ALERT_COLUMNS', 'DRIFT_COLUMNS',
+           'STATUS_RULE', 'LIVE_ONLY', 'repo_root', 'outputs_dir', 'fmt', 'apply_style', 'thousands', 'date_axis',
+           'FamilyPage', 'families_with_outputs', 'champion_info', 'fmt_age', 'registry_state', 'not_live',
+           'live_model_note', 'build_banner', 'as_text', 'load_quality', 'load_alerts', 'drift_history',
+           'family_status', 'profile_drifted', 'monitoring_status', 'overview', 'badge', 'live_page', 'show_in',
+           'quality_html']
 
 # %% ../../nbs/pages/02_dashboards.ipynb #04f0c7d5
 OUTPUTS_ENV = "KRONKERS_OUTPUTS"
@@ -91,39 +86,6 @@ def date_axis(ax, dates, min_days: int = 14) -> None:
     locator = mdates.AutoDateLocator(maxticks=6)
     ax.xaxis.set_major_locator(locator); ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
-# %% ../../nbs/pages/02_dashboards.ipynb #0b54b646
-def stops_per_route(stops: pd.DataFrame) -> float:
-    "Average number of stops on a route (rows per `route_id`)."
-    if "route_id" not in stops.columns: raise KeyError("stops: column 'route_id' is missing")
-    if not len(stops): raise ValueError("stops: the table is empty")
-    return float(stops.groupby("route_id").size().mean())
-
-def service_time_value(metrics: Mapping[str, Any], stops_route: float,
-                       rule: str = "business_rule_7min") -> dict[str, Any]:
-    "Minutes per stop of model and rule, the gain per stop, and the driver minutes per route per day it is worth."
-    model_min = metrics["model"]["mae_s"] / 60
-    rule_min = metrics["baselines"][rule]["mae_s"] / 60
-    gain = rule_min - model_min
-    per_route = gain * stops_route
-    sentence = (f"The model's estimate of a stop is off by {fmt(model_min, 2)} minutes on average, the 7-minute rule's "
-                f"by {fmt(rule_min, 2)}; {fmt(gain, 2)} minutes better per stop × {fmt(stops_route, 1)} stops per route "
-                f"= {fmt(per_route, 1)} driver minutes per route per day planned right instead of wrong.")
-    return {"model_error": model_min, "baseline_error": rule_min, "gain_per_stop": gain, "stops_per_route": stops_route,
-            "value": per_route, "unit": "driver minutes per route per day", "sentence": sentence}
-
-# %% ../../nbs/pages/02_dashboards.ipynb #68d09114
-def demand_value(metrics: Mapping[str, Any], baseline: str = "seasonal_naive") -> dict[str, Any]:
-    "Forecast error in NOK per day of model and baseline (backtest MAE), and the error removed per day."
-    model, base = metrics["model"]["mae"], metrics["baselines"][baseline]["mae"]
-    gain = base - model
-    name = metrics["model"]["name"].upper() if metrics["model"]["name"] == "sarima" else metrics["model"]["name"]
-    sentence = (f"Over the backtest, the model's forecast of a day's revenue (chosen at each period as every build "
-                f"chooses it; now {name}) was off by {fmt(model)} NOK on average, "
-                f"'same weekday last week' by {fmt(base)} NOK: {fmt(abs(gain))} NOK per day "
-                f"{'less' if gain >= 0 else 'more'} forecast error.")
-    return {"model_error": model, "baseline_error": base, "value": gain, "unit": "NOK less forecast error per day",
-            "sentence": sentence}
-
 # %% ../../nbs/pages/02_dashboards.ipynb #f72147a3
 @dataclass(frozen=True)
 class FamilyPage:
@@ -137,50 +99,8 @@ class FamilyPage:
     headline: Callable[[Path], dict]          # outputs folder -> model_error, baseline_error, value, unit, sentence
     error_unit: str = ""                      # unit of model_error and baseline_error
 
-def service_time_headline(out: str | Path) -> dict[str, Any]:
-    "Overview row of service time: minutes per stop, and driver minutes per route per day."
-    metrics = load_metrics("service_time", out)
-    stops = Path(out) / "service_time" / "raw" / "stops.parquet"
-    if not stops.exists(): raise OutputsMissing(f"{stops} does not exist. {BUILD_HINT}")
-    return service_time_value(metrics, stops_per_route(pd.read_parquet(stops, columns=["route_id"])))
-
-def demand_headline(out: str | Path) -> dict[str, Any]:
-    "Overview row of demand: NOK per day of forecast error against seasonal naive."
-    return demand_value(load_metrics("demand", out))
-
-RETURNS_MINUTES_PER_ITEM = 2.0   # minutes a person spends inspecting and sorting one returned item by hand
-
-def returns_value(metrics: Mapping[str, Any], minutes_per_item: float = RETURNS_MINUTES_PER_ITEM,
-                  per: int = 1000, baseline: str = "linear") -> dict[str, Any]:
-    "Share of returns sorted with no review and how often right, the inspection hours saved per `per` returns, error rates in %."
-    review, model_acc, base_acc = metrics["review"], metrics["model"]["accuracy"], metrics["baselines"][baseline]["accuracy"]
-    share = review["auto_share"] or 0.0
-    hours = share * per * minutes_per_item / 60
-    right = "none of them" if review["auto_accuracy"] is None else f"{fmt(review['auto_accuracy'] * 100, 1)}% of them right"
-    sentence = (f"At a confidence of {fmt(review['threshold'] * 100)}% or more, {fmt(share * 100, 1)}% of returns are "
-                f"sorted automatically ({right}); at {fmt(minutes_per_item, 1)} minutes of manual inspection per item "
-                f"that is {fmt(hours, 1)} hours saved per {fmt(per)} returns. The model sorts "
-                f"{fmt(model_acc * 100, 1)}% of all returns right, the simple pixel model {fmt(base_acc * 100, 1)}%.")
-    return {"model_error": (1 - model_acc) * 100, "baseline_error": (1 - base_acc) * 100, "auto_share": share,
-            "auto_accuracy": review["auto_accuracy"], "minutes_per_item": float(minutes_per_item), "value": hours,
-            "unit": f"hours of manual inspection saved per {fmt(per)} returns", "sentence": sentence}
-
-def returns_headline(out: str | Path) -> dict[str, Any]:
-    "Overview row of returns: inspection hours saved per 1,000 returns, share of returns sorted wrong against the pixel model."
-    return returns_value(load_metrics("returns", out))
-
-PAGES: dict[str, FamilyPage] = {
-    "service_time": FamilyPage("service_time", "Service time", "How long will a driver spend at each door?",
-                               "service_time", "service-time", "7-minute rule", service_time_headline, "min per stop"),
-    "demand": FamilyPage("demand", "Demand", "How much revenue tomorrow, next week, next month?",
-                         "demand", "demand", "same weekday last week", demand_headline, "NOK per day"),
-    "returns": FamilyPage("returns", "Returns", "Which category is each returned item, without a person looking?",
-                          "returns", "returns", "simple pixel model", returns_headline, "% of returns sorted wrong"),
-}
-
-def families_with_outputs(out: str | Path, pages: Mapping[str, FamilyPage] | None = None) -> list[str]:
-    "Families of `pages` (default PAGES) whose metrics.json exists under `out`, in registry order."
-    pages = PAGES if pages is None else pages
+def families_with_outputs(out: str | Path, pages: Mapping[str, FamilyPage]) -> list[str]:
+    "Families of `pages` (the families' pages, `kronkers_ml.families.PAGES`) whose metrics.json exists under `out`, in their order."
     return [f for f in pages if (Path(out) / f / "metrics.json").exists()]
 
 # %% ../../nbs/pages/02_dashboards.ipynb #cc01eae1
@@ -363,9 +283,8 @@ def profile_drifted(out: str | Path, family: str) -> list[str]:
     path = Path(out) / "profiles" / family / "index.json"
     return list(read_json(path).get("watched_drifted", [])) if path.exists() else []
 
-def monitoring_status(out: str | Path, families: Sequence[str] | None = None) -> pd.DataFrame:
-    "One row per family: status, reason, checks passed / run, drifted features, open alerts."
-    families = families_with_outputs(out) if families is None else families
+def monitoring_status(out: str | Path, families: Sequence[str]) -> pd.DataFrame:
+    "One row per family of `families` (e.g. `families_with_outputs(out, PAGES)`): status, reason, checks passed / run, drifted features, open alerts."
     quality, alerts = load_quality(out), load_alerts(out)
     rows = []
     for fam in families:
@@ -378,10 +297,8 @@ def monitoring_status(out: str | Path, families: Sequence[str] | None = None) ->
     return pd.DataFrame(rows, columns=["family", "status", "reason", "checks_passed", "checks", "drifted", "open_alerts"])
 
 # %% ../../nbs/pages/02_dashboards.ipynb #3a50d00f
-def overview(out: str | Path, pages: Mapping[str, FamilyPage] | None = None,
-             now: datetime | None = None) -> pd.DataFrame:
-    "The overview table: one row per family with outputs (headline, champion, status)."
-    pages = PAGES if pages is None else pages
+def overview(out: str | Path, pages: Mapping[str, FamilyPage], now: datetime | None = None) -> pd.DataFrame:
+    "The overview table: one row per family of `pages` (`kronkers_ml.families.PAGES`) with outputs (headline, champion, status)."
     fams = families_with_outputs(out, pages)
     status = monitoring_status(out, fams).set_index("family")
     rows = []
@@ -399,93 +316,6 @@ def overview(out: str | Path, pages: Mapping[str, FamilyPage] | None = None,
                      "newest_version": state["newest"] if state else None, "newest_not_live": not_live(state),
                      "status": status.loc[fam, "status"], "status_reason": status.loc[fam, "reason"]})
     return pd.DataFrame(rows)
-
-# %% ../../nbs/pages/02_dashboards.ipynb #72a5aca6
-SERVICE_WAYS = {"lightgbm": "Model (LightGBM)", "business_rule_7min": "7-minute rule", "historical_mean": "Historical average"}
-
-def load_predictions(out: str | Path) -> pd.DataFrame:
-    "The service-time test predictions (`service_time/predictions.parquet`)."
-    path = Path(out) / "service_time" / "predictions.parquet"
-    if not path.exists(): raise OutputsMissing(f"{path} does not exist. {BUILD_HINT}")
-    return pd.read_parquet(path)
-
-def service_mae(predictions: pd.DataFrame, zones: Sequence[str] | None = None, start=None, end=None,
-                ways: Mapping[str, str] | None = None) -> pd.DataFrame:
-    "Average error (minutes per stop) of each way on the stops of `zones` between `start` and `end` (inclusive)."
-    ways = SERVICE_WAYS if ways is None else ways
-    p = predictions
-    if zones: p = p[p["zone"].isin(list(zones))]
-    if start is not None: p = p[p["date"] >= pd.Timestamp(start)]
-    if end is not None: p = p[p["date"] <= pd.Timestamp(end)]
-    rows = [{"way": label, "key": w, "mae_min": float((p[w] - p["service_time_s"]).abs().mean() / 60) if len(p) else np.nan,
-             "stops": len(p)} for w, label in ways.items()]
-    return pd.DataFrame(rows)
-
-# %% ../../nbs/pages/02_dashboards.ipynb #41bedde9
-def weekly_mae(predictions: pd.DataFrame, ways: Mapping[str, str] | None = None) -> pd.DataFrame:
-    "Average error (minutes per stop) of each way per week, weeks as rows, ways (labels) as columns."
-    ways = SERVICE_WAYS if ways is None else ways
-    err = pd.DataFrame({label: (predictions[w] - predictions["service_time_s"]).abs() / 60 for w, label in ways.items()})
-    err.index = pd.DatetimeIndex(predictions["date"]).to_period("W").start_time
-    return err.groupby(level=0).mean().rename_axis("week")
-
-# %% ../../nbs/pages/02_dashboards.ipynb #ec93d03d
-def plot_ways(table: pd.DataFrame, title: str, ax=None):
-    "Horizontal bars of `mae_min` per way, the model in the model colour, each bar labelled in minutes."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(FIG_WIDTH, 0.6 + 0.55 * len(table)))
-    t = table.iloc[::-1]
-    colours = [PALETTE["model"] if k == "lightgbm" else PALETTE["baseline"] for k in t["key"]]
-    bars = ax.barh(t["way"], t["mae_min"].fillna(0), color=colours)
-    ax.bar_label(bars, labels=[fmt(v, 2, "min") for v in t["mae_min"]], padding=4)
-    ax.set(xlabel="average error per stop (minutes)", title=title)
-    ax.set_xlim(0, max(float(t["mae_min"].max() if t["mae_min"].notna().any() else 1), 0.1) * 1.25)
-    ax.grid(axis="y", visible=False)
-    return ax
-
-# %% ../../nbs/pages/02_dashboards.ipynb #dfbe0590
-def load_demand(out: str | Path) -> dict[str, pd.DataFrame]:
-    "The demand products a page shows: `daily` revenue, `backtest` forecasts per fold, `forecast` of the coming days."
-    names = {"daily": "daily.parquet", "backtest": "backtest.parquet", "forecast": "forecast.parquet"}
-    paths = {k: Path(out) / "demand" / v for k, v in names.items()}
-    missing = [str(p) for p in paths.values() if not p.exists()]
-    if missing: raise OutputsMissing(f"{', '.join(missing)} missing. {BUILD_HINT}")
-    return {k: pd.read_parquet(p) for k, p in paths.items()}
-
-def fold_errors(backtest: pd.DataFrame, models: Sequence[str] = ("model", "seasonal_naive")) -> pd.DataFrame:
-    "Forecast error (MAE, NOK per day) of each model in each backtest fold, folds (origins) as rows."
-    err = {m: (backtest[m] - backtest["actual"]).abs() for m in models}
-    return pd.DataFrame(err).groupby(backtest["origin"]).mean().rename_axis("origin")
-
-# %% ../../nbs/pages/02_dashboards.ipynb #95589695
-def plot_forecast(daily: pd.DataFrame, forecast: pd.DataFrame, days: int, history_days: int = 56, ax=None):
-    "The next `days` days of the forecast with its 80% and 95% bands, after the last `history_days` of actual revenue."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(FIG_WIDTH, 3.8))
-    f = forecast.sort_values("date").head(int(days))
-    h = daily[daily["date"] > daily["date"].max() - pd.Timedelta(days=history_days)]
-    ax.plot(h["date"], h["revenue"], color=PALETTE["actual"], lw=1.2, label="actual revenue")
-    ax.fill_between(f["date"], f["lo95"], f["hi95"], color=PALETTE["model"], alpha=0.13, lw=0, label="95% band")
-    ax.fill_between(f["date"], f["lo80"], f["hi80"], color=PALETTE["model"], alpha=0.28, lw=0, label="80% band")
-    ax.plot(f["date"], f["forecast"], color=PALETTE["model"], lw=1.8, label="forecast")
-    thousands(ax); ax.set(ylabel="revenue per day (NOK)", title=f"Daily revenue: the next {len(f)} days")
-    ax.legend(loc="upper left", ncol=4)
-    return ax
-
-def plot_fold(backtest: pd.DataFrame, origin, ax=None):
-    "One backtest fold: actual revenue, the model with its bands, and the seasonal-naive baseline."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(FIG_WIDTH, 3.8))
-    f = backtest[backtest["origin"].eq(pd.Timestamp(origin))].sort_values("date")
-    ax.fill_between(f["date"], f["model_lo95"], f["model_hi95"], color=PALETTE["model"], alpha=0.13, lw=0, label="95% band")
-    ax.fill_between(f["date"], f["model_lo80"], f["model_hi80"], color=PALETTE["model"], alpha=0.28, lw=0, label="80% band")
-    ax.plot(f["date"], f["actual"], color=PALETTE["actual"], lw=1.4, label="actual")
-    ax.plot(f["date"], f["model"], color=PALETTE["model"], lw=1.8, label="model")
-    ax.plot(f["date"], f["seasonal_naive"], color=PALETTE["baseline2"], lw=1.2, ls="--", label="same weekday last week")
-    thousands(ax); ax.set(ylabel="revenue per day (NOK)",
-                          title=f"Backtest from {pd.Timestamp(origin):%d %b %Y}: forecast against what happened")
-    ax.legend(loc="upper left", ncol=5, fontsize=9)
-    return ax
 
 # %% ../../nbs/pages/02_dashboards.ipynb #1e4686e7
 def badge(status: str, text: str | None = None) -> str:
@@ -537,127 +367,7 @@ def quality_html(q: pd.DataFrame) -> str:
             .map(colour, subset=["result"]).set_properties(**{"text-align": "left"})
             .set_table_attributes('style="font-size:0.9em"').to_html())
 
-# %% ../../nbs/pages/02_dashboards.ipynb #d3e81923
-def service_explorer(predictions: pd.DataFrame):
-    "Zone menu and week range slider over the test predictions; the output shows each way's error for the selection."
-    import ipywidgets as w
-    from IPython.display import Markdown
-    weeks = sorted(pd.DatetimeIndex(predictions["date"]).to_period("W").start_time.unique())
-    zone = w.Dropdown(options=[("All zones", "")] + [(z.capitalize(), z) for z in sorted(predictions["zone"].unique())],
-                      description="Zone")
-    span = w.SelectionRangeSlider(options=[(f"{d:%d %b %Y}", d) for d in weeks], index=(0, len(weeks) - 1),
-                                  description="Weeks", readout=False, layout=w.Layout(width="620px"))
-    shown = w.Output()
-
-    def show(*_):
-        start, end = span.value[0], span.value[1] + pd.Timedelta(days=6)
-        table = service_mae(predictions, [zone.value] if zone.value else None, start, end)
-        if table["stops"].iloc[0] == 0:
-            show_in(shown, Markdown("No deliveries in this selection.")); return
-        t = table.set_index("key")["mae_min"]
-        show_in(shown, Markdown(f"**{fmt(table['stops'].iloc[0])} deliveries** ({zone.label.lower()}, {start:%d %b} to "
-                                f"{end:%d %b %Y}): the model is off by {fmt(t['lightgbm'], 2)} min per stop, the 7-minute "
-                                f"rule by {fmt(t['business_rule_7min'], 2)} min: "
-                                f"{fmt(t['business_rule_7min'] - t['lightgbm'], 2)} min better per stop."),
-                plot_ways(table, "Average error per stop in this selection").figure)
-
-    zone.observe(show, "value"); span.observe(show, "value"); show()
-    return w.VBox([w.HBox([zone, span]), shown])
-
-# %% ../../nbs/pages/02_dashboards.ipynb #383ac241
-def forecast_explorer(daily: pd.DataFrame, forecast: pd.DataFrame, start_days: int = 14):
-    "A days-ahead slider over the forecast; the output shows the total and the chart for that many days."
-    import ipywidgets as w
-    from IPython.display import Markdown
-    days = w.IntSlider(value=min(start_days, len(forecast)), min=1, max=len(forecast), description="Days ahead",
-                       layout=w.Layout(width="520px"))
-    shown = w.Output()
-
-    def show(*_):
-        f = forecast.sort_values("date").head(days.value)
-        show_in(shown, Markdown(f"Forecast revenue over the next **{days.value} days**: **{fmt(f['forecast'].sum())} NOK** "
-                                f"(daily 80% bands from {fmt(f['lo80'].min())} to {fmt(f['hi80'].max())} NOK)."),
-                plot_forecast(daily, forecast, days.value).figure)
-
-    days.observe(show, "value"); show()
-    return w.VBox([days, shown])
-
-def fold_explorer(backtest: pd.DataFrame):
-    "A menu of backtest periods; the output shows the period's errors and its forecast against what happened."
-    import ipywidgets as w
-    from IPython.display import Markdown
-    errors = fold_errors(backtest)
-    fold = w.Dropdown(options=[(f"from {o:%d %b %Y}", o) for o in errors.index], value=errors.index[-1], description="Period")
-    shown = w.Output()
-
-    def show(*_):
-        e = errors.loc[fold.value]
-        show_in(shown, Markdown(f"In this period the model missed a day's revenue by **{fmt(e['model'])} NOK** on average, "
-                                f"'same weekday last week' by **{fmt(e['seasonal_naive'])} NOK**."),
-                plot_fold(backtest, fold.value).figure)
-
-    fold.observe(show, "value"); show()
-    return w.VBox([fold, shown])
-
-# %% ../../nbs/pages/02_dashboards.ipynb #fc01e286
-def load_returns(out: str | Path) -> dict[str, Any]:
-    "The returns products a page shows: `metrics`, test `predictions`, and the last nightly batch `summary` and `results` (None when not run)."
-    pred = Path(out) / "returns" / "predictions.parquet"
-    if not pred.exists(): raise OutputsMissing(f"{pred} does not exist. {BUILD_HINT}")
-    batch = Path(out) / "returns" / "batch"
-    return {"metrics": load_metrics("returns", out), "predictions": pd.read_parquet(pred),
-            "summary": read_json(batch / "summary.json") if (batch / "summary.json").exists() else None,
-            "results": pd.read_csv(batch / "results.csv") if (batch / "results.csv").exists() else None}
-
-def review_table(predictions: pd.DataFrame, thresholds: Sequence[float], per: int = 1000) -> pd.DataFrame:
-    "Per threshold: share sorted automatically, their accuracy (NaN when none), and the review queue per `per` returns."
-    conf, correct = predictions["confidence"].to_numpy(), predictions["correct"].to_numpy(dtype=bool)
-    rows = []
-    for t in thresholds:
-        auto = conf >= t
-        rows.append({"threshold": float(t), "auto_share": float(auto.mean()) if len(auto) else np.nan,
-                     "auto_accuracy": float(correct[auto].mean()) if auto.any() else np.nan,
-                     "review_count": int((~auto).sum()), "review_per": float((~auto).mean() * per) if len(auto) else np.nan})
-    return pd.DataFrame(rows)
-
-# %% ../../nbs/pages/02_dashboards.ipynb #ee01bc4b
-def class_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    "Per category of the model: precision, recall (in %) and test items, from `models[<model>].per_class`."
-    per_class = metrics["models"][metrics["model"]["name"]]["per_class"]
-    return pd.DataFrame([{"category": c, "precision_pct": np.nan if s["precision"] is None else s["precision"] * 100,
-                          "recall_pct": np.nan if s["recall"] is None else s["recall"] * 100, "items": s["support"]}
-                         for c, s in per_class.items()])
-
-def plot_confusion(metrics: Mapping[str, Any], ax=None):
-    "The confusion matrix (true category as rows, predicted as columns), counts written in each cell."
-    import matplotlib.pyplot as plt
-    labels, counts = metrics["confusion_matrix"]["labels"], np.asarray(metrics["confusion_matrix"]["counts"])
-    if ax is None: _, ax = plt.subplots(figsize=(6.5, 5))
-    ax.imshow(counts, cmap="Blues")
-    for (i, j), n in np.ndenumerate(counts):
-        ax.text(j, i, fmt(n), ha="center", va="center", color="white" if n > counts.max() / 2 else PALETTE["actual"])
-    ax.set_xticks(range(len(labels)), [l.replace("_", " ") for l in labels], rotation=30, ha="right")
-    ax.set_yticks(range(len(labels)), [l.replace("_", " ") for l in labels])
-    ax.set(xlabel="predicted category", ylabel="true category", title="Which category is taken for which"); ax.grid(False)
-    return ax
-
-# %% ../../nbs/pages/02_dashboards.ipynb #3dbc9c0a
-def review_explorer(predictions: pd.DataFrame, threshold: float, per: int = 1000,
-                    minutes_per_item: float = RETURNS_MINUTES_PER_ITEM):
-    "A confidence-threshold slider; the output shows the review queue and the accuracy of the automatic share at it."
-    import ipywidgets as w
-    from IPython.display import Markdown
-    slider = w.FloatSlider(value=float(threshold), min=0.2, max=0.99, step=0.01, description="Confidence",
-                           readout_format=".2f", layout=w.Layout(width="520px"))
-    shown = w.Output()
-
-    def show(*_):
-        r = review_table(predictions, [slider.value], per).iloc[0]
-        acc = "n/a (nothing sorted automatically)" if np.isnan(r["auto_accuracy"]) else f"{fmt(r['auto_accuracy'] * 100, 1)}%"
-        show_in(shown, Markdown(f"At a confidence of **{fmt(slider.value * 100)}%** or more: **{fmt(r['auto_share'] * 100, 1)}%** "
-                                f"of returns sorted automatically, **{acc}** of them right; review queue **{fmt(r['review_per'])} "
-                                f"per {fmt(per)} returns** ({fmt(r['review_count'])} of {fmt(len(predictions))} test photos); "
-                                f"{fmt(r['auto_share'] * per * minutes_per_item / 60, 1)} hours of inspection saved per {fmt(per)}."))
-
-    slider.observe(show, "value"); show()
-    return w.VBox([slider, shown])
+# %% ../../nbs/pages/02_dashboards.ipynb #93225ea8
+def __getattr__(name: str):
+    from kronkers_ml import moved_attribute
+    return moved_attribute(__name__, name)

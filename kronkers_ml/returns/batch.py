@@ -432,13 +432,14 @@ def load_model(path: str | Path, loader: str = DEFAULT_LOADER) -> Classifier:
 def load_champion(uri: str, name: str = DEFAULT_MODEL_NAME) -> tuple[Classifier, dict]:
     """The classifier that the `champion` alias of `name` points at in the registry at `uri` (as the model service
     loads it), with the facts of the version: registry name and version, and its review threshold (or None)."""
-    from kronkers_ml.platform.registry import champion_version, family_of, load_version
+    from kronkers_ml.platform.registry import champion_version, load_version
+    from kronkers_ml.returns.family import returns_serve
     version = champion_version(uri, name)
     if version is None:
         raise LookupError(f"model '{name}' has no champion in the registry {uri}: build the pipeline (its gate promotes "
                           f"a version that beats the baselines) or promote a version by hand with "
                           f"`kronkers models promote {name} VERSION --out OUTPUTS`; `--model FILE` classifies with a file")
-    model, info = family_of(name).serve(load_version(uri, name, version))
+    model, info = returns_serve(load_version(uri, name, version))
     return model, {"registry_model": name, "registry_version": version, "review_threshold": info.get("review_threshold")}
 
 def summary_line(s: dict) -> str:

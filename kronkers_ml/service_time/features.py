@@ -10,11 +10,11 @@ __all__ = ['STOP_COLUMNS', 'CUSTOMER_COLUMNS', 'VISIT_COLUMNS', 'HISTORY_STATS',
 # %% ../../nbs/service_time/04_features.ipynb #187220e5
 from collections.abc import Iterable, Sequence
 
-import holidays
 import numpy as np
 import pandas as pd
 
 from ..core import require_columns
+from ..demand.calendar import public_holidays
 from .data import SERVICE_TIME_CONTRACT, ZONES
 
 # %% ../../nbs/service_time/04_features.ipynb #4bccdb13
@@ -24,9 +24,9 @@ VISIT_COLUMNS = ["stop_id", "service_time_s"]
 
 # %% ../../nbs/service_time/04_features.ipynb #5748157c
 def norwegian_holidays(years: Iterable[int]) -> pd.DatetimeIndex:
-    """Sorted dates (midnight) of the Norwegian public holidays in `years` (Sundays not counted as holidays)."""
-    days = holidays.Norway(years=sorted(set(int(y) for y in years)), include_sundays=False)
-    return pd.DatetimeIndex(sorted(pd.Timestamp(d) for d in days))
+    """Sorted dates (midnight) of the Norwegian public holidays in `years` (Sundays not counted as holidays), by whole
+    years, from the package's one public-holiday calendar (`kronkers_ml.demand.calendar.public_holidays`)."""
+    return pd.DatetimeIndex([d for y in sorted(set(int(y) for y in years)) for d in public_holidays(f"{y}-01-01", f"{y}-12-31", "NO")])
 
 # %% ../../nbs/service_time/04_features.ipynb #6e6e983a
 def days_to_next_holiday(dates: pd.Series, holiday_dates: pd.DatetimeIndex) -> np.ndarray:

@@ -124,7 +124,8 @@ def test_closed_days_are_forecast_as_zero(built, metrics):
 
 def test_the_registered_pyfunc_serves_the_chosen_model(built, metrics):
     import mlflow
-    from kronkers_ml.platform.registry import champion_version, demand_serve, load_version
+    from kronkers_ml.demand.family import demand_serve
+    from kronkers_ml.platform.registry import champion_version, load_version
     from kronkers_ml.platform.tracking import tracking_uri
     uri = tracking_uri(built, {})
     try:

@@ -9,8 +9,11 @@ import pytest
 
 from kronkers_ml.service_time.data import ZONES
 from kronkers_ml.metrics import mae
-from kronkers_ml.platform.registry import (GATE_RTOL, GateError, champion_version, history, log_service_time_model,
-                                  register_and_gate, show_version)
+from kronkers_ml.families import FAMILIES
+from kronkers_ml.platform.registry import GATE_RTOL, GateError, champion_version, history, register_and_gate, show_version
+from kronkers_ml.service_time.family import log_service_time_model
+
+SERVICE_TIME = FAMILIES["service_time"]
 from kronkers_ml.platform.tracking import artifact_root, log_training_run, tracking_uri, use_store
 
 
@@ -46,7 +49,7 @@ def log(tmp_path, booster, metrics):
 def test_a_figure_the_gate_cannot_reproduce_keeps_the_champion(store, tmp_path):
     good, flat, held, metrics = boosters_and_data()
     run = log(tmp_path, flat, metrics)
-    first = register_and_gate(store, "service_time", run["model_uri"], run["run_id"], metrics, held,
+    first = register_and_gate(store, SERVICE_TIME, run["model_uri"], run["run_id"], metrics, held,
                               expected=float(mae(held.service_time_s, flat.predict(held[["n_items", "zone"]]))))
     assert first["decision"] == "promoted" and champion_version(store, "service-time") == "1"
 
@@ -54,7 +57,7 @@ def test_a_figure_the_gate_cannot_reproduce_keeps_the_champion(store, tmp_path):
     reported = true_mae * (1 + 10 * GATE_RTOL)          # the pipeline reported another figure than the model's
     run = log(tmp_path, good, metrics)                  # a better model: it would have been promoted
     with pytest.raises(GateError) as err:
-        register_and_gate(store, "service_time", run["model_uri"], run["run_id"], metrics, held, expected=reported)
+        register_and_gate(store, SERVICE_TIME, run["model_uri"], run["run_id"], metrics, held, expected=reported)
     message = str(err.value)
     assert repr(reported) in message and repr(true_mae) in message and f"rtol={GATE_RTOL!r}" in message
     assert "the champion stays version 1" in message
@@ -64,7 +67,7 @@ def test_a_figure_the_gate_cannot_reproduce_keeps_the_champion(store, tmp_path):
     assert "promoted_at" not in tags
 
     # the same model with the figure it does reproduce goes through
-    again = register_and_gate(store, "service_time", run["model_uri"], run["run_id"], metrics, held, expected=true_mae)
+    again = register_and_gate(store, SERVICE_TIME, run["model_uri"], run["run_id"], metrics, held, expected=true_mae)
     assert (again["version"], again["decision"], champion_version(store, "service-time")) == ("3", "promoted", "3")
     assert history(store, "service-time").gate.tolist() == ["promoted", "error", "promoted"]
 
@@ -77,10 +80,10 @@ def test_a_figure_the_gate_cannot_reproduce_keeps_the_champion(store, tmp_path):
 def test_bad_gate_inputs_register_nothing_and_move_nothing(store, tmp_path, change, message):
     good, flat, held, metrics = boosters_and_data()
     run = log(tmp_path, flat, metrics)
-    register_and_gate(store, "service_time", run["model_uri"], run["run_id"], metrics, held)
+    register_and_gate(store, SERVICE_TIME, run["model_uri"], run["run_id"], metrics, held)
     run = log(tmp_path, good, metrics)
     bad_metrics, bad_held = change(metrics, held)
     with pytest.raises(GateError, match=message):
-        register_and_gate(store, "service_time", run["model_uri"], run["run_id"], bad_metrics, bad_held)
+        register_and_gate(store, SERVICE_TIME, run["model_uri"], run["run_id"], bad_metrics, bad_held)
     assert champion_version(store, "service-time") == "1"
     assert history(store, "service-time").version.tolist() == [1]

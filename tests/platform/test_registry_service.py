@@ -20,8 +20,11 @@ import pytest
 
 from conftest import BIN, ROOT, bomb_png, running_service
 from kronkers_ml.platform.access import create_key, load_roles, read_audit
-from kronkers_ml.platform.registry import (champion_version, demand_heldout, fit_demand_model, log_demand_model, log_returns_model,
-                                  log_service_time_model, register_and_gate, returns_heldout, save_demand_model, show_version)
+from kronkers_ml.demand.family import demand_heldout, fit_demand_model, log_demand_model, save_demand_model
+from kronkers_ml.families import FAMILIES
+from kronkers_ml.platform.registry import champion_version, register_and_gate, show_version
+from kronkers_ml.returns.family import log_returns_model, returns_heldout
+from kronkers_ml.service_time.family import log_service_time_model
 from kronkers_ml.returns.model import build_classifier, load_classifier, save_classifier
 from kronkers_ml.service_time.features import FEATURES
 from kronkers_ml.service_time.model import fit_lightgbm, save_model
@@ -153,7 +156,7 @@ def env(built, tmp_path_factory):
     def register(model_path):
         run = log_training_run("service-time", {"seed": 7}, metrics,
                                lambda: log_service_time_model(model_path))
-        return register_and_gate(uri, "service_time", run["model_uri"], run["run_id"], metrics, heldout)
+        return register_and_gate(uri, FAMILIES["service_time"], run["model_uri"], run["run_id"], metrics, heldout)
 
     first = register(weak)
     cli_env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -172,7 +175,7 @@ def env(built, tmp_path_factory):
 
     def register_demand(model_path):
         run = log_training_run("demand", {"seed": 7}, dmetrics, lambda: log_demand_model(model_path))
-        return register_and_gate(uri, "demand", run["model_uri"], run["run_id"], dmetrics, dheld)
+        return register_and_gate(uri, FAMILIES["demand"], run["model_uri"], run["run_id"], dmetrics, dheld)
 
     d1 = register_demand(walk)
     _models_cli(cli, "promote", "demand", d1["version"])
@@ -192,7 +195,7 @@ def env(built, tmp_path_factory):
     def register_returns(model_path):
         run = log_training_run("returns", {"seed": 7}, {**rmetrics, "data": {"rows_train": 1, "rows_test": len(rheld), "sha256": "x"}},
                                lambda: log_returns_model(model_path))
-        return register_and_gate(uri, "returns", run["model_uri"], run["run_id"], rmetrics, rheld)
+        return register_and_gate(uri, FAMILIES["returns"], run["model_uri"], run["run_id"], rmetrics, rheld)
 
     r1 = register_returns(untrained)
     _models_cli(cli, "promote", "returns", r1["version"])
@@ -604,7 +607,7 @@ def test_returns_rollback_then_reload_serves_the_previous_version(service):
 def edge(tmp_path_factory):
     import lightgbm as lgb
     from kronkers_ml.service_time.data import ZONES
-    from kronkers_ml.platform.registry import log_returns_model, register_version, set_champion
+    from kronkers_ml.platform.registry import register_version, set_champion
     out = tmp_path_factory.mktemp("edge")
     uri = f"sqlite:///{out}/mlflow/mlflow.db"
     rng = np.random.default_rng(0)

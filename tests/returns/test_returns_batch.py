@@ -350,7 +350,8 @@ def test_odd_names_links_and_bombs_become_error_rows_and_the_job_goes_on(model_f
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     "A real MLflow store in an outputs folder with two versions of the returns model; version 1 is the champion."
-    from kronkers_ml.platform.registry import log_returns_model, register_version, set_champion
+    from kronkers_ml.platform.registry import register_version, set_champion
+    from kronkers_ml.returns.family import log_returns_model
     from kronkers_ml.platform.tracking import artifact_root, log_training_run, tracking_uri, use_store
     out = tmp_path_factory.mktemp("outputs")
     uri = tracking_uri(out, environ={})
