@@ -24,6 +24,7 @@ from ..core import read_json, read_table, require_columns, write_json
 from .drift import drift_scores, flag_drift, performance_breach, rolling_errors
 from ..metrics import seasonal_naive_scale
 from .profiles import latest_profile, log_dataset, read_profile
+from ..settings import load_env
 
 # %% auto #0
 __all__ = ['THRESHOLD_DEFAULTS', 'read_env', 'load_monitoring_config', 'check_drift', 'seasonal_normal', 'lagged_frame',
@@ -32,14 +33,13 @@ __all__ = ['THRESHOLD_DEFAULTS', 'read_env', 'load_monitoring_config', 'check_dr
 
 # %% ../../nbs/monitoring/04_monitor.ipynb #46da6543
 THRESHOLD_DEFAULTS = {"drift_p_value": 1e-6, "drift_hellinger": 0.3, "drift_min_features": 1, "perf_window_days": 14,
-                      "perf_tolerance": 0.15, "perf_min_rows": 30, "perf_spread_z": 2.0, "webhook_url": "", "pushgateway_url": "",
+                      "perf_tolerance": 0.3, "perf_min_rows": 30, "perf_spread_z": 2.0, "webhook_url": "", "pushgateway_url": "",
                       "config": "config/monitoring.yaml"}
 
 def read_env(path: str | Path) -> dict:
-    "A pipeline env file with `{{here}}` resolved, and its `monitoring` section completed by THRESHOLD_DEFAULTS."
+    "A pipeline env file read as `ploomber build` reads it (`kronkers_ml.settings.load_env`: Ploomber's env loading, `{{here}}` its folder), its `monitoring` section completed by THRESHOLD_DEFAULTS."
     path = Path(path).resolve()
-    if not path.exists(): raise FileNotFoundError(f"{path}: env file not found")
-    env = yaml.safe_load(path.read_text().replace("{{here}}", str(path.parent))) or {}
+    env = load_env(path)
     env["monitoring"] = {**THRESHOLD_DEFAULTS, **(env.get("monitoring") or {})}
     cfg = Path(env["monitoring"]["config"])
     env["monitoring"]["config"] = str(cfg if cfg.is_absolute() else path.parent / cfg)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..core import write_atomic
 from .data import CATEGORIES
+from .settings import TrainReturns
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'STAGES', 'ARCHITECTURES', 'FORMAT', 'to_tensor_batch', 'augment_batch',
@@ -355,14 +356,17 @@ def frozen_bn_stats(model: nn.Module):
 
 
 # %% ../../nbs/returns/02_model.ipynb #032fb12d
-def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, image_size: int, epochs: int = 10,
-                     batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0,
+def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, image_size: int,
+                     epochs: int = TrainReturns.epochs, batch_size: int = TrainReturns.batch_size, lr: float = TrainReturns.lr,
+                     weight_decay: float = TrainReturns.weight_decay, seed: int = 0,
                      device: str | None = None, threads: int | None = None, augment: bool = True,
-                     label_smoothing: float = 0.1, crop_scale_min: float = 1.0, max_aspect: float = 1.0,
-                     max_rotate_deg: float = 0.0, max_shift: float = 0.08, erase: float = 0.0,
-                     flip: bool = True, max_steps: int | None = None, progress: bool = True,
-                     channels_last: bool = True, ema: float = 0.0, sam: float = 0.0) -> dict:
+                     label_smoothing: float = 0.1, crop_scale_min: float = TrainReturns.crop_scale_min,
+                     max_aspect: float = TrainReturns.max_aspect, max_rotate_deg: float = TrainReturns.max_rotate_deg,
+                     max_shift: float = TrainReturns.max_shift, erase: float = TrainReturns.erase,
+                     flip: bool = TrainReturns.flip, max_steps: int | None = None, progress: bool = True,
+                     channels_last: bool = True, ema: float = TrainReturns.ema, sam: float = TrainReturns.sam) -> dict:
     """Train `model` in place on uint8 images and labels; the history: loss per step and epoch, seconds, device.
+    The defaults are the `returns` settings of env.yaml (kronkers_ml.returns.settings.TrainReturns).
     `channels_last` lays activations out channels-last, which trains faster on the CPU (1.2-1.8x for Lite0). With `ema`
     (a decay, such as 0.999) the model ends with the moving average of its weights over the steps, not the last. With
     `sam` (a distance, such as 0.05) each step is sharpness-aware: two passes a step, so about twice the time."""

@@ -22,6 +22,7 @@ from ..metrics import mae
 from ..core import require_columns, write_atomic
 from .data import BUSINESS_RULE_S
 from .features import CATEGORICAL_FEATURES, FEATURES
+from .settings import TrainServiceTime
 
 # %% ../../nbs/service_time/05_model.ipynb #c9180568
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class TimeSplit:
     valid: pd.DataFrame
     test: pd.DataFrame
 
-def time_split(df: pd.DataFrame, date_col: str = "date", valid_months: int = 3, test_months: int = 3) -> TimeSplit:
+def time_split(df: pd.DataFrame, date_col: str = "date", valid_months: int = TrainServiceTime.valid_months,
+               test_months: int = TrainServiceTime.test_months) -> TimeSplit:
     """Split by calendar month: test = newest `test_months` months, valid = the `valid_months` before, train = the rest."""
     require_columns(df, [date_col], "df")
     if valid_months < 1 or test_months < 1:
@@ -115,7 +117,7 @@ class TuningResult:
     best_mae: float
     study: optuna.Study
 
-def tune_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, n_trials: int = 30, seed: int = 0, timeout_s: float | None = None,
+def tune_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, n_trials: int = TrainServiceTime.n_trials, seed: int = 0, timeout_s: float | None = None,
                   progress: bool = True, features: Sequence[str] = FEATURES, categorical: Sequence[str] = CATEGORICAL_FEATURES,
                   target: str = "service_time_s", num_threads: int = 2, max_rounds: int = 2000,
                   early_stopping_rounds: int = 50, objectives: Sequence[str] = ("l1", "huber")) -> TuningResult:
