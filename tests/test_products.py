@@ -34,12 +34,12 @@ def test_a_missing_product_names_its_task(tmp_path):
 
 
 def undeclared_files(out: Path) -> list[str]:
-    "Files under `out` that no declared product (file or folder) holds, executed notebooks and Ploomber's metadata aside."
+    "Files under `out` that no declared product (file or folder) holds; executed notebooks, Ploomber's metadata and lock files aside."
     declared = [Path(p.path) for p in PRODUCTS.values()]
     left = []
     for f in out.rglob("*"):
         rel = f.relative_to(out)
-        if f.is_dir() or rel.parts[0] in NOT_TASK_PRODUCTS or f.name.endswith(".metadata"): continue
+        if f.is_dir() or rel.parts[0] in NOT_TASK_PRODUCTS or f.suffix in (".metadata", ".lock"): continue
         if not any(rel == d or d in rel.parents for d in declared): left.append(str(rel))
     return sorted(left)
 
