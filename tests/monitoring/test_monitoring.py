@@ -44,7 +44,7 @@ def test_gate_and_profiles_are_in_the_build(built):
 
 @pytest.fixture(scope="module")
 def raw(built) -> dict[str, pd.DataFrame]:
-    return {n: pd.read_parquet(built / "service_time" / "raw" / f"{n}.parquet") for n in ("customers", "stops")}
+    return {n: pd.read_parquet(product_at(built, f"service_time.raw.{n}")) for n in ("customers", "stops")}
 
 
 BAD = {  # each kind of bad data, and the contract constraint that must catch it (fewer rows are foreign, not bad:
@@ -186,9 +186,9 @@ def fresh_out(built: Path, tmp_path: Path) -> Path:
     "An out folder holding only the reference profile, predictions, training summary and out-of-fold errors of the build."
     out = tmp_path / "out"
     shutil.copytree(product_at(built, "profiles.service_time.features_train"), product_at(out, "profiles.service_time.features_train"))
-    (out / "service_time").mkdir(parents=True)
-    for name in ("predictions.parquet", "training.json", "out_of_fold.parquet"):
-        shutil.copy(built / "service_time" / name, out / "service_time" / name)
+    product_at(out, "service_time.predictions").parent.mkdir(parents=True)
+    for key in ("service_time.predictions", "service_time.training", "service_time.out_of_fold"):
+        shutil.copy(product_at(built, key), product_at(out, key))
     return out
 
 
