@@ -43,13 +43,12 @@ from kronkers_ml.service_time.features import location_features  # noqa: E402
 from kronkers_ml.service_time.generator import (apply_scenario, simulate_customer_latents, simulate_customers,  # noqa: E402
                                      simulate_routes)
 
-# Tasks that do monitoring work only (the data-quality gates, which also store the raw-data profiles) ...
-MONITORING_TASKS = ("check-service-data", "check-demand-data")
+# Tasks that do monitoring work only (the data-quality gates, which also store the raw-data profiles, and the tasks
+# that write each family's drift profiles) ...
+MONITORING_TASKS = ("check-service-data", "check-demand-data", "profile-service-time", "profile-demand", "profile-returns")
 # ... and monitoring work done inside another task, which reports its seconds in a product: (task, product, key).
-# The feature profiles of service time are stored by register-service-time, which already loads the split; the
-# returns gate and the photos' profile run inside get-returns-data.
-FOLDED_MONITORING = (("register-service-time", "profiles/service_time/index.json", "profile_s"),
-                     ("get-returns-data", "monitoring/quality/returns.json", "seconds"))
+# The returns gate and the photos' profile run inside get-returns-data.
+FOLDED_MONITORING = (("get-returns-data", "monitoring/quality/returns.json", "seconds"),)
 
 
 def throughput(n_rows: int = 1_000_000, repeats: int = 3, seed: int = 0) -> dict:

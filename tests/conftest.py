@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kronkers_ml.products import product_path
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -34,6 +36,11 @@ def ploomber_build(out: Path, *args: str, check: bool = True) -> subprocess.Comp
     if check and done.returncode != 0:
         raise AssertionError(f"ploomber build failed ({done.returncode}):\n{done.stdout[-5000:]}\n{done.stderr[-10000:]}")
     return done
+
+
+def product_at(out: Path, key: str) -> Path:
+    "Where the declared product `key` (kronkers_ml.products) lives under the outputs folder `out`."
+    return product_path(key, out)
 
 
 def free_port() -> int:

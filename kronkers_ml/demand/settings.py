@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from ..settings import Settings, setting
 
 # %% auto #0
-__all__ = ['GetDemandData', 'CheckDemandData', 'BuildDailyRevenue', 'BacktestDemand', 'ForecastDemand', 'RegisterDemand']
+__all__ = ['GetDemandData', 'CheckDemandData', 'ProfileDemand', 'BuildDailyRevenue', 'BacktestDemand', 'ForecastDemand',
+           'RegisterDemand']
 
 # %% ../../nbs/demand/00_settings.ipynb #1d518edf
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class CheckDemandData(Settings):
     "Settings of check-demand-data (nbs/pipeline/demand/check_demand_data.ipynb)."
     quality_config: str = setting("config/quality.yaml", "monitoring.quality")
     transactions: str = setting("", "demand.transactions")
+    profile_max_rows: int = setting(50_000, "monitoring.profile_max_rows")
+    current_window_days: int = setting(14, "monitoring.current_window_days")
+    seed: int = setting(42, "seed")
+
+@dataclass(frozen=True)
+class ProfileDemand(Settings):
+    "Settings of profile-demand (nbs/pipeline/demand/profile_demand.ipynb)."
     profile_max_rows: int = setting(50_000, "monitoring.profile_max_rows")
     current_window_days: int = setting(14, "monitoring.current_window_days")
     seed: int = setting(42, "seed")

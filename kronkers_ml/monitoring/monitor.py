@@ -25,6 +25,7 @@ from .drift import drift_scores, flag_drift, performance_breach, rolling_errors
 from ..metrics import seasonal_naive_scale
 from .profiles import latest_profile, log_dataset, read_profile
 from ..settings import load_env
+from ..products import PRODUCTS, how_to_build, product, product_path, resolve
 
 # %% auto #0
 __all__ = ['THRESHOLD_DEFAULTS', 'read_env', 'load_monitoring_config', 'check_drift', 'seasonal_normal', 'lagged_frame',
@@ -70,7 +71,10 @@ def check_drift(out: str | Path, family: str, spec: dict, thresholds: dict, curr
                     date=None if spec.get("date_column") in current else pd.Timestamp.now().normalize())
     ref_path, cur_path = latest_profile(out, family, spec["reference"]), latest_profile(out, family, spec["current"])
     if ref_path is None or cur_path is None:
-        return {"checked": False, "breach": False, "reason": f"no {'reference' if ref_path is None else 'current'} profile stored"}
+        which = "reference" if ref_path is None else "current"
+        key = f"profiles.{family}.{spec[which]}"
+        return {"checked": False, "breach": False,
+                "reason": f"no {which} profile stored" + (f": {how_to_build(key)}" if key in PRODUCTS else "")}
     scores = flag_drift(drift_scores(read_profile(cur_path), read_profile(ref_path), columns, spec.get("hellinger", ())),
                         thresholds["drift_p_value"], thresholds["drift_hellinger"])
     drifted = list(scores.index[scores.drifted])
@@ -126,15 +130,16 @@ def _dotted(d: dict, key: str):
 
 def _season_of(out: str | Path, spec: dict, sea: dict, trained: dict, window_end, window_days: int, min_rows: int) -> dict:
     "seasonal_normal of one seasonal reference (file, base period) for the window; `source` describes it."
-    path = Path(out) / sea["reference"]
+    path = resolve(sea["reference"], out)
+    where = product(sea["reference"]).path if sea["reference"] in PRODUCTS else sea["reference"]   # as the reader knows it
     if not path.exists():
-        return {"found": False, "factor": 1.0, "spread": 0.0, "years": [], "source": f"{sea['reference']} (not found)"}
+        return {"found": False, "factor": 1.0, "spread": 0.0, "years": [], "source": f"{where} (not found)"}
     date_col, truth = sea.get("date_column", spec["date_column"]), sea.get("truth", spec["truth"])
     ref = read_table(path)
     if "lag_days" in sea: ref, prediction = lagged_frame(ref, date_col, truth, int(sea["lag_days"]), "_reference"), "_reference"
     else: prediction = sea.get("prediction", spec["prediction"])
     if "base_table" in sea:
-        dates = pd.to_datetime(read_table(Path(out) / sea["base_table"])[sea.get("base_date_column", spec["date_column"])])
+        dates = pd.to_datetime(read_table(resolve(sea["base_table"], out))[sea.get("base_date_column", spec["date_column"])])
         base = (dates.min(), dates.max())
     elif "base_from" in sea:
         base = (_dotted(trained, sea["base_from"]), _dotted(trained, sea["base_to"]))
@@ -145,7 +150,7 @@ def _season_of(out: str | Path, spec: dict, sea: dict, trained: dict, window_end
     d = pd.to_datetime(ref[date_col])
     return {**res, "base": None if base is None else [str(pd.Timestamp(b).date()) for b in base],
             "base_label": sea.get("base_label", "the period of the training figure" if base is not None else "its whole history"),
-            "source": f"{sea.get('describe', 'the reference error')} in {sea['reference']} ({d.min():%Y-%m-%d} to {d.max():%Y-%m-%d})"}
+            "source": f"{sea.get('describe', 'the reference error')} in {where} ({d.min():%Y-%m-%d} to {d.max():%Y-%m-%d})"}
 
 def _season(out: str | Path, spec: dict, trained: dict, window_end, window_days: int, min_rows: int) -> dict:
     "The first of the family's `seasonal` references (one block or a list, tried in order) that holds the window's weeks."
@@ -167,12 +172,14 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
     against the `training_mase_key` figure. A classifier (`metric: error_rate`) is judged on its share of wrong
     categories against 1 - the `training_accuracy_key` figure."""
     if predictions is None:
-        path = Path(out) / spec["predictions"]
-        if not path.exists(): return {"checked": False, "breach": False, "reason": f"{path}: no predictions yet"}
+        path = resolve(spec["predictions"], out)
+        if not path.exists():
+            build = f": {how_to_build(spec['predictions'])}" if spec["predictions"] in PRODUCTS else ""
+            return {"checked": False, "breach": False, "reason": f"{path}: no predictions yet{build}"}
         predictions = read_table(path)
     own = lambda key: spec[key] if key in spec else thresholds.get(f"perf_{key}", THRESHOLD_DEFAULTS[f"perf_{key}"])  # family, env, default
     window, tol, min_rows, z = int(own("window_days")), float(own("tolerance")), int(own("min_rows")), float(own("spread_z"))
-    trained = read_json(Path(out) / spec["training"]) if "training" in spec else {}
+    trained = read_json(resolve(spec["training"], out)) if "training" in spec else {}
     training = spec.get("training_mae")
     if training is None and "training_accuracy_key" in spec:
         training = 1.0 - float(_dotted(trained, spec["training_accuracy_key"]))
@@ -187,7 +194,7 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
     if metric != "mae": res[metric] = res["mae"]
     value, figure, who = res["mae"], float(training), spec.get("training_label", "training")
     if spec.get("scale_series"):
-        series = read_table(Path(out) / spec["scale_series"])
+        series = read_table(resolve(spec["scale_series"], out))
         start = pd.Timestamp(res["window_end"]) - pd.Timedelta(days=window - 1)
         scale = seasonal_naive_scale(series.loc[pd.to_datetime(series[spec["date_column"]]) < start, spec.get("scale_column", "revenue")],
                                      int(spec.get("season", 7)))
@@ -214,7 +221,6 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
         reasons.append(f"MAE {res['mae']:.1f} does not beat the baseline's {res['baseline_mae']:.1f}")
     return {**res, "breach": bool(reasons), "limit": float(limit), "expected": float(expected), "seasonal": season,
             "reason": "; ".join(reasons) or f"within limits: {name} {num(value)} up to {num(limit)} = {basis}"}
-
 
 # %% ../../nbs/monitoring/04_monitor.ipynb #84336a8e
 def alert_records(family: str, drift: dict, performance: dict, at: str) -> list[dict]:
@@ -262,7 +268,7 @@ def write_gauges(results: dict, out: str | Path, pushgateway_url: str = "") -> s
     if pushgateway_url:
         push_to_gateway(pushgateway_url, job="kronkers_monitor", registry=reg)
         return pushgateway_url
-    path = Path(out) / "monitoring" / "metrics.prom"; path.parent.mkdir(parents=True, exist_ok=True)
+    path = product_path("monitoring.gauges", out); path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), reg)
     return str(path)
 
@@ -323,13 +329,13 @@ def monitor(env_file: str | Path = "env.yaml", families: Sequence[str] | None = 
     summary = {"at": at, "out": out, "families": results,
                "gauges": write_gauges(results, out, os.environ.get("KRONKERS_PUSHGATEWAY_URL") or th["pushgateway_url"]),
                "webhook": post_webhook(webhook, records) if webhook and records else None}
-    append_jsonl(records, Path(out) / "monitoring" / "alerts.jsonl")
+    append_jsonl(records, product_path("monitoring.alerts", out))
     for fam, res in results.items():
         if retrain_on_breach and (res["drift"]["breach"] or res["performance"]["breach"]) and config[fam]["retrain_tasks"]:
             res["retrain"] = retrain(config[fam]["retrain_tasks"], Path(env_file).resolve().parent, entry_point, out, env_file)
             append_jsonl([{"at": at, "family": fam, "kind": "retrain", "tasks": [r["task"] for r in res["retrain"]],
-                           "ok": all(r["returncode"] == 0 for r in res["retrain"])}], Path(out) / "monitoring" / "alerts.jsonl")
-    write_json(summary, Path(out) / "monitoring" / "last_check.json")
+                           "ok": all(r["returncode"] == 0 for r in res["retrain"])}], product_path("monitoring.alerts", out))
+    write_json(summary, product_path("monitoring.last_check", out))
     return summary
 
 # %% ../../nbs/monitoring/04_monitor.ipynb #4aa8aeff

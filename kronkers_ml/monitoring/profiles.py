@@ -12,10 +12,11 @@ from typing import Sequence
 import pandas as pd
 
 from ..core import require_columns, write_atomic
+from ..products import PRODUCTS, product_path
 
 # %% auto #0
-__all__ = ['profile_frame', 'profile_summary', 'profile_path', 'write_profile', 'read_profile', 'latest_profile', 'sample_rows',
-           'log_dataset']
+__all__ = ['profile_frame', 'profile_summary', 'profile_folder', 'profile_path', 'write_profile', 'read_profile',
+           'newest_profile', 'latest_profile', 'sample_rows', 'log_profile', 'log_dataset']
 
 # %% ../../nbs/monitoring/01_profiles.ipynb #e1d3eea2
 def _why():
@@ -55,9 +56,14 @@ def profile_summary(view) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("column").sort_index()
 
 # %% ../../nbs/monitoring/01_profiles.ipynb #5d43255f
+def profile_folder(out: str | Path, family: str, dataset: str) -> Path:
+    "The folder of `dataset`'s dated profiles: the declared product `profiles.<family>.<dataset>`, else <out>/profiles/<family>/<dataset>."
+    key = f"profiles.{family}.{dataset}"
+    return product_path(key, out) if key in PRODUCTS else Path(out) / "profiles" / family / dataset
+
 def profile_path(out: str | Path, family: str, dataset: str, date) -> Path:
     "Where the profile of `dataset` of `family` for day `date` lives: <out>/profiles/<family>/<dataset>/<YYYY-MM-DD>.bin."
-    return Path(out) / "profiles" / family / dataset / f"{pd.Timestamp(date):%Y-%m-%d}.bin"
+    return profile_folder(out, family, dataset) / f"{pd.Timestamp(date):%Y-%m-%d}.bin"
 
 # %% ../../nbs/monitoring/01_profiles.ipynb #3f952025
 def write_profile(view, path: str | Path) -> Path:
@@ -73,10 +79,14 @@ def read_profile(path: str | Path):
     return DatasetProfileView.read(str(path))
 
 # %% ../../nbs/monitoring/01_profiles.ipynb #8a7e8510
+def newest_profile(folder: str | Path) -> Path | None:
+    "The newest profile in a folder of dated profiles (by the date in its name), or None where there is none."
+    files = sorted(Path(folder).glob("*.bin"))
+    return files[-1] if files else None
+
 def latest_profile(out: str | Path, family: str, dataset: str) -> Path | None:
     "The newest stored profile of a dataset (by the date in its name), or None where there is none."
-    files = sorted((Path(out) / "profiles" / family / dataset).glob("*.bin"))
-    return files[-1] if files else None
+    return newest_profile(profile_folder(out, family, dataset))
 
 # %% ../../nbs/monitoring/01_profiles.ipynb #6a1cae1c
 def sample_rows(frame: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataFrame:
@@ -85,12 +95,18 @@ def sample_rows(frame: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.
     return frame.sample(n=int(max_rows), random_state=seed).sort_index()
 
 # %% ../../nbs/monitoring/01_profiles.ipynb #4fec0b47
+def log_profile(frame: pd.DataFrame, folder: str | Path, date_column: str | None = None,
+                columns: Sequence[str] | None = None, date=None) -> Path:
+    "Profile `frame` into the folder of dated profiles `folder` (a declared product), as <YYYY-MM-DD>.bin of `date` or of the newest day in `date_column`."
+    name = "/".join(Path(folder).parts[-2:])
+    if date is None:
+        if date_column is None: raise ValueError(f"{name}: give a date or a date_column")
+        require_columns(frame, [date_column], name)
+        date = pd.to_datetime(frame[date_column]).max()
+        if pd.isna(date): raise ValueError(f"{name}: column '{date_column}' has no dates")
+    return write_profile(profile_frame(frame, columns, name), Path(folder) / f"{pd.Timestamp(date):%Y-%m-%d}.bin")
+
 def log_dataset(frame: pd.DataFrame, out: str | Path, family: str, dataset: str, date_column: str | None = None,
                 columns: Sequence[str] | None = None, date=None) -> Path:
-    "Profile `frame` and store it under its family and dataset, dated by `date` or the newest day in `date_column`."
-    if date is None:
-        if date_column is None: raise ValueError(f"{family}/{dataset}: give a date or a date_column")
-        require_columns(frame, [date_column], f"{family}/{dataset}")
-        date = pd.to_datetime(frame[date_column]).max()
-        if pd.isna(date): raise ValueError(f"{family}/{dataset}: column '{date_column}' has no dates")
-    return write_profile(profile_frame(frame, columns, f"{family}/{dataset}"), profile_path(out, family, dataset, date))
+    "Profile `frame` and store it under its family and dataset (`profile_folder`), dated by `date` or the newest day in `date_column`."
+    return log_profile(frame, profile_folder(out, family, dataset), date_column, columns, date)

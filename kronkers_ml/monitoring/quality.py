@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from ..core import DataContractError, read_json, write_json
-from .profiles import _datetimes_as_seconds, profile_summary, read_profile, write_profile
+from .profiles import _datetimes_as_seconds, profile_folder, profile_summary, read_profile, write_profile
 
 # %% auto #0
 __all__ = ['CONSTRAINT_KINDS', 'BUSINESS_KINDS', 'DEFAULT_SETTINGS', 'BUSINESS_COLUMN_CHECKS', 'REPORT_COLUMNS',
@@ -282,7 +282,7 @@ def data_digest(digests: dict) -> str:
 def save_accepted(out: str | Path, family: str, views: dict, rows: dict, digests: dict, source: str,
                   generated: bool) -> Path:
     "Keep the profiles and row counts of data that passed its gate; returns the record's folder (digest-named)."
-    folder = Path(out) / "profiles" / family / "accepted" / data_digest(digests)
+    folder = profile_folder(out, family, "accepted") / data_digest(digests)   # the declared product profiles.<family>.accepted
     old = read_json(folder / "accepted.json") if (folder / "accepted.json").exists() else {}
     for name, view in views.items(): write_profile(view, folder / f"{name}.bin")
     write_json({"family": family, "digest": folder.name, "digests": digests, "source": source, "generated": bool(generated),
@@ -292,7 +292,7 @@ def save_accepted(out: str | Path, family: str, views: dict, rows: dict, digests
 
 def accepted_records(out: str | Path, family: str) -> list[dict]:
     "Every record of accepted data of `family` (with its folder under `path`)."
-    base = Path(out) / "profiles" / family / "accepted"
+    base = profile_folder(out, family, "accepted")
     return [{**read_json(p), "path": str(p.parent)} for p in sorted(base.glob("*/accepted.json"))]
 
 def pick_record(records: list[dict], names: set, started: datetime) -> tuple[dict | None, str]:

@@ -15,25 +15,30 @@ from typing import Any
 import pandas as pd
 
 from ..core import read_json
+from ..products import PRODUCTS, ProductMissing, how_to_build, product_path
 
 # %% auto #0
 __all__ = ['BUILD_STATUS', 'HIGHER_IS_BETTER', 'OutputsMissing', 'load_metrics', 'read_build_status', 'record_build',
            'task_error', 'on_build_render', 'on_build_finish', 'on_build_failure', 'compare_to_baselines']
 
 # %% ../../nbs/pages/01_reports.ipynb #70fd0d8e
-class OutputsMissing(FileNotFoundError):
+class OutputsMissing(ProductMissing):
     "A product a report needs has not been built yet; the message says how to build it."
 
 def load_metrics(family: str, out: str | Path = "outputs") -> dict:
-    "The `metrics.json` of model `family` under the outputs folder `out`."
-    path = Path(out) / family / "metrics.json"
+    "The `metrics.json` of model `family` under the outputs folder `out` (the declared product `<family>.metrics`)."
+    key = f"{family}.metrics"
+    if key not in PRODUCTS:
+        families = sorted(k.split(".")[0] for k in PRODUCTS if k.endswith(".metrics"))
+        raise OutputsMissing(f"No model family '{family}' writes metrics.json; those that do: {', '.join(families)}")
+    path = product_path(key, out)
     if not path.exists():
-        raise OutputsMissing(f"No results for '{family}' yet: {path} does not exist. "
+        raise OutputsMissing(f"No results for '{family}' yet: {path} does not exist ({how_to_build(key)}). "
                              f"Run `make build` (or `ploomber build`) in the repository root to produce them.")
     return read_json(path)
 
 # %% ../../nbs/pages/01_reports.ipynb #3c9d0e14
-BUILD_STATUS = Path("build") / "status.json"
+BUILD_STATUS = Path(PRODUCTS["build.status"].path)   # build/status.json
 _STARTED: dict[int, str] = {}          # id(dag) -> when its build rendered (ploomber calls on_render first)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")      # colour codes in ploomber's tracebacks
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)):(.*)$")
@@ -43,7 +48,7 @@ def _utcnow() -> str:
 
 def read_build_status(out: str | Path) -> dict | None:
     "The last build's record (`<out>/build/status.json`), or None when no build recorded one."
-    path = Path(out) / BUILD_STATUS
+    path = product_path("build.status", out)
     return read_json(path) if path.exists() else None
 
 def record_build(out: str | Path, tasks: Sequence[str], failed: Sequence[Mapping], started: str | None = None,
@@ -62,7 +67,7 @@ def record_build(out: str | Path, tasks: Sequence[str], failed: Sequence[Mapping
               "this_build": {"status": "failed" if failed else "ok", "tasks": len(tasks), "aborted": list(aborted)},
               "failed": all_failed, "failing_since": since,
               "last_success": finished if ok else prev.get("last_success")}
-    write_json(record, Path(out) / BUILD_STATUS)
+    write_json(record, product_path("build.status", out))
     return record
 
 # %% ../../nbs/pages/01_reports.ipynb #e4a1f7b5

@@ -12,7 +12,7 @@ from ..settings import Settings, setting
 
 # %% auto #0
 __all__ = ['GetServiceData', 'CheckServiceData', 'CleanGeofences', 'TrainServiceTime', 'EvaluateServiceTime',
-           'RegisterServiceTime']
+           'RegisterServiceTime', 'ProfileServiceTime']
 
 # %% ../../nbs/service_time/00_settings.ipynb #9cb05de6
 @dataclass(frozen=True)
@@ -77,4 +77,8 @@ class RegisterServiceTime(Settings):
     "Settings of register-service-time (nbs/pipeline/service_time/register_service_time.ipynb)."
     out: str = setting("outputs", "out")
     seed: int = setting(42, "seed")
+
+@dataclass(frozen=True)
+class ProfileServiceTime(Settings):
+    "Settings of profile-service-time (nbs/pipeline/service_time/profile_service_time.ipynb)."
     current_window_days: int = setting(14, "monitoring.current_window_days")

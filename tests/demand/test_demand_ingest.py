@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ploomber_build
+from conftest import ploomber_build, product_at
 from kronkers_ml.demand.generator import simulate_transactions
 
 DEMAND = "forecast-demand"
@@ -43,12 +43,12 @@ def test_a_dirty_real_log_is_cleaned_as_documented_and_forecast(tmp_path, dirty_
     dirty_log.to_csv(path, index=False)
     out = tmp_path / "out"
     ploomber_build(out, "--env--demand--transactions", str(path), "--partially", DEMAND)
-    summary = json.loads((out / "demand" / "transactions.json").read_text())
+    summary = json.loads(product_at(out, "demand.transactions_summary").read_text())
     assert summary["source"] == f"transaction log {path}" and summary["rows_raw"] == len(dirty_log)
     report = {r["rule"]: r for r in summary["cleaning"]}
     for rule, n in dirty_log.attrs["expected"].items():
         assert report[rule]["rows"] == n, (rule, report[rule])
-    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
+    lines = pd.read_parquet(product_at(out, "demand.transactions"))
     assert summary["rows_clean"] == len(lines) == len(dirty_log) - sum(dirty_log.attrs["expected"].values())
     assert (lines.quantity > 0).all() and (lines.unit_price > 0).all()
     assert not lines.invoice_id.str.startswith("C").any() and not lines.duplicated().any()
@@ -57,12 +57,12 @@ def test_a_dirty_real_log_is_cleaned_as_documented_and_forecast(tmp_path, dirty_
     local = pd.to_datetime(dirty_log.timestamp, utc=True).dt.tz_convert("Europe/Oslo").dt.tz_localize(None)
     assert set(lines.timestamp) <= set(local)
     assert lines.timestamp.dt.hour.min() == 7 and (lines.date == lines.timestamp.dt.normalize()).all()
-    daily = pd.read_parquet(out / "demand" / "daily.parquet")
+    daily = pd.read_parquet(product_at(out, "demand.daily"))
     assert daily.revenue.sum() == pytest.approx(lines.revenue.sum())
     assert (daily.loc[daily.is_holiday == 1, "revenue"] == 0).all()
-    metrics = json.loads((out / "demand" / "metrics.json").read_text())
+    metrics = json.loads(product_at(out, "demand.metrics").read_text())
     assert metrics["data"]["transaction_lines_raw"] == len(dirty_log)
-    assert len(pd.read_parquet(out / "demand" / "forecast.parquet")) == 14
+    assert len(pd.read_parquet(product_at(out, "demand.forecast"))) == 14
 
 
 @pytest.mark.parametrize("column", ["unit_price", "timestamp", "region"])
@@ -92,12 +92,12 @@ def test_generated_hard_cases_with_matching_settings_find_the_shop_s_calendar(tm
     ploomber_build(out, "--env--demand--sim_closed_weekdays", "sun", "--env--demand--sim_clock", "utc",
                    "--env--demand--country", "GB-ENG", "--env--demand--timezone", "America/Chicago",
                    "--partially", "build-daily-revenue")
-    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
+    lines = pd.read_parquet(product_at(out, "demand.transactions"))
     assert lines.timestamp.dt.hour.min() == 7 and lines.timestamp.dt.hour.max() == 22     # opening hours, local time
-    meta = json.loads((out / "demand" / "daily.json").read_text())
+    meta = json.loads(product_at(out, "demand.daily_summary").read_text())
     assert (meta["country"], meta["timezone"], meta["closed_weekdays"]) == ("GB-ENG", "America/Chicago", [6])
     assert meta["closed_days"]["unplanned"] == 0 and meta["closed_days"]["holiday"] > 0
-    daily = pd.read_parquet(out / "demand" / "daily.parquet").set_index("date")
+    daily = pd.read_parquet(product_at(out, "demand.daily")).set_index("date")
     assert (daily.closed_kind == "weekday").sum() == meta["closed_days"]["weekday"] == (daily.dow == 6).sum()
     assert not daily.loc["2023-05-17", "closed"] and daily.loc["2023-05-17", "is_holiday"] == 0   # open on 17 May
     assert daily.loc["2023-08-28", "closed_kind"] == "holiday"                                    # a Monday bank holiday
@@ -112,10 +112,10 @@ def test_the_same_log_read_with_oslo_settings_shows_why_the_settings_matter(tmp_
     log.to_csv(path, index=False)
     out = tmp_path / "out"
     ploomber_build(out, "--env--demand--transactions", str(path), "--partially", "build-daily-revenue")
-    meta = json.loads((out / "demand" / "daily.json").read_text())
+    meta = json.loads(product_at(out, "demand.daily_summary").read_text())
     assert (meta["country"], meta["timezone"], meta["closed_weekdays"]) == ("NO", "Europe/Oslo", [])
     assert meta["closed_days"]["unplanned"] > 0 and meta["holidays_open"] > 0
-    daily = pd.read_parquet(out / "demand" / "daily.parquet").set_index("date")
+    daily = pd.read_parquet(product_at(out, "demand.daily")).set_index("date")
     assert not daily.loc["2023-05-17", "closed"] and daily.loc["2023-05-17", "is_holiday"] == 1
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import error_outputs, image_outputs
+from conftest import error_outputs, image_outputs, product_at
 
 TASKS = ["get-demand-data", "check-demand-data", "build-daily-revenue", "backtest-demand", "forecast-demand", "register-demand"]
 HORIZON = 14   # demand.horizon in env.test.yaml
@@ -26,7 +26,7 @@ def test_every_demand_task_leaves_an_executed_notebook_and_html(built):
 
 @pytest.fixture(scope="module")
 def metrics(built) -> dict:
-    return json.loads((built / "demand" / "metrics.json").read_text())
+    return json.loads(product_at(built, "demand.metrics").read_text())
 
 
 def test_metrics_file_has_the_documented_shape(metrics):
@@ -54,7 +54,7 @@ def test_the_chosen_model_beats_the_seasonal_naive_baseline(metrics):
 
 
 def test_metrics_are_computed_from_the_saved_backtest(built, metrics):
-    bt = pd.read_parquet(built / "demand" / "backtest.parquet")
+    bt = pd.read_parquet(product_at(built, "demand.backtest"))
     assert len(bt) == metrics["backtest"]["n_origins"] * HORIZON
     assert bt.groupby("origin").size().eq(HORIZON).all()
     for origin, fold in bt.groupby("origin"):          # each test fold: the forecast of the model chosen at its origin
@@ -63,7 +63,7 @@ def test_metrics_are_computed_from_the_saved_backtest(built, metrics):
     assert (bt.model - bt.actual).abs().mean() == pytest.approx(metrics["model"]["mae"], rel=1e-9)
     for name, block in metrics["challengers"].items():
         assert (bt[name] - bt.actual).abs().mean() == pytest.approx(block["mae"], rel=1e-9), name
-    daily = pd.read_parquet(built / "demand" / "daily.parquet").set_index("date").revenue
+    daily = pd.read_parquet(product_at(built, "demand.daily")).set_index("date").revenue
     for origin, fold in bt.groupby("origin"):   # seasonal naive: the same weekday of the last week before the origin
         last_week = daily[origin - pd.Timedelta(days=6):origin].to_numpy()
         assert fold.seasonal_naive.to_numpy() == pytest.approx(np.resize(last_week, HORIZON))
@@ -72,10 +72,10 @@ def test_metrics_are_computed_from_the_saved_backtest(built, metrics):
 
 def test_each_choice_is_made_on_folds_that_had_ended_and_the_served_one_on_the_latest(built, metrics):
     from kronkers_ml.demand.backtest import choose_model
-    valid = pd.read_parquet(built / "demand" / "validation.parquet")
-    bt = pd.read_parquet(built / "demand" / "backtest.parquet")
+    valid = pd.read_parquet(product_at(built, "demand.validation"))
+    bt = pd.read_parquet(product_at(built, "demand.backtest"))
     assert valid.date.max() <= bt.origin.min(), "no validation day is a day of a test fold"
-    daily = pd.read_parquet(built / "demand" / "daily.parquet")
+    daily = pd.read_parquet(product_at(built, "demand.daily"))
     names, n_valid = metrics["selection"]["candidates"], metrics["backtest"]["n_valid"]
     folds = pd.concat([valid, bt], ignore_index=True)
     ends = {o: o + pd.Timedelta(days=HORIZON) for o in folds.origin.unique()}
@@ -95,8 +95,8 @@ def test_each_choice_is_made_on_folds_that_had_ended_and_the_served_one_on_the_l
 
 def test_interval_coverage_is_computed_from_the_backtest_residuals(built, metrics):
     from kronkers_ml.demand.backtest import conformal_quantiles, log_residuals
-    valid = pd.read_parquet(built / "demand" / "validation.parquet")
-    bt = pd.read_parquet(built / "demand" / "backtest.parquet")
+    valid = pd.read_parquet(product_at(built, "demand.validation"))
+    bt = pd.read_parquet(product_at(built, "demand.backtest"))
     first = bt[bt.origin == bt.origin.min()]      # the first test fold is calibrated on the validation folds alone
     q = conformal_quantiles(log_residuals(valid, first.model_name.iloc[0]), HORIZON)
     steps = (first.horizon.to_numpy() - 1) // q["bucket_days"]
@@ -113,11 +113,11 @@ def test_interval_coverage_is_computed_from_the_backtest_residuals(built, metric
 
 
 def test_closed_days_are_forecast_as_zero(built, metrics):
-    bt = pd.read_parquet(built / "demand" / "backtest.parquet")
+    bt = pd.read_parquet(product_at(built, "demand.backtest"))
     if metrics["data"]["closes_on_holidays"]:
         hol = bt[(bt.is_holiday == 1) & (bt.closed_kind == "holiday")]
         assert len(hol) > 0 and (hol.model == 0).all()
-    fc = pd.read_parquet(built / "demand" / "forecast.parquet")
+    fc = pd.read_parquet(product_at(built, "demand.forecast"))
     assert not fc.date.dt.dayofweek.isin(metrics["data"]["closed_weekdays"]).any() or \
         (fc[fc.date.dt.dayofweek.isin(metrics["data"]["closed_weekdays"])].forecast == 0).all()
 
@@ -134,15 +134,15 @@ def test_the_registered_pyfunc_serves_the_chosen_model(built, metrics):
         mlflow.set_tracking_uri(None)
     assert info["model"] == metrics["model"]["name"] and info["params"] == metrics["model"]["params"]
     fc = served.forecast(10)
-    expect = pd.read_parquet(built / "demand" / "forecast.parquet").head(10)
+    expect = pd.read_parquet(product_at(built, "demand.forecast")).head(10)
     for col in ("forecast", "lo80", "hi80", "lo95", "hi95"):
         assert np.allclose(fc[col], expect[col], rtol=1e-9), col
 
 
 def test_daily_series_keeps_the_revenue_of_the_clean_lines(built):
-    lines = pd.read_parquet(built / "demand" / "transactions.parquet")
-    daily = pd.read_parquet(built / "demand" / "daily.parquet")
-    cells = pd.read_parquet(built / "demand" / "region_daily.parquet")
+    lines = pd.read_parquet(product_at(built, "demand.transactions"))
+    daily = pd.read_parquet(product_at(built, "demand.daily"))
+    cells = pd.read_parquet(product_at(built, "demand.region_daily"))
     assert daily.revenue.sum() == pytest.approx(lines.revenue.sum()) == pytest.approx(cells.revenue.sum())
     assert daily.date.diff().dropna().eq(pd.Timedelta(days=1)).all(), "one row per calendar day, no gaps"
     closed = daily[daily.is_holiday == 1]
@@ -150,7 +150,7 @@ def test_daily_series_keeps_the_revenue_of_the_clean_lines(built):
 
 
 def test_forecast_has_dates_bounds_and_a_model_version(built, metrics):
-    fc = pd.read_parquet(built / "demand" / "forecast.parquet")
+    fc = pd.read_parquet(product_at(built, "demand.forecast"))
     assert list(fc.columns) == ["date", "forecast", "lo80", "hi80", "lo95", "hi95", "model_version"]
     assert len(fc) == HORIZON
     assert fc.date.min() == pd.Timestamp(metrics["data"]["last_day"]) + pd.Timedelta(days=1)

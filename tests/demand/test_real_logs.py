@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, ploomber_build
+from conftest import ROOT, ploomber_build, product_at
 from kronkers_ml.demand.real_logs import CDNOW_FILE, SUPERSTORE_PACKAGE, cdnow_log, package_file, write_real_log
 from kronkers_ml.demand.data import check_transactions, clean_transactions
 
@@ -40,19 +40,19 @@ def build_on(tmp, name: str, source=None, timezone: str = "UTC", country: str = 
 
 def check_demand_products(out, log, country: str, timezone: str) -> dict:
     "What every real log's build must show: the daily series over the log's span, its closures, backtest, forecast."
-    summary = json.loads((out / "demand" / "transactions.json").read_text())
+    summary = json.loads(product_at(out, "demand.transactions_summary").read_text())
     assert summary["rows_raw"] == len(log) and summary["timezone"] == timezone
     dropped = {r["rule"]: r["rows"] for r in summary["cleaning"]}
     assert dropped["cancellation"] == dropped["cancelled_invoice"] == dropped["return"] == 0   # neither log has any
-    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
-    daily = pd.read_parquet(out / "demand" / "daily.parquet")
+    lines = pd.read_parquet(product_at(out, "demand.transactions"))
+    daily = pd.read_parquet(product_at(out, "demand.daily"))
     days = pd.date_range(lines.date.min(), lines.date.max(), freq="D")
     assert daily.date.tolist() == list(days)                       # one row a day over the log's span, none lost
     assert daily.revenue.sum() == pytest.approx(lines.revenue.sum())
     assert (daily.closed == (daily.n_lines == 0)).all()
     assert set(daily.closed_kind) <= {"", "weekday", "holiday", "unplanned"}
     assert ((daily.closed_kind != "") == daily.closed).all()
-    meta = json.loads((out / "demand" / "daily.json").read_text())
+    meta = json.loads(product_at(out, "demand.daily_summary").read_text())
     assert (meta["country"], meta["timezone"]) == (country, timezone)
     assert meta["first_day"] == f"{days[0]:%Y-%m-%d}" and meta["last_day"] == f"{days[-1]:%Y-%m-%d}"
     assert sum(meta["closed_days"].values()) == int(daily.closed.sum())
@@ -63,12 +63,12 @@ def check_demand_products(out, log, country: str, timezone: str) -> dict:
     assert set(daily.loc[daily.closed_kind == "weekday", "date"].dt.dayofweek) <= set(meta["closed_weekdays"])
     assert daily.set_index("date").reindex(pd.to_datetime([f"{y}-07-04" for y in range(days[0].year, days[-1].year + 1)])
                                            ).is_holiday.dropna().eq(1).all()   # the country's holidays: 4 July
-    metrics = json.loads((out / "demand" / "metrics.json").read_text())
-    backtest = pd.read_parquet(out / "demand" / "backtest.parquet")
+    metrics = json.loads(product_at(out, "demand.metrics").read_text())
+    backtest = pd.read_parquet(product_at(out, "demand.backtest"))
     assert len(backtest) > 0 and backtest.date.max() == days[-1] and np.isfinite(backtest.actual).all()
     mase = metrics["model"]["mase"]
     assert np.isfinite(mase) and mase > 0
-    forecast = pd.read_parquet(out / "demand" / "forecast.parquet")
+    forecast = pd.read_parquet(product_at(out, "demand.forecast"))
     assert pd.Timestamp(forecast.date.min()) == days[-1] + pd.Timedelta(days=1) and len(forecast) > 0
     assert np.isfinite(forecast.select_dtypes("number").to_numpy()).all()
     return meta
@@ -83,7 +83,7 @@ def test_the_demand_branch_builds_on_cdnow(cdnow_build):
     out, log = cdnow_build
     meta = check_demand_products(out, log, "US", "UTC")
     assert meta["closed_weekdays"] == []                            # an online shop sells every weekday
-    daily = pd.read_parquet(out / "demand" / "daily.parquet").set_index("date")
+    daily = pd.read_parquet(product_at(out, "demand.daily")).set_index("date")
     assert daily.loc["1997-05-17", "is_holiday"] == 0               # Norway's 17 May is an ordinary day here
 
 
@@ -93,5 +93,5 @@ def test_the_demand_branch_builds_on_superstore(tmp_path):
     out, log = build_on(tmp_path, "superstore", SUPERSTORE_TGZ, timezone="America/New_York")
     assert log.invoice_id.nunique() == 5009 and sorted(log.region.unique()) == ["Central", "East", "South", "West"]
     check_demand_products(out, log, "US", "America/New_York")
-    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
+    lines = pd.read_parquet(product_at(out, "demand.transactions"))
     assert lines.date.min() == pd.Timestamp("2014-01-03") and lines.invoice_id.nunique() == 5009   # every order kept

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, ploomber_build, ploomber_env
+from conftest import BIN, ROOT, ploomber_build, ploomber_env, product_at
 from kronkers_ml.monitoring.drift import drift_scores, flag_drift
 from kronkers_ml.monitoring.monitor import check_performance, monitor
 from kronkers_ml.monitoring.profiles import latest_profile, profile_frame, read_profile
@@ -29,11 +29,11 @@ P_VALUE = float(yaml.safe_load((ROOT / "env.test.yaml").read_text())["monitoring
 
 
 def test_gate_and_profiles_are_in_the_build(built):
-    report = json.loads((built / "monitoring" / "quality" / "service_time.json").read_text())
+    report = json.loads(product_at(built, "monitoring.quality.service_time").read_text())
     assert report["passed"] and report["n_failed"] == 0 and report["n_constraints"] > 40
     for dataset in ("customers", "stops", "pings", "truth", "features", "features_train"):
         assert latest_profile(built, "service_time", dataset) is not None, dataset
-    index = json.loads((built / "profiles" / "service_time" / "index.json").read_text())
+    index = json.loads(product_at(built, "profiles.service_time.index").read_text())
     assert index["reference"]["rows"] > index["current"]["rows"] > 0 and index["profile_s"] > 0
     scores = flag_drift(drift_scores(read_profile(index["current"]["profile"]), read_profile(index["reference"]["profile"]), WATCHED),
                         p_value=P_VALUE)
@@ -44,7 +44,7 @@ def test_gate_and_profiles_are_in_the_build(built):
 
 @pytest.fixture(scope="module")
 def raw(built) -> dict[str, pd.DataFrame]:
-    return {n: pd.read_parquet(built / "service_time" / "raw" / f"{n}.parquet") for n in ("customers", "stops")}
+    return {n: pd.read_parquet(product_at(built, f"service_time.raw.{n}")) for n in ("customers", "stops")}
 
 
 BAD = {  # each kind of bad data, and the contract constraint that must catch it (fewer rows are foreign, not bad:
@@ -75,7 +75,7 @@ def test_each_kind_of_bad_data_fails_its_constraint_on_every_row(raw, kind):
 
 
 def test_one_bad_ping_among_millions_fails_the_gate(built):
-    pings = pd.read_parquet(built / "service_time" / "raw" / "pings.parquet")
+    pings = pd.read_parquet(product_at(built, "service_time.raw.pings"))
     spec = load_constraints(ROOT / "config" / "quality.yaml", "service_time")["pings"]
     bad = pings.assign(lat=np.where(pings.index == len(pings) // 2, 95.0, pings.lat))
     failed = [(r["constraint"], r["column"]) for r in check_frame(bad, spec, "pings") if not r["passed"]]
@@ -84,21 +84,21 @@ def test_one_bad_ping_among_millions_fails_the_gate(built):
 
 def test_bad_data_stops_the_build_before_training_with_a_report(built, tmp_path):
     data = tmp_path / "data"; data.mkdir()
-    customers = pd.read_parquet(built / "service_time" / "raw" / "customers.parquet")
+    customers = pd.read_parquet(product_at(built, "service_time.raw.customers"))
     customers.loc[customers.index[:3], "floor"] = 150          # possible (contract: up to 200); typical floors are business
     customers.to_parquet(data / "customers.parquet", index=False)
-    pings = pd.read_parquet(built / "service_time" / "raw" / "pings.parquet")
+    pings = pd.read_parquet(product_at(built, "service_time.raw.pings"))
     pings.loc[pings.index % 5 == 0, ["lat", "lon"]] = np.nan   # the contract allows missing positions
     pings.to_parquet(data / "pings.parquet", index=False)
-    shutil.copy(built / "service_time" / "raw" / "stops.parquet", data / "stops.parquet")
+    shutil.copy(product_at(built, "service_time.raw.stops"), data / "stops.parquet")
     out = tmp_path / "out"
     done = ploomber_build(out, "--env--service_time--data_dir", str(data), check=False)
     assert done.returncode != 0
     text = done.stdout + done.stderr
     assert "check-service-data" in text
     assert "pings: max_null_fraction of column 'lat': expected 0.05, observed 0.2" in text, text[-3000:]
-    assert not (out / "service_time" / "visits.parquet").exists() and not (out / "service_time" / "model.txt").exists()
-    report = json.loads((out / "monitoring" / "quality" / "service_time.json").read_text())
+    assert not product_at(out, "service_time.visits").exists() and not product_at(out, "service_time.model").exists()
+    report = json.loads(product_at(out, "monitoring.quality.service_time").read_text())
     assert not report["passed"] and {(r["dataset"], r["column"]) for r in report["results"] if not r["passed"]} == {
         ("pings", "lat"), ("pings", "lon")}
     floor = [r for r in report["results"] if r["dataset"] == "customers" and r["column"] == "floor" and r["scope"] == "business"]
@@ -106,18 +106,18 @@ def test_bad_data_stops_the_build_before_training_with_a_report(built, tmp_path)
 
 
 def test_demand_gate_and_profiles_are_in_the_build(built):
-    report = json.loads((built / "monitoring" / "quality" / "demand.json").read_text())
+    report = json.loads(product_at(built, "monitoring.quality.demand").read_text())
     assert report["passed"] and report["checked_on"] == "every row" and report["n_constraints"] >= 20
     assert {r["dataset"] for r in report["results"]} == {"transactions"}
     assert report["profiled_rows"]["transactions"] <= report["rows"]["transactions"]
-    index = json.loads((built / "profiles" / "demand" / "index.json").read_text())
+    index = json.loads(product_at(built, "profiles.demand.index").read_text())
     assert index["reference"]["rows"] > index["current"]["rows"] > 0
     for dataset in ("transactions_history", "transactions"):
         assert latest_profile(built, "demand", dataset) is not None
 
 
 def test_bad_demand_file_stops_the_build_at_the_gate_with_a_report(built, tmp_path):
-    lines = pd.read_parquet(built / "demand" / "transactions.parquet").drop(columns=["date", "revenue"])
+    lines = pd.read_parquet(product_at(built, "demand.transactions")).drop(columns=["date", "revenue"])
     lines.loc[lines.index[:2], "product_id"] = "  "               # blank ids pass the ingest; the gate counts them missing
     log = tmp_path / "log.parquet"; lines.to_parquet(log, index=False)
     out = tmp_path / "out"
@@ -126,8 +126,8 @@ def test_bad_demand_file_stops_the_build_at_the_gate_with_a_report(built, tmp_pa
     text = done.stdout + done.stderr
     assert "check-demand-data" in text
     assert "transactions: max_null_fraction of column 'product_id': expected 0.0, observed " in text, text[-3000:]
-    assert (out / "demand" / "transactions.parquet").exists() and not (out / "demand" / "daily.parquet").exists()
-    report = json.loads((out / "monitoring" / "quality" / "demand.json").read_text())
+    assert product_at(out, "demand.transactions").exists() and not product_at(out, "demand.daily").exists()
+    report = json.loads(product_at(out, "monitoring.quality.demand").read_text())
     failed = {(r["constraint"], r["column"]) for r in report["results"] if not r["passed"]}
     assert not report["passed"] and failed == {("max_null_fraction", "product_id")}, failed
 
@@ -140,10 +140,10 @@ FORTNIGHTS = 21     # fresh fortnights simulated after the built year
 @pytest.fixture(scope="module")
 def future_stops(built) -> pd.DataFrame:
     "Planned stops of the same customers and routes as the build, continued past its last day (2024-12-30)."
-    customers = pd.read_parquet(built / "service_time" / "raw" / "customers.parquet")
+    customers = pd.read_parquet(product_at(built, "service_time.raw.customers"))
     latents = simulate_customer_latents(customers["customer_id"].to_numpy(), SEED)
     stops, _ = simulate_routes(customers, latents, N_DRIVERS, "2024-01-01", 365 + 14 * FORTNIGHTS, 10, SEED)
-    built_stops = pd.read_parquet(built / "service_time" / "raw" / "stops.parquet")
+    built_stops = pd.read_parquet(product_at(built, "service_time.raw.stops"))
     assert stops[stops.date <= built_stops.date.max()].stop_id.max() == built_stops.stop_id.max()  # same year, then fresh days
     return stops[stops.date > built_stops.date.max()]
 
@@ -157,7 +157,7 @@ def scoring_batch(customers: pd.DataFrame, stops: pd.DataFrame, fortnight: int, 
 
 @pytest.fixture(scope="module")
 def customers(built) -> pd.DataFrame:
-    return pd.read_parquet(built / "service_time" / "raw" / "customers.parquet")
+    return pd.read_parquet(product_at(built, "service_time.raw.customers"))
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +185,10 @@ def monitor_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProc
 def fresh_out(built: Path, tmp_path: Path) -> Path:
     "An out folder holding only the reference profile, predictions, training summary and out-of-fold errors of the build."
     out = tmp_path / "out"
-    shutil.copytree(built / "profiles" / "service_time" / "features_train", out / "profiles" / "service_time" / "features_train")
-    (out / "service_time").mkdir(parents=True)
-    for name in ("predictions.parquet", "training.json", "out_of_fold.parquet"):
-        shutil.copy(built / "service_time" / name, out / "service_time" / name)
+    shutil.copytree(product_at(built, "profiles.service_time.features_train"), product_at(out, "profiles.service_time.features_train"))
+    product_at(out, "service_time.predictions").parent.mkdir(parents=True)
+    for key in ("service_time.predictions", "service_time.training", "service_time.out_of_fold"):
+        shutil.copy(product_at(built, key), product_at(out, key))
     return out
 
 
@@ -198,29 +198,29 @@ def test_monitor_command_flags_the_scenario_only(built, customers, future_stops,
     done = monitor_cli("--out", str(out), "--family", "service_time", "--current", str(quiet), "--no-retrain")
     assert done.returncode == 0, done.stderr
     assert "service_time: drift ok; performance ok" in done.stdout
-    assert not (out / "monitoring" / "alerts.jsonl").read_text().strip()
+    assert not product_at(out, "monitoring.alerts").read_text().strip()
     drifted = tmp_path / "drifted.parquet"
     scoring_batch(customers, future_stops, 1, "hard_parking").to_parquet(drifted)
     done = monitor_cli("--out", str(out), "--family", "service_time", "--current", str(drifted), "--no-retrain")
     assert done.returncode == 0, done.stderr
     assert "drift BREACH parking_difficulty" in done.stdout
-    alerts = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
+    alerts = [json.loads(line) for line in product_at(out, "monitoring.alerts").read_text().splitlines()]
     assert [(a["family"], a["kind"], a["name"]) for a in alerts] == [("service_time", "drift", "parking_difficulty")]
     assert alerts[0]["value"] < P_VALUE
-    prom = (out / "monitoring" / "metrics.prom").read_text()
+    prom = product_at(out, "monitoring.gauges").read_text()
     assert 'kronkers_monitor_breach{family="service_time",kind="drift"} 1.0' in prom
 
 
 def test_monitor_command_covers_both_families(built, tmp_path):
     out = fresh_out(built, tmp_path)
-    shutil.copytree(built / "profiles" / "service_time" / "features", out / "profiles" / "service_time" / "features")
+    shutil.copytree(product_at(built, "profiles.service_time.features"), product_at(out, "profiles.service_time.features"))
     shutil.copytree(built / "profiles" / "demand", out / "profiles" / "demand")
     done = monitor_cli("--out", str(out), "--no-retrain")
     assert done.returncode == 0, done.stderr
     assert "service_time: drift ok" in done.stdout and "demand: drift ok" in done.stdout, done.stdout
-    prom = (out / "monitoring" / "metrics.prom").read_text()
+    prom = product_at(out, "monitoring.gauges").read_text()
     assert 'kronkers_monitor_breach{family="demand",kind="drift"} 0.0' in prom
-    lines = pd.read_parquet(built / "demand" / "transactions.parquet")
+    lines = pd.read_parquet(product_at(built, "demand.transactions"))
     newest = lines[lines.date > lines.date.max() - pd.Timedelta(days=14)]
     dearer = tmp_path / "dearer.parquet"; newest.assign(unit_price=newest.unit_price * 1.5).to_parquet(dearer)
     done = monitor_cli("--out", str(out), "--family", "demand", "--current", str(dearer), "--no-retrain")
@@ -230,7 +230,7 @@ def test_monitor_command_covers_both_families(built, tmp_path):
 
 def test_performance_breach_when_the_error_grows(built, tmp_path):
     out = fresh_out(built, tmp_path)
-    pred = pd.read_parquet(out / "service_time" / "predictions.parquet")
+    pred = pd.read_parquet(product_at(out, "service_time.predictions"))
     ok = monitor(ROOT / "env.test.yaml", ["service_time"], str(out), predictions=pred, retrain_on_breach=False)
     assert ok["families"]["service_time"]["performance"]["checked"] and not ok["families"]["service_time"]["performance"]["breach"]
     worse = pred.assign(lightgbm=pred.lightgbm + 300.0)
@@ -252,12 +252,12 @@ def _demand_shift(backtest: pd.DataFrame, days: int, factor: float) -> pd.DataFr
 def test_demand_shift_is_flagged_quiet_data_is_not_and_only_demand_retrains(built, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(built, out, symlinks=True)
-    backtest = pd.read_parquet(out / "demand" / "backtest.parquet")
+    backtest = pd.read_parquet(product_at(out, "demand.backtest"))
     quiet = monitor(ROOT / "env.test.yaml", ["demand"], str(out), retrain_on_breach=False)["families"]["demand"]
     perf = quiet["performance"]
     assert perf["checked"] and perf["metric"] == "mase" and not perf["breach"], perf
     assert perf["window_days"] == 14 and perf["training_mase"] == pytest.approx(
-        json.loads((out / "demand" / "metrics.json").read_text())["model"]["mase"])
+        json.loads(product_at(out, "demand.metrics").read_text())["model"]["mase"])
     shifted = tmp_path / "actuals.parquet"; _demand_shift(backtest, 14, 1.5).to_parquet(shifted)
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "nb").glob("*.ipynb")}
     done = monitor_cli("--out", str(out), "--family", "demand", "--predictions", str(shifted))   # retraining on
@@ -265,11 +265,11 @@ def test_demand_shift_is_flagged_quiet_data_is_not_and_only_demand_retrains(buil
     assert "demand: drift ok; performance BREACH MASE" in done.stdout, done.stdout
     ran = {name for name, t in stamp.items() if (out / "nb" / name).stat().st_mtime_ns != t}
     assert ran == {"backtest-demand.ipynb", "forecast-demand.ipynb", "register-demand.ipynb"}, ran
-    records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in product_at(out, "monitoring.alerts").read_text().splitlines()]
     alert = [r for r in records if r["family"] == "demand" and r["kind"] == "performance"][-1]
     assert alert["name"] == "mase" and alert["value"] > alert["threshold"] and alert["mae"] > 0
     assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("demand", True)]
-    assert 'kronkers_model_window_mase{family="demand"}' in (out / "monitoring" / "metrics.prom").read_text()
+    assert 'kronkers_model_window_mase{family="demand"}' in product_at(out, "monitoring.gauges").read_text()
 
 # --- alerts to a real HTTP endpoint --------------------------------------------------------------------------
 
@@ -321,8 +321,8 @@ def test_retrain_rebuilds_only_the_affected_family(built, customers, future_stop
     shutil.copytree(built, out, symlinks=True)
     # a second family, undrifted (its current batch is its reference), whose retraining would re-run the data task
     fam2 = out / "profiles" / "quiet_family"
-    shutil.copytree(out / "profiles" / "service_time" / "features_train", fam2 / "reference")
-    shutil.copytree(out / "profiles" / "service_time" / "features_train", fam2 / "current")
+    shutil.copytree(product_at(out, "profiles.service_time.features_train"), fam2 / "reference")
+    shutil.copytree(product_at(out, "profiles.service_time.features_train"), fam2 / "current")
     config = yaml.safe_load((ROOT / "config" / "monitoring.yaml").read_text())
     config["quiet_family"] = {"drift": {"reference": "reference", "current": "current", "columns": WATCHED},
                               "retrain_tasks": ["get-service-data"]}
@@ -338,7 +338,7 @@ def test_retrain_rebuilds_only_the_affected_family(built, customers, future_stop
     assert "retrain train-service-time: ok" in done.stdout
     ran = {name for name, t in stamp.items() if (out / "nb" / name).stat().st_mtime_ns != t}
     assert ran == {"train-service-time.ipynb", "evaluate-service-time.ipynb", "register-service-time.ipynb"}
-    records = [json.loads(line) for line in (out / "monitoring" / "alerts.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in product_at(out, "monitoring.alerts").read_text().splitlines()]
     assert [(r["family"], r["ok"]) for r in records if r["kind"] == "retrain"] == [("service_time", True)]
 
 
@@ -362,8 +362,8 @@ def seasonal_out(tmp_path) -> Path:
     "Two years of out-of-fold errors (100 s, 140 s in the Christmas weeks) and a training summary: validation Jul-Sep."
     out = tmp_path / "out"; (out / "service_time").mkdir(parents=True)
     history = pd.date_range("2023-01-01", "2024-09-30", freq="D")
-    _stops(history, lambda d: 140.0 if _christmas(d) else 100.0, seed=1).to_parquet(out / "service_time" / "out_of_fold.parquet")
-    (out / "service_time" / "training.json").write_text(json.dumps(
+    _stops(history, lambda d: 140.0 if _christmas(d) else 100.0, seed=1).to_parquet(product_at(out, "service_time.out_of_fold"))
+    product_at(out, "service_time.training").write_text(json.dumps(
         {"best_valid_mae_s": 100.0, "split": {"valid": {"from": "2024-07-01", "to": "2024-09-30"}}}))
     return out
 
@@ -398,8 +398,8 @@ def test_a_normal_christmas_peak_is_not_an_alert_and_a_real_degradation_is(seaso
 
 
 def test_without_the_same_weeks_in_the_history_the_alert_says_so(seasonal_out):
-    oof = pd.read_parquet(seasonal_out / "service_time" / "out_of_fold.parquet")
-    oof[oof.date >= "2024-01-01"].to_parquet(seasonal_out / "service_time" / "out_of_fold.parquet")   # one year short
+    oof = pd.read_parquet(product_at(seasonal_out, "service_time.out_of_fold"))
+    oof[oof.date >= "2024-01-01"].to_parquet(product_at(seasonal_out, "service_time.out_of_fold"))   # one year short
     worse = _stops(pd.date_range("2024-12-01", "2024-12-31", freq="D"), lambda d: 140.0, seed=2)
     res = check_performance(seasonal_out, SERVICE_SPEC, THRESHOLDS, worse)
     assert res["breach"] and not res["seasonal"]["found"] and res["expected"] == pytest.approx(100.0)
@@ -415,14 +415,14 @@ def _demand_out(tmp_path: Path, folds_from: str, model_christmas: float) -> tupl
     days = pd.date_range("2022-01-01", "2024-12-31", freq="D")
     swing = np.where([_christmas(d) for d in days], 3000.0, 1000.0)
     daily = pd.DataFrame({"date": days, "revenue": 20_000.0 + rng.normal(0, 1, len(days)) * swing})
-    daily.to_parquet(out / "demand" / "daily.parquet")
+    daily.to_parquet(product_at(out, "demand.daily"))
     folds = daily[daily.date >= folds_from].reset_index(drop=True)
     err = np.where([_christmas(d) for d in folds.date], model_christmas, 1.0) * 500.0 * np.abs(rng.normal(0, 1, len(folds)))
     backtest = folds.rename(columns={"revenue": "actual"}).assign(origin=pd.Timestamp(folds_from), model=folds.revenue + err,
                                                                    seasonal_naive=folds.revenue + 4 * err)
-    backtest.to_parquet(out / "demand" / "backtest.parquet")
+    backtest.to_parquet(product_at(out, "demand.backtest"))
     mae, scale = float(err.mean()), daily.revenue.diff(7).abs().mean()      # the backtest's MASE over every fold day
-    (out / "demand" / "metrics.json").write_text(json.dumps({"model": {"mae": mae, "mase": mae / scale}}))
+    product_at(out, "demand.metrics").write_text(json.dumps({"model": {"mae": mae, "mase": mae / scale}}))
     return out, backtest
 
 

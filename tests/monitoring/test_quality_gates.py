@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, ploomber_build
+from conftest import ROOT, ploomber_build, product_at
 from kronkers_ml.demand.generator import REGIONS, simulate_transactions
 from kronkers_ml.monitoring.quality import (QualityError, business_reference, check_frame, enforce_quality, load_constraints,
                                  save_accepted)
@@ -34,7 +34,7 @@ def foreign_log() -> pd.DataFrame:
 
 
 def gate_report(out) -> dict:
-    return json.loads((out / "monitoring" / "quality" / "demand.json").read_text())
+    return json.loads(product_at(out, "monitoring.quality.demand").read_text())
 
 
 def test_a_foreign_log_passes_the_gate_with_its_business_checks_waiting_for_a_reference(tmp_path, foreign_log):
@@ -42,7 +42,7 @@ def test_a_foreign_log_passes_the_gate_with_its_business_checks_waiting_for_a_re
     foreign_log.to_csv(path, index=False)
     out = tmp_path / "out"
     ploomber_build(out, "--env--demand--transactions", str(path), "--partially", "check-demand-data")
-    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
+    lines = pd.read_parquet(product_at(out, "demand.transactions"))
     assert lines.quantity.max() == 80_995 and not set(lines.region) & set(REGIONS)     # what the old constants refused
     report = gate_report(out)
     assert report["passed"] and report["reference"].startswith("no reference yet"), report["reference"]
@@ -51,7 +51,7 @@ def test_a_foreign_log_passes_the_gate_with_its_business_checks_waiting_for_a_re
                         ("ranges", "unit_price"): "no reference yet", ("ranges", "revenue"): "no reference yet",
                         ("categories", "region"): "no reference yet"}, business
     assert all(r["status"] == "passed" for r in report["results"] if r["scope"] == "contract")
-    accepted = list((out / "profiles" / "demand" / "accepted").glob("*/accepted.json"))
+    accepted = list(product_at(out, "profiles.demand.accepted").glob("*/accepted.json"))
     assert len(accepted) == 1 and json.loads(accepted[0].read_text())["rows"]["transactions"] == len(lines)
 
 
@@ -66,7 +66,7 @@ def test_blank_ids_stop_the_gate_with_the_rows_that_have_them(tmp_path, foreign_
     assert "3 row(s) break it, e.g. row " in text and "(invoice_id='')" in text
     failed = [r for r in gate_report(out)["results"] if not r["passed"]]
     assert [(r["constraint"], r["column"], r["rows_failing"]) for r in failed] == [("max_null_fraction", "invoice_id", 3)]
-    lines = pd.read_parquet(out / "demand" / "transactions.parquet")
+    lines = pd.read_parquet(product_at(out, "demand.transactions"))
     assert [e["row"] for e in failed[0]["examples"]] == np.flatnonzero(lines.invoice_id.eq("")).tolist()
     assert not list((out / "profiles" / "demand").glob("accepted/*"))      # bad data is never a reference
 
@@ -87,7 +87,7 @@ def test_negative_quantities_that_reach_the_gate_stop_it_with_example_rows(tmp_p
     foreign_log.to_csv(path, index=False)
     out = tmp_path / "out"
     ploomber_build(out, "--env--demand--transactions", str(path), "--partially", "get-demand-data")
-    product = out / "demand" / "transactions.parquet"
+    product = product_at(out, "demand.transactions")
     lines = pd.read_parquet(product)
     lines.loc[[5, 40], "quantity"] = [-3, -1]
     lines["revenue"] = lines.quantity * lines.unit_price
@@ -129,7 +129,7 @@ def test_customers_in_another_country_pass_the_gate(tmp_path, tables):
     assert len(moved["customers"]) < 50 and len(moved["stops"]) < 500          # the old row minimums
     out = tmp_path / "out"
     ploomber_build(out, "--env--service_time--data_dir", str(write(tmp_path / "madrid", moved)), "--partially", "check-service-data")
-    report = json.loads((out / "monitoring" / "quality" / "service_time.json").read_text())
+    report = json.loads(product_at(out, "monitoring.quality.service_time").read_text())
     assert report["passed"] and report["rows"]["customers"] == 40
     statuses = {r["status"] for r in report["results"] if r["scope"] == "business"}
     assert statuses == {"no reference yet"}, statuses

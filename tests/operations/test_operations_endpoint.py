@@ -11,7 +11,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from conftest import ROOT, running_service
+from conftest import ROOT, running_service, product_at
 from kronkers_ml.platform.access import create_key, load_roles, read_audit
 
 ROLES = ROOT / "config" / "roles.yaml"
@@ -79,8 +79,8 @@ def test_roles_may_read_the_plan_and_every_call_is_audited(client, state):
 
 
 def test_the_plan_served_is_the_plan_built(client, state, built):
-    summary = json.loads((built / "operations" / "plan.json").read_text())
-    plan = pd.read_parquet(built / "operations" / "plan.parquet")
+    summary = json.loads(product_at(built, "operations.plan_summary").read_text())
+    plan = pd.read_parquet(product_at(built, "operations.plan"))
     body = _get(client, state["keys"]["operations"]).json()
     for k in ("from", "to", "horizon_days", "forecast_model", "quantities", "inputs", "totals", "uncertainty"):
         assert body[k] == summary[k], k
@@ -94,7 +94,7 @@ def test_the_plan_served_is_the_plan_built(client, state, built):
     assert in_json.columns.tolist() == plan.columns.tolist()
     assert served[numbers].to_numpy(float) == pytest.approx(in_json[numbers].to_numpy(float), abs=1e-4)
     # the auto share the plan used is the returns classifier's, as the operations plan test checks on the files
-    review = json.loads((built / "returns" / "metrics.json").read_text())["review"]
+    review = json.loads(product_at(built, "returns.metrics").read_text())["review"]
     assert body["inputs"]["auto_share"] == pytest.approx(review["auto_share"])
     first = _get(client, state["keys"]["admin"], {"days": 2}).json()
     assert first["days_shown"] == 2 and first["days"] == body["days"][:2] and first["totals"] == body["totals"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from ploomber.spec import DAGSpec
 
-from conftest import error_outputs, image_outputs, ploomber_build
+from conftest import error_outputs, image_outputs, ploomber_build, product_at
 from kronkers_ml.operations.polyglot import CUSTOMER_ORDERS_SCHEMA, read_segments
 
 
@@ -27,10 +27,10 @@ def test_r_task_ran_in_the_ir_kernel_and_drew_its_plots(built):
 
 
 def test_r_segments_cover_every_customer_with_their_rfm(built):
-    orders = pd.read_csv(built / "demand" / "customer_orders.csv", dtype={"customer_id": str, "invoice_id": str})
+    orders = pd.read_csv(product_at(built, "demand.customer_orders"), dtype={"customer_id": str, "invoice_id": str})
     assert list(orders.columns) == list(CUSTOMER_ORDERS_SCHEMA)
-    segments = read_segments(built / "demand" / "segments.csv")           # the contract the Python side checks
-    summary = json.loads((built / "demand" / "segments.json").read_text())
+    segments = read_segments(product_at(built, "demand.segments"))           # the contract the Python side checks
+    summary = json.loads(product_at(built, "demand.segments_summary").read_text())
     assert sorted(segments.customer_id) == sorted(orders.customer_id.unique())
     by_customer = orders.groupby("customer_id").agg(frequency=("invoice_id", "size"), monetary=("revenue", "sum"))
     merged = segments.set_index("customer_id").join(by_customer, rsuffix="_py")
@@ -49,8 +49,8 @@ def test_r_segments_cover_every_customer_with_their_rfm(built):
 
 
 def test_python_task_reads_the_r_products(built):
-    shares = pd.read_parquet(built / "demand" / "segment_shares.parquet")
-    segments = read_segments(built / "demand" / "segments.csv")
+    shares = pd.read_parquet(product_at(built, "demand.segment_shares"))
+    segments = read_segments(product_at(built, "demand.segments"))
     assert shares.customers.sum() == len(segments)
     assert shares.revenue_share.sum() == pytest.approx(1.0) and shares.customer_share.sum() == pytest.approx(1.0)
     assert shares.revenue.sum() == pytest.approx(segments.monetary.sum())
@@ -60,7 +60,7 @@ def test_python_task_reads_the_r_products(built):
 # --- Julia: skipped where its kernel is missing ---------------------------------------------------------------
 
 def test_julia_task_is_skipped_with_its_message_and_the_rebuild_runs_nothing(built):
-    assert not (built / "demand" / "segment_stats_julia.json").exists()
+    assert not product_at(built, "demand.segment_stats_julia").exists()
     assert not (built / "nb" / "summarise-segments-julia.ipynb").exists()
     done = ploomber_build(built)
     assert "Task 'summarise-segments-julia' skipped: Jupyter kernel 'julia-1.11' is not installed" in done.stderr

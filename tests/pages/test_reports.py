@@ -7,7 +7,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from conftest import ploomber_build
+from conftest import ploomber_build, product_at
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORTS = sorted((ROOT / "reports").glob("*.ipynb"))
@@ -31,15 +31,15 @@ def run_report(nb: Path, out: Path, tmp_path: Path) -> list[str]:
 
 def test_service_time_report_shows_the_built_figures(built, tmp_path):
     text = "\n".join(run_report(ROOT / "reports" / "service_time.ipynb", built, tmp_path))
-    metrics = json.loads((built / "service_time" / "metrics.json").read_text())
+    metrics = json.loads(product_at(built, "service_time.metrics").read_text())
     assert f"{metrics['data']['rows_test']:,} deliveries" in text
     assert "Figure" in text
 
 
 def test_returns_report_shows_the_built_figures(built, tmp_path):
     text = "\n".join(run_report(ROOT / "reports" / "returns.ipynb", built, tmp_path))
-    metrics = json.loads((built / "returns" / "metrics.json").read_text())
-    batch = json.loads((built / "returns" / "batch" / "summary.json").read_text())
+    metrics = json.loads(product_at(built, "returns.metrics").read_text())
+    batch = json.loads(product_at(built, "returns.batch.summary").read_text())
     hours = metrics["review"]["auto_share"] * 1000 * 2.0 / 60
     assert f"{hours:,.1f} hours of manual inspection saved per 1,000 returns" in text
     assert "2.0 minutes to inspect and sort one returned item" in text        # the assumption, stated
@@ -85,17 +85,17 @@ def test_a_failed_gate_fails_the_build_keeps_the_champion_and_the_page_says_so(t
     from kronkers_ml.platform.tracking import tracking_uri
     out = tmp_path / "out"
     ploomber_build(out, "--partially", "register-demand")
-    status = json.loads((out / "build" / "status.json").read_text())
+    status = json.loads(product_at(out, "build.status").read_text())
     assert status["status"] == "ok" and status["failed"] == [] and status["last_success"] == status["finished"]
     uri = tracking_uri(out)
     assert champion_version(uri, "demand") == "1"
 
-    path = out / "demand" / "metrics.json"                   # the pipeline reports a figure 1% off the model's
+    path = product_at(out, "demand.metrics")                   # the pipeline reports a figure 1% off the model's
     metrics = json.loads(path.read_text())
     true_mase = metrics["model"]["own_mase"]
     reported = true_mase * 1.01
     path.write_text(json.dumps({**metrics, "model": {**metrics["model"], "own_mase": reported}}))
-    (out / "demand" / "registration.json").unlink()           # so that register-demand runs again
+    product_at(out, "demand.registration").unlink()           # so that register-demand runs again
     done = ploomber_build(out, "--partially", "register-demand", check=False)
     assert done.returncode != 0
     assert repr(reported) in done.stdout + done.stderr and "rtol=" in done.stdout + done.stderr
@@ -105,7 +105,7 @@ def test_a_failed_gate_fails_the_build_keeps_the_champion_and_the_page_says_so(t
     assert h.version.tolist() == [2, 1] and h.gate.tolist() == ["error", "promoted"]
     assert repr(reported) in h.reason[0] and repr(true_mase) in h.reason[0]
 
-    failed = json.loads((out / "build" / "status.json").read_text())
+    failed = json.loads(product_at(out, "build.status").read_text())
     assert failed["status"] == "failed" and [f["task"] for f in failed["failed"]] == ["register-demand"]
     error = failed["failed"][0]["error"]
     assert error.startswith("GateError: ") and repr(reported) in error and repr(true_mase) in error

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BIN, ROOT, bomb_png, error_outputs, free_port, image_outputs
+from conftest import BIN, ROOT, bomb_png, error_outputs, free_port, image_outputs, product_at
 from kronkers_ml.returns.batch import (COLUMNS, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_PUSH_FAILED, build_parser, main,
                                        name_field, read_results, results_lock, scan_inbox)
 from kronkers_ml.returns.model import CATEGORIES, build_classifier, load_classifier, save_classifier
@@ -285,11 +285,11 @@ def test_classify_returns_task_in_the_tiny_build(built):
     assert (built / "nb" / "classify-returns.html").stat().st_size > 0
     assert not error_outputs(nb), error_outputs(nb)
     assert len(image_outputs(nb)) >= 1
-    inbox = scan_inbox(built / "returns" / "inbox")
-    table = read_results(built / "returns" / "batch" / "results.csv")
+    inbox = scan_inbox(product_at(built, "returns.inbox"))
+    table = read_results(product_at(built, "returns.batch.results"))
     assert len(inbox) > 0 and sorted(table.file) == inbox and table.file.is_unique
-    summary = json.loads((built / "returns" / "batch" / "summary.json").read_text())
-    assert summary["model_version"] == load_classifier(built / "returns" / "model.pt").version
+    summary = json.loads(product_at(built, "returns.batch.summary").read_text())
+    assert summary["model_version"] == load_classifier(product_at(built, "returns.model")).version
     assert (table.model_version == summary["model_version"]).all()
     assert summary["photos"] == len(inbox) == sum(summary["class_distribution"].values()) + summary["errors"]
     assert summary["needs_review"] == table.needs_review.sum()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import ROOT, error_outputs, image_outputs, ploomber_build
+from conftest import ROOT, error_outputs, image_outputs, ploomber_build, product_at
 from kronkers_ml.monitoring.monitor import monitor
 from kronkers_ml.monitoring.profiles import latest_profile
 from kronkers_ml.returns.batch import read_results
@@ -29,16 +29,16 @@ def test_returns_tasks_leave_executed_notebooks_with_their_plots(built):
 
 @pytest.fixture(scope="module")
 def metrics(built) -> dict:
-    return json.loads((built / "returns" / "metrics.json").read_text())
+    return json.loads(product_at(built, "returns.metrics").read_text())
 
 
 def test_data_summary_counts_and_hashes(built):
-    summary = json.loads((built / "returns" / "data.json").read_text())
+    summary = json.loads(product_at(built, "returns.data").read_text())
     assert summary["classes"] == CATEGORIES
     assert summary["train"]["per_class"] == {c: 20 for c in CATEGORIES}
     assert summary["test"]["per_class"] == {c: 20 for c in CATEGORIES}
     assert len(summary["train"]["sha256"]) == 64 and summary["train"]["sha256"] != summary["test"]["sha256"]
-    x, y = read_arrays(built / "returns" / "train.npz")
+    x, y = read_arrays(product_at(built, "returns.train"))
     assert x.shape == (100, 28, 28) and np.bincount(y).tolist() == [20] * 5
 
 
@@ -66,7 +66,7 @@ def test_metrics_file_has_the_documented_shape(metrics):
 
 
 def test_metrics_are_computed_from_the_saved_predictions(built, metrics):
-    pred = pd.read_parquet(built / "returns" / "predictions.parquet")
+    pred = pd.read_parquet(product_at(built, "returns.predictions"))
     assert len(pred) == metrics["test_images"]
     assert (pred.category == pred.predicted).mean() == pytest.approx(metrics["model"]["accuracy"])
     assert (pred.category == pred.linear).mean() == pytest.approx(metrics["models"]["linear"]["accuracy"])
@@ -77,9 +77,9 @@ def test_metrics_are_computed_from_the_saved_predictions(built, metrics):
 
 
 def test_saved_model_classifies_the_inbox(built, metrics):
-    inbox = sorted((built / "returns" / "inbox").glob("*.png"))
+    inbox = sorted(product_at(built, "returns.inbox").glob("*.png"))
     assert len(inbox) == 40
-    classifier = load_classifier(built / "returns" / "model.pt", device="cpu")
+    classifier = load_classifier(product_at(built, "returns.model"), device="cpu")
     assert classifier.version == metrics["model"]["version"]
     names, confidence = classifier.predict([Image.open(p) for p in inbox])
     assert len(names) == 40 and set(names) <= set(CATEGORIES) and confidence.shape == (40,)
@@ -88,16 +88,16 @@ def test_saved_model_classifies_the_inbox(built, metrics):
 # --- monitoring: the gate, the profiles, the reviewed categories, drift and performance -------------------------
 
 def test_returns_gate_profiles_and_reviewed_categories_are_in_the_build(built):
-    report = json.loads((built / "monitoring" / "quality" / "returns.json").read_text())
+    report = json.loads(product_at(built, "monitoring.quality.returns").read_text())
     assert report["passed"] and report["checked_on"] == "every photo" and report["rows"]["photos"] == 200
     assert {r["dataset"] for r in report["results"]} == {"photos"} and report["n_constraints"] >= 15
     for dataset in ("photos", "scored_test", "scored_batch"):
         assert latest_profile(built, "returns", dataset) is not None, dataset
-    _, y_test = read_arrays(built / "returns" / "test.npz")
-    labels = pd.read_csv(built / "returns" / "inbox_labels.csv")      # what staff would record on review
+    _, y_test = read_arrays(product_at(built, "returns.test"))
+    labels = pd.read_csv(product_at(built, "returns.inbox_labels"))      # what staff would record on review
     assert labels.category.tolist() == [CATEGORIES[y_test[int(f[7:12])]] for f in labels.file]
-    reviewed = pd.read_parquet(built / "returns" / "batch" / "reviewed.parquet")
-    results = read_results(built / "returns" / "batch" / "results.csv")
+    reviewed = pd.read_parquet(product_at(built, "returns.batch.reviewed"))
+    results = read_results(product_at(built, "returns.batch.results"))
     assert len(reviewed) == int((results.status == "ok").sum()) == 40
     merged = reviewed.merge(results, on="file", suffixes=("", "_batch"))
     assert (merged.predicted == merged.category_batch).all() and merged.category.isin(CATEGORIES).all()
@@ -110,9 +110,9 @@ def test_monitor_is_quiet_on_the_build_flags_a_dim_camera_and_a_worse_model(buil
     quiet = check()
     assert quiet["drift"]["checked"] and not quiet["drift"]["breach"], quiet["drift"]
     assert not quiet["performance"]["checked"] and "100+" in quiet["performance"]["reason"]   # 40 photos a night here
-    x_test, _ = read_arrays(out / "returns" / "test.npz")
+    x_test, _ = read_arrays(product_at(out, "returns.test"))
     dim = dim_images(x_test, 0.6)                                       # the returns desk's camera got darker
-    cats, conf = load_classifier(out / "returns" / "model.pt", device="cpu").predict(list(dim))
+    cats, conf = load_classifier(product_at(out, "returns.model"), device="cpu").predict(list(dim))
     drifted = check(current=scored_photos(dim, cats, conf, pd.Timestamp.now().normalize()))["drift"]
     assert drifted["breach"] and "mean_grey" in drifted["drifted"], drifted
     today = pd.Timestamp.now().normalize()
@@ -137,8 +137,8 @@ def test_a_washed_out_photo_stops_the_build_at_the_gate(tmp_path):
     assert done.returncode != 0
     text = done.stdout + done.stderr
     assert "get-returns-data" in text and "photos: ranges of column 'std_grey': expected [5, 128], observed [0.0" in text, text[-3000:]
-    assert not (out / "returns" / "train.npz").exists() and not (out / "returns" / "model.pt").exists()
-    report = json.loads((out / "monitoring" / "quality" / "returns.json").read_text())
+    assert not product_at(out, "returns.train").exists() and not product_at(out, "returns.model").exists()
+    report = json.loads(product_at(out, "monitoring.quality.returns").read_text())
     failed = {(r["constraint"], r["column"]) for r in report["results"] if not r["passed"]}
     assert not report["passed"] and failed == {("ranges", "std_grey"), ("ranges", "mean_grey")}, failed
 
@@ -149,20 +149,20 @@ def test_flip_tta_without_the_training_flip_is_refused_before_training(tmp_path)
     assert done.returncode != 0
     text = done.stdout + done.stderr
     assert "train-returns" in text and "a model trained without the flip (flip: false) has never met" in text, text[-3000:]
-    assert (out / "returns" / "train.npz").exists() and not (out / "returns" / "model.pt").exists()
+    assert product_at(out, "returns.train").exists() and not product_at(out, "returns.model").exists()
 
 
 def test_an_ensemble_of_two_networks_is_trained_saved_and_scored_as_one_classifier(tmp_path):
     out = tmp_path / "out"
     ploomber_build(out, "--env--returns--members", "2", "--partially", "evaluate-returns")
-    training = json.loads((out / "returns" / "training.json").read_text())
+    training = json.loads(product_at(out, "returns.training").read_text())
     assert training["members"] == 2 and training["member_seeds"] == [training["seed"], training["seed"] + 1]
     assert len(training["member_step_loss"]) == 2
     assert training["train_seconds"] == pytest.approx(sum(training["member_seconds"]))
-    clf = load_classifier(out / "returns" / "model.pt")
+    clf = load_classifier(product_at(out, "returns.model"))
     assert clf.meta["members"] == 2 and len(clf.model.members) == 2
-    metrics = json.loads((out / "returns" / "metrics.json").read_text())
-    x_test, y_test = read_arrays(out / "returns" / "test.npz")
+    metrics = json.loads(product_at(out, "returns.metrics").read_text())
+    x_test, y_test = read_arrays(product_at(out, "returns.test"))
     assert metrics["model"]["members"] == 2 and metrics["model"]["version"] == clf.version
     alone = [(m.predict_proba(x_test).argmax(1) == y_test).mean() for m in clf.members()]
     assert metrics["model"]["member_accuracy"] == pytest.approx(alone)

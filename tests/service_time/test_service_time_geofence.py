@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, ploomber_build
+from conftest import ROOT, ploomber_build, product_at
 from kronkers_ml.service_time.geofence import M_PER_DEG, detect_visits, geofence_accuracy
 from kronkers_ml.service_time.data import load_service_data
 from kronkers_ml.service_time.generator import TINY_SIZE, simulate_service_data, utc_clock
@@ -108,10 +108,10 @@ def test_the_pipeline_writes_the_explanation_into_geofence_json(tmp_path):
     ploomber_build(out, "--env--service_time--ping_interval_s", "60", "--env--service_time--ping_interval_max_s", "120",
                    "--env--service_time--clock", "utc", "--env--service_time--flap_gap_s", "20",
                    "--env--service_time--min_segment_pings", "3", "--partially", "clean-geofences")
-    geo = json.loads((out / "service_time" / "geofence.json").read_text())
+    geo = json.loads(product_at(out, "service_time.geofence").read_text())
     assert geo["explanation"] and "(service_time.flap_gap_s)" in geo["explanation"][0]
     assert geo["params"]["flap_gap_s"] == 20 and geo["params"]["timezone"] == "Europe/Oslo"
-    summary = json.loads((out / "service_time" / "raw" / "summary.json").read_text())
+    summary = json.loads(product_at(out, "service_time.raw.summary").read_text())
     assert "UTC clock" in summary["source"] and summary["timezone"] == "Europe/Oslo"
     nb = (out / "nb" / "clean-geofences.ipynb").read_text()
     assert "WARNING:" in nb and "service_time.flap_gap_s" in nb

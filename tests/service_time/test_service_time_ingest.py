@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ploomber_build
+from conftest import ploomber_build, product_at
 from kronkers_ml.service_time.generator import TINY_SIZE, simulate_service_data
 
 
@@ -35,10 +35,10 @@ def test_real_data_is_used_instead_of_the_generator(tmp_path, real_tables):
     data = write_folder(tmp_path / "data", real_tables)
     out = tmp_path / "out"
     ploomber_build(out, "--env--service_time--data_dir", str(data), "--partially", "clean-geofences")
-    stops = pd.read_parquet(out / "service_time" / "raw" / "stops.parquet")
+    stops = pd.read_parquet(product_at(out, "service_time.raw.stops"))
     assert len(stops) == len(real_tables["stops"])
-    assert len(pd.read_parquet(out / "service_time" / "raw" / "truth.parquet")) == 0
-    visits = pd.read_parquet(out / "service_time" / "visits.parquet")
+    assert len(pd.read_parquet(product_at(out, "service_time.raw.truth"))) == 0
+    visits = pd.read_parquet(product_at(out, "service_time.visits"))
     assert len(visits) > 0.9 * len(stops)
 
 
@@ -82,5 +82,5 @@ def test_bad_input_stops_the_build_with_a_clear_error(tmp_path, real_tables, fau
     assert "DataContractError" in log
     for text in expected:
         assert text in log, f"{text!r} not in the error output:\n{log[-3000:]}"
-    assert not (out / "service_time" / "raw" / "pings.parquet").exists()
-    assert not (out / "service_time" / "visits.parquet").exists()
+    assert not product_at(out, "service_time.raw.pings").exists()
+    assert not product_at(out, "service_time.visits").exists()

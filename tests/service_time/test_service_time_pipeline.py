@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import error_outputs, image_outputs, ploomber_build
+from conftest import error_outputs, image_outputs, ploomber_build, product_at
 
 TASKS = ["get-service-data", "clean-geofences", "build-service-features", "train-service-time",
          "evaluate-service-time"]
@@ -44,7 +44,7 @@ def test_products_are_on_disk(built):
 
 @pytest.fixture(scope="module")
 def metrics(built) -> dict:
-    return json.loads((built / "service_time" / "metrics.json").read_text())
+    return json.loads(product_at(built, "service_time.metrics").read_text())
 
 
 def test_metrics_file_has_the_documented_shape(metrics):
@@ -71,7 +71,7 @@ def test_model_beats_all_three_baselines(metrics):
 
 
 def test_metrics_are_computed_from_the_saved_predictions(built, metrics):
-    pred = pd.read_parquet(built / "service_time" / "predictions.parquet")
+    pred = pd.read_parquet(product_at(built, "service_time.predictions"))
     assert len(pred) == metrics["data"]["rows_test"]
     mae = (pred["service_time_s"] - pred["lightgbm"]).abs().mean()
     assert mae == pytest.approx(metrics["model"]["mae_s"], rel=1e-6)
@@ -86,7 +86,7 @@ def test_geofence_cleaning_is_accurate_on_the_test_run(metrics):
 
 
 def test_a_second_build_with_nothing_changed_runs_no_task(built):
-    status = built / "build" / "status.json"     # every build records its outcome there, a no-op build too
+    status = product_at(built, "build.status")     # every build records its outcome there, a no-op build too
     mtimes = {p: p.stat().st_mtime_ns for p in built.rglob("*") if p.is_file() and not p.name.startswith(".") and p != status}
     done = ploomber_build(built)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes, "a product was rewritten"
