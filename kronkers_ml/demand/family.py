@@ -22,8 +22,8 @@ from fastapi.concurrency import run_in_threadpool
 from mlflow.pyfunc import PythonModel
 
 from ..metrics import mase
-from ..pages.dashboards import BUILD_HINT, FIG_WIDTH, PALETTE, FamilyPage, fmt, show_in, thousands
-from ..pages.reports import OutputsMissing, load_metrics
+from ..pages.dashboards import FIG_WIDTH, PALETTE, FamilyPage, fmt, require_output, show_in, thousands
+from ..pages.reports import load_metrics
 from ..platform.access import Caller
 from ..platform.api import ServiceSettings, need, served_model
 from ..platform.registry import Family
@@ -217,11 +217,7 @@ def demand_headline(out: str | Path) -> dict[str, Any]:
 # %% ../../nbs/demand/08_family.ipynb #dfbe0590
 def load_demand(out: str | Path) -> dict[str, pd.DataFrame]:
     "The demand products a page shows: `daily` revenue, `backtest` forecasts per fold, `forecast` of the coming days."
-    names = {"daily": "daily.parquet", "backtest": "backtest.parquet", "forecast": "forecast.parquet"}
-    paths = {k: Path(out) / "demand" / v for k, v in names.items()}
-    missing = [str(p) for p in paths.values() if not p.exists()]
-    if missing: raise OutputsMissing(f"{', '.join(missing)} missing. {BUILD_HINT}")
-    return {k: pd.read_parquet(p) for k, p in paths.items()}
+    return {k: pd.read_parquet(require_output(f"demand.{k}", out)) for k in ("daily", "backtest", "forecast")}
 
 def fold_errors(backtest: pd.DataFrame, models: Sequence[str] = ("model", "seasonal_naive")) -> pd.DataFrame:
     "Forecast error (MAE, NOK per day) of each model in each backtest fold, folds (origins) as rows."

@@ -21,11 +21,12 @@ import pandas as pd
 
 from ..core import read_json
 from .reports import OutputsMissing
+from ..products import PRODUCTS, how_to_build, product_path
 
 # %% auto #0
 __all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'QUALITY_COLUMNS', 'ALERT_COLUMNS', 'DRIFT_COLUMNS',
-           'STATUS_RULE', 'LIVE_ONLY', 'repo_root', 'outputs_dir', 'fmt', 'apply_style', 'thousands', 'date_axis',
-           'FamilyPage', 'families_with_outputs', 'champion_info', 'fmt_age', 'registry_state', 'not_live',
+           'STATUS_RULE', 'LIVE_ONLY', 'repo_root', 'outputs_dir', 'require_output', 'fmt', 'apply_style', 'thousands',
+           'date_axis', 'FamilyPage', 'families_with_outputs', 'champion_info', 'fmt_age', 'registry_state', 'not_live',
            'live_model_note', 'build_banner', 'as_text', 'load_quality', 'load_alerts', 'drift_history',
            'family_status', 'profile_drifted', 'monitoring_status', 'overview', 'badge', 'live_page', 'show_in',
            'quality_html']
@@ -48,6 +49,13 @@ def outputs_dir(default: str | Path = "outputs", environ: Mapping[str, str] | No
     if env.get(OUTPUTS_ENV): return Path(env[OUTPUTS_ENV])
     default = Path(default)
     return default if default.is_absolute() else repo_root(start) / default
+
+# %% ../../nbs/pages/02_dashboards.ipynb #b7e2c0a1
+def require_output(key: str, out: str | Path) -> Path:
+    "The path of the declared product `key` (kronkers_ml.products) under `out`; OutputsMissing naming the task that writes it when it is not built yet."
+    path = product_path(key, out)
+    if not path.exists(): raise OutputsMissing(f"{path} does not exist ({how_to_build(key)}). {BUILD_HINT}")
+    return path
 
 # %% ../../nbs/pages/02_dashboards.ipynb #f34dfcfe
 def fmt(x: Any, decimals: int = 0, unit: str = "", signed: bool = False) -> str:
@@ -101,7 +109,7 @@ class FamilyPage:
 
 def families_with_outputs(out: str | Path, pages: Mapping[str, FamilyPage]) -> list[str]:
     "Families of `pages` (the families' pages, `kronkers_ml.families.PAGES`) whose metrics.json exists under `out`, in their order."
-    return [f for f in pages if (Path(out) / f / "metrics.json").exists()]
+    return [f for f in pages if product_path(f"{f}.metrics", out).exists()]
 
 # %% ../../nbs/pages/02_dashboards.ipynb #cc01eae1
 def champion_info(out: str | Path, model_name: str, now: datetime | None = None) -> dict[str, Any] | None:
@@ -209,7 +217,8 @@ def as_text(v: Any) -> str:
 def load_quality(out: str | Path) -> pd.DataFrame:
     "Every data-quality result of every family, one row per constraint (expected and observed as text)."
     rows = []
-    for path in sorted((Path(out) / "monitoring" / "quality").glob("*.json")):
+    reports = [product_path(k, out) for k in PRODUCTS if k.startswith("monitoring.quality.")]   # one per family
+    for path in sorted(p for p in reports if p.is_file()):
         report = read_json(path)
         for r in report.get("results", []):
             rows.append({"family": report.get("family", path.stem), **{k: r.get(k) for k in QUALITY_COLUMNS[1:]}})
@@ -224,12 +233,12 @@ ALERT_COLUMNS = ["at", "family", "kind", "name", "value", "threshold"]
 
 def load_alerts(out: str | Path) -> pd.DataFrame:
     "Every record of `monitoring/alerts.jsonl` (newest first), with `open`: raised by the newest monitor check."
-    path = Path(out) / "monitoring" / "alerts.jsonl"
+    path = product_path("monitoring.alerts", out)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     frame = pd.DataFrame(records)
     for c in ALERT_COLUMNS:
         if c not in frame.columns: frame[c] = pd.Series(dtype=object)
-    last = Path(out) / "monitoring" / "last_check.json"
+    last = product_path("monitoring.last_check", out)
     newest = read_json(last)["at"] if last.exists() else (frame["at"].max() if len(frame) else None)
     frame["open"] = frame["at"].eq(newest) & frame["kind"].isin(["drift", "performance"])
     return frame.sort_values("at", ascending=False, kind="stable").reset_index(drop=True)
@@ -241,9 +250,9 @@ def drift_history(out: str | Path, family: str, spec: Mapping[str, Any], p_value
                   hellinger: float = 0.3) -> pd.DataFrame:
     "Drift of each stored current profile of `family` against its newest reference, one row per date and watched feature."
     from kronkers_ml.monitoring.drift import drift_scores, flag_drift
-    from kronkers_ml.monitoring.profiles import latest_profile, read_profile
+    from kronkers_ml.monitoring.profiles import latest_profile, profile_folder, read_profile
     ref = latest_profile(out, family, spec["reference"])
-    currents = sorted((Path(out) / "profiles" / family / spec["current"]).glob("*.bin"))
+    currents = sorted(profile_folder(out, family, spec["current"]).glob("*.bin"))
     if ref is None or not currents: return pd.DataFrame(columns=DRIFT_COLUMNS)
     reference, frames = read_profile(ref), []
     for path in currents:
@@ -280,7 +289,7 @@ def family_status(quality: pd.DataFrame | None, drifted: Sequence[str] = (),
 # %% ../../nbs/pages/02_dashboards.ipynb #691800e9
 def profile_drifted(out: str | Path, family: str) -> list[str]:
     "Watched features the build's profiles index marks as drifted (empty when there is no index)."
-    path = Path(out) / "profiles" / family / "index.json"
+    path = product_path(f"profiles.{family}.index", out)
     return list(read_json(path).get("watched_drifted", [])) if path.exists() else []
 
 def monitoring_status(out: str | Path, families: Sequence[str]) -> pd.DataFrame:
@@ -290,7 +299,7 @@ def monitoring_status(out: str | Path, families: Sequence[str]) -> pd.DataFrame:
     for fam in families:
         q, a = quality[quality.family.eq(fam)], alerts[alerts.family.eq(fam)]
         drifted = profile_drifted(out, fam)
-        monitored = bool(len(q) or len(a) or (Path(out) / "profiles" / fam).exists())
+        monitored = bool(len(q) or len(a) or product_path(f"profiles.{fam}.index", out).parent.exists())
         status, reason = family_status(q if len(q) else None, drifted, a, monitored)
         rows.append({"family": fam, "status": status, "reason": reason, "checks_passed": int(q.passed.sum()),
                      "checks": len(q), "drifted": drifted, "open_alerts": int(a["open"].sum())})

@@ -23,8 +23,9 @@ from fastapi.concurrency import run_in_threadpool
 from mlflow.pyfunc import PythonModel
 
 from ..core import read_json
-from ..pages.dashboards import BUILD_HINT, PALETTE, FamilyPage, fmt, show_in
-from ..pages.reports import OutputsMissing, load_metrics
+from ..pages.dashboards import PALETTE, FamilyPage, fmt, require_output, show_in
+from ..pages.reports import load_metrics
+from ..products import product_path
 from ..platform.access import Caller
 from ..platform.api import InputError, LoadedModel, ServiceSettings, need, read_body, served_model
 from ..platform.registry import Family
@@ -178,12 +179,11 @@ def returns_headline(out: str | Path) -> dict[str, Any]:
 # %% ../../nbs/returns/04_family.ipynb #fc01e286
 def load_returns(out: str | Path) -> dict[str, Any]:
     "The returns products a page shows: `metrics`, test `predictions`, and the last nightly batch `summary` and `results` (None when not run)."
-    pred = Path(out) / "returns" / "predictions.parquet"
-    if not pred.exists(): raise OutputsMissing(f"{pred} does not exist. {BUILD_HINT}")
-    batch = Path(out) / "returns" / "batch"
+    pred = require_output("returns.predictions", out)
+    summary, results = (product_path(f"returns.batch.{k}", out) for k in ("summary", "results"))
     return {"metrics": load_metrics("returns", out), "predictions": pd.read_parquet(pred),
-            "summary": read_json(batch / "summary.json") if (batch / "summary.json").exists() else None,
-            "results": pd.read_csv(batch / "results.csv") if (batch / "results.csv").exists() else None}
+            "summary": read_json(summary) if summary.exists() else None,
+            "results": pd.read_csv(results) if results.exists() else None}
 
 def review_table(predictions: pd.DataFrame, thresholds: Sequence[float], per: int = 1000) -> pd.DataFrame:
     "Per threshold: share sorted automatically, their accuracy (NaN when none), and the review queue per `per` returns."

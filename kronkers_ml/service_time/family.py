@@ -24,8 +24,8 @@ from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 
 from ..metrics import mae
-from ..pages.dashboards import (BUILD_HINT, FIG_WIDTH, PALETTE, FamilyPage, fmt, show_in)
-from ..pages.reports import OutputsMissing, load_metrics
+from ..pages.dashboards import (FIG_WIDTH, PALETTE, FamilyPage, fmt, require_output, show_in)
+from ..pages.reports import load_metrics
 from ..platform.access import Caller
 from ..platform.api import InputError, LoadedModel, ServiceSettings, need, read_body, served_model
 from ..platform.registry import Family
@@ -220,8 +220,7 @@ def service_time_value(metrics: Mapping[str, Any], stops_route: float,
 def service_time_headline(out: str | Path) -> dict[str, Any]:
     "Overview row of service time: minutes per stop, and driver minutes per route per day."
     metrics = load_metrics("service_time", out)
-    stops = Path(out) / "service_time" / "raw" / "stops.parquet"
-    if not stops.exists(): raise OutputsMissing(f"{stops} does not exist. {BUILD_HINT}")
+    stops = require_output("service_time.raw.stops", out)
     return service_time_value(metrics, stops_per_route(pd.read_parquet(stops, columns=["route_id"])))
 
 # %% ../../nbs/service_time/06_family.ipynb #72a5aca6
@@ -229,9 +228,7 @@ SERVICE_WAYS = {"lightgbm": "Model (LightGBM)", "business_rule_7min": "7-minute 
 
 def load_predictions(out: str | Path) -> pd.DataFrame:
     "The service-time test predictions (`service_time/predictions.parquet`)."
-    path = Path(out) / "service_time" / "predictions.parquet"
-    if not path.exists(): raise OutputsMissing(f"{path} does not exist. {BUILD_HINT}")
-    return pd.read_parquet(path)
+    return pd.read_parquet(require_output("service_time.predictions", out))
 
 def service_mae(predictions: pd.DataFrame, zones: Sequence[str] | None = None, start=None, end=None,
                 ways: Mapping[str, str] | None = None) -> pd.DataFrame:
