@@ -71,7 +71,8 @@ def test_env_files_have_the_same_keys():
 def test_parameters_cell_holds_no_second_default(name):
     nb = json.loads((ROOT / STEPS[name]["source"]).read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    names = {line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines() if "=" in line}
+    lines = "".join(cell["source"]).splitlines()
+    names = {line.split("<-" if "<-" in line else "=")[0].strip() for line in lines if "=" in line or "<-" in line}   # Python or R
     cls = settings_class(STEPS[name]["params"]["env"]["step"])
     assert "env" in names, f"{name}: the parameters cell must declare env = None"
     assert not names & set(cls.keys()), f"{name}: {sorted(names & set(cls.keys()))} have a second default in the parameters cell"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..settings import Settings, setting
 
 # %% auto #0
-__all__ = ['PlanOperations']
+__all__ = ['PlanOperations', 'SegmentCustomers']
 
 # %% ../../nbs/operations/00_settings.ipynb #efa1267a
 @dataclass(frozen=True)
@@ -29,3 +29,18 @@ class PlanOperations(Settings):
     def check(self):
         if not 0 < self.delivered_share <= 1:
             raise ValueError(f"{self.key('delivered_share')}: a share in (0, 1], got {self.delivered_share}")
+
+# %% ../../nbs/operations/00_settings.ipynb #5e6a7b10
+@dataclass(frozen=True)
+class SegmentCustomers(Settings):
+    "Settings of segment-customers, the R task (nbs/pipeline/operations/segment_customers.ipynb): Papermill hands them to R as a named list."
+    seed: int = setting(42, "seed")
+    k_min: int = setting(2, "segments.k_min")
+    k_max: int = setting(6, "segments.k_max")
+    nstart: int = setting(10, "segments.nstart")
+    silhouette_sample: int = setting(2000, "segments.silhouette_sample")
+
+    def check(self):
+        if not 2 <= self.k_min <= self.k_max <= 6:
+            raise ValueError(f"{self.key('k_min')}, {self.key('k_max')}: need 2 <= k_min <= k_max <= 6, got {self.k_min}, {self.k_max}")
+        if self.nstart < 1: raise ValueError(f"{self.key('nstart')}: at least 1, got {self.nstart}")
