@@ -41,8 +41,9 @@ html_show_sourcelink = False
 
 
 # The API reference: every library notebook under nbs/ (not nbs/pipeline/, not index), grouped by family and layer.
-# A notebook is placed by its folder when it has one (nbs/service_time/...), else by its module name. A notebook that
-# fits no group is listed under OTHER with a warning naming it, which fails `make docs` (-W): add it to GROUPS.
+# A notebook is placed by its folder when it has one (nbs/service_time/...; a folder GROUPS does not name, such as a new
+# model family's, is a group of its own), else by its module name. A top-level notebook that fits no group is listed
+# under OTHER with a warning naming it, which fails `make docs` (-W): add it to GROUPS.
 OTHER = "Other library notebooks"
 GROUPS = [
     ("Service time", ["service_time"], []),
@@ -73,12 +74,19 @@ def library_notebooks(nbs=ROOT / "nbs"):
     return found
 
 
+def folder_title(folder):
+    "`service_time` -> `Service time`: the group of a folder that GROUPS does not name (a new model family)."
+    return folder.replace("_", " ").capitalize()
+
+
 def group_of(docname):
-    "The GROUPS title a library notebook belongs to, or None."
+    "The GROUPS title a library notebook belongs to (a folder GROUPS does not name is a group of its own), or None."
     parts = docname.split("/")[1:]       # drop "nbs"
     for title, folders, modules in GROUPS:
         if len(parts) > 1 and parts[0] in folders:
             return title
+    if len(parts) > 1:
+        return folder_title(parts[0])
     for title, folders, modules in GROUPS:
         if _module(parts[-1]) in modules:
             return title
@@ -94,7 +102,9 @@ def reference_toctrees(nbs=ROOT / "nbs"):
     "MyST toctrees of the library notebooks, one per group, and a last one for any notebook that fits no group."
     docs = library_notebooks(nbs)
     out = []
-    for title in [g[0] for g in GROUPS] + [OTHER]:
+    titles = [g[0] for g in GROUPS]
+    titles += sorted({group_of(d) for d in docs} - set(titles) - {None}) + [OTHER]
+    for title in titles:
         members = [d for d in docs if (group_of(d) or OTHER) == title]
         if members:
             out += ["```{toctree}", f":caption: {title}", ":maxdepth: 1", ""]

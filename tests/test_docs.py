@@ -58,6 +58,8 @@ def test_a_notebook_without_a_group_is_named(tmp_path):
     assert "pipeline" not in toc
     assert "index" not in toc
     assert conf["ungrouped"](tmp_path) == []
+    (tmp_path / "new_family").mkdir(); (tmp_path / "new_family" / "01_data.ipynb").write_text("{}")
+    assert conf["ungrouped"](tmp_path) == [] and ":caption: New family" in conf["reference_toctrees"](tmp_path)
     (tmp_path / "77_unknown.ipynb").write_text("{}")
     assert conf["ungrouped"](tmp_path) == ["nbs/77_unknown"]       # the build warns, naming it, and -W fails it
     toc = conf["reference_toctrees"](tmp_path)
