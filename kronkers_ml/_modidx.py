@@ -1219,4 +1219,5 @@ d = { 'settings': { 'branch': 'main',
                                       'kronkers_ml.settings.project_root': ('settings.html#project_root', 'kronkers_ml/settings.py'),
                                       'kronkers_ml.settings.setting': ('settings.html#setting', 'kronkers_ml/settings.py'),
                                       'kronkers_ml.settings.settings_class': ('settings.html#settings_class', 'kronkers_ml/settings.py'),
+                                      'kronkers_ml.settings.shared': ('settings.html#shared', 'kronkers_ml/settings.py'),
                                       'kronkers_ml.settings.step_params': ('settings.html#step_params', 'kronkers_ml/settings.py')}}}

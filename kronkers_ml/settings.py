@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 # %% auto #0
-__all__ = ['setting', 'convert', 'Settings', 'project_root', 'load_env', 'settings_class', 'step_params']
+__all__ = ['SHARED', 'setting', 'shared', 'convert', 'Settings', 'project_root', 'load_env', 'settings_class', 'step_params']
 
 # %% ../nbs/settings.ipynb #3280201b
 def setting(default: Any, key: str, doc: str = "") -> Any:
@@ -23,6 +23,20 @@ def setting(default: Any, key: str, doc: str = "") -> Any:
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"setting: the env.yaml key must be dotted names such as 'returns.lr', got {key!r}")
     return dataclasses.field(default=default, metadata={"env": key, "doc": doc})
+
+# %% ../nbs/settings.ipynb #ec970242
+SHARED: dict[str, Any] = {
+    "seed": 42,                                           # every random call of a run
+    "monitoring.quality": "config/quality.yaml",          # the data-quality gates' constraints
+    "monitoring.profile_max_rows": 50_000,                # rows a whylogs profile reads at most
+    "monitoring.current_window_days": 14,                 # the last days a profile calls "current"
+}
+
+def shared(key: str, doc: str = "") -> Any:
+    "A `setting` for a key several steps read (`SHARED`), with its one default."
+    if key not in SHARED:
+        raise KeyError(f"shared: {key!r} is not a shared setting; known: {', '.join(SHARED)} (declare it with setting())")
+    return setting(SHARED[key], key, doc)
 
 # %% ../nbs/settings.ipynb #daf65477
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings, setting
+from ..settings import Settings, setting, shared
 
 # %% auto #0
 __all__ = ['GetDemandData', 'CheckDemandData', 'ProfileDemand', 'BuildDailyRevenue', 'BacktestDemand', 'ForecastDemand',
@@ -18,7 +18,7 @@ __all__ = ['GetDemandData', 'CheckDemandData', 'ProfileDemand', 'BuildDailyReven
 class GetDemandData(Settings):
     "Settings of get-demand-data (nbs/pipeline/demand/demand_data.ipynb)."
     transactions: str = setting("", "demand.transactions", "a transaction log; '': generated")
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     start: str = setting("2023-01-01", "demand.start")
     days: int = setting(1095, "demand.days")
     invoices_per_day: float = setting(200.0, "demand.invoices_per_day")
@@ -34,18 +34,18 @@ class GetDemandData(Settings):
 @dataclass(frozen=True)
 class CheckDemandData(Settings):
     "Settings of check-demand-data (nbs/pipeline/demand/check_demand_data.ipynb)."
-    quality_config: str = setting("config/quality.yaml", "monitoring.quality")
+    quality_config: str = shared("monitoring.quality")
     transactions: str = setting("", "demand.transactions")
-    profile_max_rows: int = setting(50_000, "monitoring.profile_max_rows")
-    current_window_days: int = setting(14, "monitoring.current_window_days")
-    seed: int = setting(42, "seed")
+    profile_max_rows: int = shared("monitoring.profile_max_rows")
+    current_window_days: int = shared("monitoring.current_window_days")
+    seed: int = shared("seed")
 
 @dataclass(frozen=True)
 class ProfileDemand(Settings):
     "Settings of profile-demand (nbs/pipeline/demand/profile_demand.ipynb)."
-    profile_max_rows: int = setting(50_000, "monitoring.profile_max_rows")
-    current_window_days: int = setting(14, "monitoring.current_window_days")
-    seed: int = setting(42, "seed")
+    profile_max_rows: int = shared("monitoring.profile_max_rows")
+    current_window_days: int = shared("monitoring.current_window_days")
+    seed: int = shared("seed")
 
 @dataclass(frozen=True)
 class BuildDailyRevenue(Settings):
@@ -57,7 +57,7 @@ class BuildDailyRevenue(Settings):
 @dataclass(frozen=True)
 class BacktestDemand(Settings):
     "Settings of backtest-demand (nbs/pipeline/demand/backtest_demand.ipynb)."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     horizon: int = setting(28, "demand.horizon")
     n_origins: int = setting(8, "demand.n_origins")
     step: int = setting(28, "demand.step")
@@ -79,4 +79,4 @@ class ForecastDemand(Settings):
 class RegisterDemand(Settings):
     "Settings of register-demand (nbs/pipeline/demand/register_demand.ipynb)."
     out: str = setting("outputs", "out")
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")

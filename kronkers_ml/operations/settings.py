@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings, setting
+from ..settings import Settings, setting, shared
 
 # %% auto #0
 __all__ = ['PlanOperations', 'SegmentCustomers']
@@ -16,7 +16,7 @@ __all__ = ['PlanOperations', 'SegmentCustomers']
 @dataclass(frozen=True)
 class PlanOperations(Settings):
     "Settings of plan-operations (nbs/pipeline/operations/plan_operations.ipynb)."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     n_sims: int = setting(4000, "operations.n_sims")
     window_days: int = setting(28, "operations.window_days")
     delivered_share: float = setting(1.0, "operations.delivered_share")
@@ -34,7 +34,7 @@ class PlanOperations(Settings):
 @dataclass(frozen=True)
 class SegmentCustomers(Settings):
     "Settings of segment-customers, the R task (nbs/pipeline/operations/segment_customers.ipynb): Papermill hands them to R as a named list."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     k_min: int = setting(2, "segments.k_min")
     k_max: int = setting(6, "segments.k_max")
     nstart: int = setting(10, "segments.nstart")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..settings import Settings, setting
+from ..settings import Settings, setting, shared
 
 # %% auto #0
 __all__ = ['GetReturnsData', 'TrainReturns', 'EvaluateReturns', 'RegisterReturns', 'ClassifyReturns']
@@ -17,7 +17,7 @@ __all__ = ['GetReturnsData', 'TrainReturns', 'EvaluateReturns', 'RegisterReturns
 @dataclass(frozen=True)
 class GetReturnsData(Settings):
     "Settings of get-returns-data (nbs/pipeline/returns/returns_data.ipynb)."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     fashion_mnist_dir: str = setting("/usr/share/datasets/fashion-mnist", "returns.fashion_mnist_dir")
     data_dir: str = setting("", "returns.data_dir", "a folder of labelled photos; '': Fashion-MNIST")
     train_per_class: int = setting(500, "returns.train_per_class", "0: all")
@@ -26,7 +26,7 @@ class GetReturnsData(Settings):
     test_share: float = setting(0.2, "returns.test_share")
     inbox_images: int = setting(400, "returns.inbox_images")
     inbox_brightness: float = setting(1.0, "returns.inbox_brightness")
-    quality_config: str = setting("config/quality.yaml", "monitoring.quality")
+    quality_config: str = shared("monitoring.quality")
 
     def check(self):
         if not 0 < self.test_share < 1: raise ValueError(f"{self.key('test_share')}: a share in (0, 1), got {self.test_share}")
@@ -36,7 +36,7 @@ class GetReturnsData(Settings):
 @dataclass(frozen=True)
 class TrainReturns(Settings):
     "Settings of train-returns (nbs/pipeline/returns/train_returns.ipynb) and the defaults of `train_classifier`."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     architecture: str = setting("efficientnet_lite0", "returns.architecture")
     init: Literal["imagenet_lite0", "scratch"] = setting("imagenet_lite0", "returns.init")
     image_size: int = setting(96, "returns.image_size")
@@ -66,14 +66,14 @@ class TrainReturns(Settings):
 @dataclass(frozen=True)
 class EvaluateReturns(Settings):
     "Settings of evaluate-returns (nbs/pipeline/returns/evaluate_returns.ipynb)."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     review_threshold: float = setting(0.9, "returns.review_threshold")
 
 @dataclass(frozen=True)
 class RegisterReturns(Settings):
     "Settings of register-returns (nbs/pipeline/returns/register_returns.ipynb)."
     out: str = setting("outputs", "out")
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
 
 @dataclass(frozen=True)
 class ClassifyReturns(Settings):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..settings import Settings, setting
+from ..settings import Settings, setting, shared
 
 # %% auto #0
 __all__ = ['GetServiceData', 'CheckServiceData', 'CleanGeofences', 'TrainServiceTime', 'EvaluateServiceTime',
@@ -19,7 +19,7 @@ __all__ = ['GetServiceData', 'CheckServiceData', 'CleanGeofences', 'TrainService
 class GetServiceData(Settings):
     "Settings of get-service-data (nbs/pipeline/service_time/service_time_data.ipynb)."
     data_dir: str = setting("", "service_time.data_dir", "a folder of real tables; '': generated")
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     n_customers: int = setting(6000, "service_time.n_customers")
     n_drivers: int = setting(9, "service_time.n_drivers")
     start: str = setting("2024-01-01", "service_time.start")
@@ -34,10 +34,10 @@ class GetServiceData(Settings):
 @dataclass(frozen=True)
 class CheckServiceData(Settings):
     "Settings of check-service-data (nbs/pipeline/service_time/check_service_data.ipynb)."
-    quality_config: str = setting("config/quality.yaml", "monitoring.quality")
+    quality_config: str = shared("monitoring.quality")
     data_dir: str = setting("", "service_time.data_dir")
-    profile_max_rows: int = setting(50_000, "monitoring.profile_max_rows")
-    seed: int = setting(42, "seed")
+    profile_max_rows: int = shared("monitoring.profile_max_rows")
+    seed: int = shared("seed")
 
 # %% ../../nbs/service_time/00_settings.ipynb #a265defa
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class CleanGeofences(Settings):
 @dataclass(frozen=True)
 class TrainServiceTime(Settings):
     "Settings of train-service-time (nbs/pipeline/service_time/train_service_time.ipynb); defaults of `tune_lightgbm`, `time_split`."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     n_trials: int = setting(30, "service_time.n_trials")
     valid_months: int = setting(3, "service_time.valid_months")
     test_months: int = setting(3, "service_time.test_months")
@@ -70,15 +70,15 @@ class TrainServiceTime(Settings):
 @dataclass(frozen=True)
 class EvaluateServiceTime(Settings):
     "Settings of evaluate-service-time (nbs/pipeline/service_time/evaluate_service_time.ipynb)."
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
 
 @dataclass(frozen=True)
 class RegisterServiceTime(Settings):
     "Settings of register-service-time (nbs/pipeline/service_time/register_service_time.ipynb)."
     out: str = setting("outputs", "out")
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
 
 @dataclass(frozen=True)
 class ProfileServiceTime(Settings):
     "Settings of profile-service-time (nbs/pipeline/service_time/profile_service_time.ipynb)."
-    current_window_days: int = setting(14, "monitoring.current_window_days")
+    current_window_days: int = shared("monitoring.current_window_days")
