@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import BIN, ROOT, bomb_png, running_service
+from kronkers_ml.products import product_path
 from kronkers_ml.platform.access import create_key, load_roles, read_audit
 from kronkers_ml.demand.family import demand_heldout, fit_demand_model, log_demand_model, save_demand_model
 from kronkers_ml.families import FAMILIES
@@ -36,8 +37,8 @@ ROLES = ROOT / "config" / "roles.yaml"
 # --- the pipeline's own registration --------------------------------------------------------------------------
 
 def test_pipeline_registers_and_promotes_the_first_version(built):
-    reg = json.loads((built / "service_time" / "registration.json").read_text())
-    metrics = json.loads((built / "service_time" / "metrics.json").read_text())
+    reg = json.loads(product_path("service_time.registration", built).read_text())
+    metrics = json.loads(product_path("service_time.metrics", built).read_text())
     assert reg["model"] == "service-time" and reg["decision"] == "promoted" and reg["champion_version_after"] == reg["version"]
     assert reg["candidate"] == pytest.approx(metrics["model"]["mae_s"], rel=1e-9)
     db = built / "mlflow" / "mlflow.db"
@@ -56,8 +57,8 @@ def test_pipeline_registers_and_promotes_the_first_version(built):
 
 
 def test_pipeline_registers_the_demand_model_through_the_same_gate(built):
-    reg = json.loads((built / "demand" / "registration.json").read_text())
-    metrics = json.loads((built / "demand" / "metrics.json").read_text())
+    reg = json.loads(product_path("demand.registration", built).read_text())
+    metrics = json.loads(product_path("demand.metrics", built).read_text())
     assert reg["model"] == "demand" and reg["metric"] == "mase" and reg["decision"] == "promoted"
     assert reg["candidate"] == pytest.approx(metrics["model"]["own_mase"], rel=1e-6)
     assert set(reg["baselines"]) == {"seasonal_naive", "moving_average"}
@@ -79,8 +80,8 @@ def test_pipeline_registers_the_demand_model_through_the_same_gate(built):
 
 
 def test_pipeline_registers_the_returns_classifier_through_the_accuracy_gate(built):
-    reg = json.loads((built / "returns" / "registration.json").read_text())
-    metrics = json.loads((built / "returns" / "metrics.json").read_text())
+    reg = json.loads(product_path("returns.registration", built).read_text())
+    metrics = json.loads(product_path("returns.metrics", built).read_text())
     assert reg["model"] == "returns" and reg["metric"] == "accuracy"
     assert reg["candidate"] == pytest.approx(metrics["model"]["accuracy"], abs=1e-12)
     assert reg["baselines"] == {b: pytest.approx(v["accuracy"]) for b, v in metrics["baselines"].items()}
@@ -144,10 +145,9 @@ def env(built, tmp_path_factory):
     out = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{out}/mlflow/mlflow.db"
     use_store(uri, "service-time", artifact_root(out))
-    st = built / "service_time"
-    metrics = json.loads((st / "metrics.json").read_text())
-    training = json.loads((st / "training.json").read_text())
-    features = pd.read_parquet(st / "features.parquet")
+    metrics = json.loads(product_path("service_time.metrics", built).read_text())
+    training = json.loads(product_path("service_time.training", built).read_text())
+    features = pd.read_parquet(product_path("service_time.features", built))
     test_from = pd.Timestamp(training["split"]["test"]["from"])
     heldout, history = features[features.date >= test_from], features[features.date < test_from]
     weak = out / "weak.txt"
@@ -163,12 +163,12 @@ def env(built, tmp_path_factory):
     opts = ["--out", str(out), "--roles", str(ROLES), "--state-dir", str(out / "service")]
     cli = {"opts": opts, "cli_env": cli_env}
     _models_cli(cli, "promote", "service-time", first["version"])
-    second = register(st / "model.txt")
+    second = register(product_path("service_time.model", built))
     third = register(weak)
     # demand: a random-walk SARIMA promoted by hand, the pipeline's model (gated in), the random walk again (gated out)
     use_store(uri, "demand", artifact_root(out))
-    dmetrics = json.loads((built / "demand" / "metrics.json").read_text())
-    daily = pd.read_parquet(built / "demand" / "daily.parquet")
+    dmetrics = json.loads(product_path("demand.metrics", built).read_text())
+    daily = pd.read_parquet(product_path("demand.daily", built))
     dheld = demand_heldout(daily, dmetrics)
     walk = out / "walk" / "sarima.parquet"
     save_demand_model(daily, fit_demand_model(daily, (0, 1, 0), (0, 1, 0, 7))[1], walk)
@@ -179,15 +179,15 @@ def env(built, tmp_path_factory):
 
     d1 = register_demand(walk)
     _models_cli(cli, "promote", "demand", d1["version"])
-    d2 = register_demand(built / "demand" / "sarima.parquet")
+    d2 = register_demand(product_path("demand.sarima", built))
     d3 = register_demand(walk)
     # returns: an untrained classifier promoted by hand, a better one (gated in), the untrained one again (gated out).
     # The better one is ImageNet EfficientNet-Lite0 features with a logistic-regression head fitted on the train split
     # (seconds on a CPU, above both baselines); the tiny build's own 3-epoch model need not be better than them.
     use_store(uri, "returns", artifact_root(out))
-    rmetrics = json.loads((built / "returns" / "metrics.json").read_text())
-    rtraining = json.loads((built / "returns" / "training.json").read_text())
-    rheld = returns_heldout(built / "returns" / "test.npz")
+    rmetrics = json.loads(product_path("returns.metrics", built).read_text())
+    rtraining = json.loads(product_path("returns.training", built).read_text())
+    rheld = returns_heldout(product_path("returns.test", built))
     untrained = out / "untrained" / "model.pt"
     save_classifier(build_classifier(rtraining["architecture"], pretrained=False, seed=3), untrained,
                     image_size=rtraining["image_size"])
@@ -307,7 +307,7 @@ def test_service_answers_on_a_socket_with_the_champion(service, built):
     body = r.json()
     assert body["version"] == service["records"][1]["version"] and len(body["predictions"]) == 5
     from kronkers_ml.service_time.model import load_model, predict_lightgbm
-    expect = predict_lightgbm(load_model(built / "service_time" / "model.txt"), service["heldout"].head(5))
+    expect = predict_lightgbm(load_model(product_path("service_time.model", built)), service["heldout"].head(5))
     assert np.allclose([p["service_time_s"] for p in body["predictions"]], expect)
     r = c.post("/v1/models/service-time/predict.csv", content=_csv(service["heldout"], 7),
                headers={"X-API-Key": keys["operations"], "Content-Type": "text/csv"})
@@ -329,7 +329,7 @@ def test_demand_forecast_matches_the_pipeline_and_names_a_bad_horizon(service, b
     assert body["version"] == service["demand"][1]["version"] and body["model"] == "demand" and body["horizon"] == 10
     fc = pd.DataFrame(body["forecast"])
     assert fc.columns.tolist() == ["date", "forecast", "lo80", "hi80", "lo95", "hi95"] and len(fc) == 10
-    expect = pd.read_parquet(built / "demand" / "forecast.parquet").head(10)   # forecast-demand, same fit
+    expect = pd.read_parquet(product_path("demand.forecast", built)).head(10)   # forecast-demand, same fit
     assert fc.date.tolist() == expect.date.dt.strftime("%Y-%m-%d").tolist()
     for col in ("forecast", "lo80", "hi80", "lo95", "hi95"):
         assert np.allclose(fc[col], expect[col], atol=0.01), col
