@@ -7,7 +7,7 @@ __all__ = ['FORMAT', 'FORMAT_VERSION', 'MANIFEST', 'CHUNK', 'ARCHIVE_PREFIX', 'c
            'store_artifacts', 'stage_backup', 'write_archive', 'archive_name', 'prune_backups', 'backup', 'BackupError',
            'extract_checked', 'rewrite_roots', 'restore', 'add_commands', 'run_command']
 
-# %% ../../nbs/platform/06_backup.ipynb #b5e85795
+# %% ../../nbs/platform/06_backup.ipynb #f9487f14
 import hashlib
 import io
 import json
@@ -23,8 +23,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+import zlib
 
-# %% ../../nbs/platform/06_backup.ipynb #61838a27
+# %% ../../nbs/platform/06_backup.ipynb #6d9ac6fd
 FORMAT = "kronkers-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -45,7 +46,7 @@ def copy_hashed(src, dst: str | Path, limit: int | None = None) -> dict[str, Any
         if fin is not src: fin.close()
     return {"sha256": h.hexdigest(), "size": size}
 
-# %% ../../nbs/platform/06_backup.ipynb #8e649312
+# %% ../../nbs/platform/06_backup.ipynb #65142855
 def sqlite_path(uri: str) -> Path:
     "The database file of a `sqlite:///` tracking URI; any other store is refused, naming it."
     if not uri.startswith("sqlite:///"):
@@ -67,7 +68,7 @@ def snapshot_sqlite(db: str | Path, dest: str | Path) -> Path:
         dst.close(); src.close()
     return Path(dest)
 
-# %% ../../nbs/platform/06_backup.ipynb #373743ba
+# %% ../../nbs/platform/06_backup.ipynb #d46383ad
 def _local(loc: str | None) -> str | None:
     "A local path of an artifact location (`file://` stripped), or None for a remote one (s3://, mlflow-artifacts:, ...)."
     if not loc: return None
@@ -97,7 +98,7 @@ def store_artifacts(db: str | Path) -> dict[str, Any]:
         roots.setdefault(root.rstrip("/"), set()).add(path[len(root.rstrip("/")) + 1:])
     return {"roots": {r: sorted(v) for r, v in sorted(roots.items())}, "remote": sorted(set(remote)), "counts": counts}
 
-# %% ../../nbs/platform/06_backup.ipynb #5b1f7e87
+# %% ../../nbs/platform/06_backup.ipynb #5060cc13
 def _stage_file(src: Path, staging: Path, name: str, files: dict, limit: int | None = None) -> None:
     dst = staging / name
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,7 @@ def stage_backup(staging: str | Path, tracking_uri: str, keys_path: str | Path, 
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
-# %% ../../nbs/platform/06_backup.ipynb #70ea63f1
+# %% ../../nbs/platform/06_backup.ipynb #ec4c9dd1
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
@@ -185,7 +186,7 @@ def write_archive(staging: str | Path, to: str | Path) -> Path:
         if tmp.exists(): tmp.unlink()
     return to
 
-# %% ../../nbs/platform/06_backup.ipynb #81118ef6
+# %% ../../nbs/platform/06_backup.ipynb #a2a730b6
 ARCHIVE_PREFIX = "kronkers-backup-"
 
 def archive_name(now: datetime | None = None) -> str:
@@ -200,7 +201,7 @@ def prune_backups(folder: str | Path, keep: int) -> list[Path]:
     for p in old: p.unlink()
     return old
 
-# %% ../../nbs/platform/06_backup.ipynb #057c0385
+# %% ../../nbs/platform/06_backup.ipynb #eac61767
 def backup(to: str | Path, tracking_uri: str, keys_path: str | Path, audit_path: str | Path,
            data_store: str | Path | None = None, keep: int | None = None) -> dict[str, Any]:
     """Write one archive of the store, its artifacts, the keys, the audit log (and a data store) to `to` (a file, or a
@@ -221,7 +222,7 @@ def backup(to: str | Path, tracking_uri: str, keys_path: str | Path, audit_path:
             "data_bytes": manifest["bytes"], "store_counts": manifest["store_counts"], "pruned": [str(p) for p in pruned],
             "seconds": round(time.perf_counter() - t0, 3)}
 
-# %% ../../nbs/platform/06_backup.ipynb #acfe4ec5
+# %% ../../nbs/platform/06_backup.ipynb #46a5df88
 class BackupError(ValueError):
     "The archive is damaged, altered or not a backup, or the place to restore into is not empty: nothing was restored."
 
@@ -253,7 +254,7 @@ def extract_checked(archive: str | Path, dest: str | Path) -> dict[str, Any]:
                     raise BackupError(f"{archive} is truncated: member {name!r} has {seen[name]['size']} of its {info.size} bytes")
             while tar.fileobj.read(CHUNK): pass      # to the end of the gzip stream: its CRC and length are checked there
     except BackupError: raise
-    except (tarfile.TarError, EOFError, OSError) as e:   # zlib errors and gzip's CRC/length checks are OSError or EOFError
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:   # gzip's CRC and length checks raise BadGzipFile (an OSError)
         raise BackupError(f"{archive} is damaged or truncated and cannot be read ({type(e).__name__}: {e}); "
                           f"{len(seen)} member(s) read before the damage") from None
     if MANIFEST not in seen: raise BackupError(f"{archive}: no {MANIFEST}; not a Kronkers backup")
@@ -276,7 +277,7 @@ def extract_checked(archive: str | Path, dest: str | Path) -> dict[str, Any]:
         os.chmod(dest / name, int(rec.get("mode", 0o600)) & 0o777)
     return manifest
 
-# %% ../../nbs/platform/06_backup.ipynb #ac6aba95
+# %% ../../nbs/platform/06_backup.ipynb #1de383a9
 def rewrite_roots(db: str | Path, roots: Mapping[str, str]) -> None:
     """Point the artifact paths recorded in the SQLite store `db` (see `kronkers_ml.platform.tracking.STORE_PATH_COLUMNS`)
     from each old root to its new one ({old: new}), in one transaction."""
@@ -294,7 +295,7 @@ def rewrite_roots(db: str | Path, roots: Mapping[str, str]) -> None:
     finally:
         con.close()
 
-# %% ../../nbs/platform/06_backup.ipynb #523f7b01
+# %% ../../nbs/platform/06_backup.ipynb #4ef9b846
 def _empty_or_absent(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BackupError(f"restore refuses {path}: it exists and is not an empty folder (restore into a new or empty folder)")
@@ -323,7 +324,7 @@ def restore(archive: str | Path, to: str | Path) -> dict[str, Any]:
             "backup_created_at": manifest["created_at"], "store_counts": manifest["store_counts"],
             "artifact_roots": roots, "seconds": round(time.perf_counter() - t0, 3)}
 
-# %% ../../nbs/platform/06_backup.ipynb #8322b81a
+# %% ../../nbs/platform/06_backup.ipynb #87c4a436
 def add_commands(sub, common) -> None:
     "Add `backup` and `restore` to the `kronkers` subparsers `sub` (`common`: the CLI's shared options)."
     p = sub.add_parser("backup", help="write one archive of the MLflow store, its artifacts, the keys and the audit log")
