@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -77,6 +78,7 @@ def main() -> None:
     db = out / "mlflow" / "mlflow.db"
     if not db.is_file(): sys.exit(f"no MLflow store at {db}: build first (make build)")
     runs = {"backup_s": [], "restore_s": [], "ready_s": []}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         state = tmp / "state"                                   # keys and audit log of this run (none: the store is the bulk)
@@ -99,6 +101,7 @@ def main() -> None:
             "restored_service_ready_s": {"median": round(statistics.median(runs["ready_s"]), 3), "min": round(min(runs["ready_s"]), 3)},
             "recovery_s_median": round(statistics.median(r + s for r, s in zip(runs["restore_s"], runs["ready_s"])), 3),
             "runs": {k: [round(v, 3) for v in vs] for k, vs in runs.items()},
+            "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         }
     print(json.dumps(result, indent=2))
     write_result(result, args.result)
