@@ -7,7 +7,7 @@ __all__ = ['FORMAT', 'FORMAT_VERSION', 'MANIFEST', 'CHUNK', 'ARCHIVE_PREFIX', 'c
            'store_artifacts', 'stage_backup', 'write_archive', 'archive_name', 'prune_backups', 'backup', 'BackupError',
            'extract_checked', 'rewrite_roots', 'restore', 'add_commands', 'run_command']
 
-# %% ../../nbs/platform/06_backup.ipynb #f9487f14
+# %% ../../nbs/platform/06_backup.ipynb #c9fada5a
 import hashlib
 import io
 import json
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 import zlib
 
-# %% ../../nbs/platform/06_backup.ipynb #6d9ac6fd
+# %% ../../nbs/platform/06_backup.ipynb #9c30b8a6
 FORMAT = "kronkers-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -46,7 +46,7 @@ def copy_hashed(src, dst: str | Path, limit: int | None = None) -> dict[str, Any
         if fin is not src: fin.close()
     return {"sha256": h.hexdigest(), "size": size}
 
-# %% ../../nbs/platform/06_backup.ipynb #65142855
+# %% ../../nbs/platform/06_backup.ipynb #e2f218f9
 def sqlite_path(uri: str) -> Path:
     "The database file of a `sqlite:///` tracking URI; any other store is refused, naming it."
     if not uri.startswith("sqlite:///"):
@@ -68,7 +68,7 @@ def snapshot_sqlite(db: str | Path, dest: str | Path) -> Path:
         dst.close(); src.close()
     return Path(dest)
 
-# %% ../../nbs/platform/06_backup.ipynb #d46383ad
+# %% ../../nbs/platform/06_backup.ipynb #48f607ee
 def _local(loc: str | None) -> str | None:
     "A local path of an artifact location (`file://` stripped), or None for a remote one (s3://, mlflow-artifacts:, ...)."
     if not loc: return None
@@ -98,7 +98,7 @@ def store_artifacts(db: str | Path) -> dict[str, Any]:
         roots.setdefault(root.rstrip("/"), set()).add(path[len(root.rstrip("/")) + 1:])
     return {"roots": {r: sorted(v) for r, v in sorted(roots.items())}, "remote": sorted(set(remote)), "counts": counts}
 
-# %% ../../nbs/platform/06_backup.ipynb #5060cc13
+# %% ../../nbs/platform/06_backup.ipynb #eb493f6d
 def _stage_file(src: Path, staging: Path, name: str, files: dict, limit: int | None = None) -> None:
     dst = staging / name
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def stage_backup(staging: str | Path, tracking_uri: str, keys_path: str | Path, 
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
-# %% ../../nbs/platform/06_backup.ipynb #ec4c9dd1
+# %% ../../nbs/platform/06_backup.ipynb #6e03e4ef
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
@@ -186,7 +186,7 @@ def write_archive(staging: str | Path, to: str | Path) -> Path:
         if tmp.exists(): tmp.unlink()
     return to
 
-# %% ../../nbs/platform/06_backup.ipynb #a2a730b6
+# %% ../../nbs/platform/06_backup.ipynb #48d02cd8
 ARCHIVE_PREFIX = "kronkers-backup-"
 
 def archive_name(now: datetime | None = None) -> str:
@@ -201,15 +201,17 @@ def prune_backups(folder: str | Path, keep: int) -> list[Path]:
     for p in old: p.unlink()
     return old
 
-# %% ../../nbs/platform/06_backup.ipynb #eac61767
+# %% ../../nbs/platform/06_backup.ipynb #b3412034
 def backup(to: str | Path, tracking_uri: str, keys_path: str | Path, audit_path: str | Path,
            data_store: str | Path | None = None, keep: int | None = None) -> dict[str, Any]:
-    """Write one archive of the store, its artifacts, the keys, the audit log (and a data store) to `to` (a file, or a
-    folder to write `kronkers-backup-<UTC time>.tar.gz` into, then keep its `keep` newest archives); returns a summary."""
+    """Write one archive of the store, its artifacts, the keys, the audit log (and a data store) to `to`: a file named
+    `*.tar.gz`, or a folder (made when absent) to write `kronkers-backup-<UTC time>.tar.gz` into, then keep its `keep`
+    newest archives; returns a summary."""
     t0, to = time.perf_counter(), Path(to)
-    if keep is not None and not to.is_dir():
-        raise ValueError(f"--keep needs --to to be a folder of archives; {to} is not a folder")
-    target = to / archive_name() if to.is_dir() else to
+    folder = to.is_dir() or not to.name.endswith((".tar.gz", ".tgz"))     # a folder of archives (made when absent)
+    if keep is not None and not folder:
+        raise ValueError(f"--keep needs --to to be a folder of archives; {to} is an archive file name")
+    target = to / archive_name() if folder else to
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".kronkers-backup-", dir=target.parent))
     try:
@@ -222,7 +224,7 @@ def backup(to: str | Path, tracking_uri: str, keys_path: str | Path, audit_path:
             "data_bytes": manifest["bytes"], "store_counts": manifest["store_counts"], "pruned": [str(p) for p in pruned],
             "seconds": round(time.perf_counter() - t0, 3)}
 
-# %% ../../nbs/platform/06_backup.ipynb #46a5df88
+# %% ../../nbs/platform/06_backup.ipynb #a09ae93a
 class BackupError(ValueError):
     "The archive is damaged, altered or not a backup, or the place to restore into is not empty: nothing was restored."
 
@@ -277,7 +279,7 @@ def extract_checked(archive: str | Path, dest: str | Path) -> dict[str, Any]:
         os.chmod(dest / name, int(rec.get("mode", 0o600)) & 0o777)
     return manifest
 
-# %% ../../nbs/platform/06_backup.ipynb #1de383a9
+# %% ../../nbs/platform/06_backup.ipynb #6535be0a
 def rewrite_roots(db: str | Path, roots: Mapping[str, str]) -> None:
     """Point the artifact paths recorded in the SQLite store `db` (see `kronkers_ml.platform.tracking.STORE_PATH_COLUMNS`)
     from each old root to its new one ({old: new}), in one transaction."""
@@ -295,7 +297,7 @@ def rewrite_roots(db: str | Path, roots: Mapping[str, str]) -> None:
     finally:
         con.close()
 
-# %% ../../nbs/platform/06_backup.ipynb #4ef9b846
+# %% ../../nbs/platform/06_backup.ipynb #0e1d1c2b
 def _empty_or_absent(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BackupError(f"restore refuses {path}: it exists and is not an empty folder (restore into a new or empty folder)")
@@ -324,12 +326,12 @@ def restore(archive: str | Path, to: str | Path) -> dict[str, Any]:
             "backup_created_at": manifest["created_at"], "store_counts": manifest["store_counts"],
             "artifact_roots": roots, "seconds": round(time.perf_counter() - t0, 3)}
 
-# %% ../../nbs/platform/06_backup.ipynb #87c4a436
+# %% ../../nbs/platform/06_backup.ipynb #34a5067f
 def add_commands(sub, common) -> None:
     "Add `backup` and `restore` to the `kronkers` subparsers `sub` (`common`: the CLI's shared options)."
     p = sub.add_parser("backup", help="write one archive of the MLflow store, its artifacts, the keys and the audit log")
     common(p)
-    p.add_argument("--to", required=True, help="archive file (.tar.gz), or a folder to write kronkers-backup-<UTC time>.tar.gz into")
+    p.add_argument("--to", required=True, help="archive file (*.tar.gz), or a folder (made when absent) to write kronkers-backup-<UTC time>.tar.gz into")
     p.add_argument("--keep", type=int, default=None, help="with --to FOLDER: keep only the N newest archives there")
     p.add_argument("--data-store", default=os.environ.get("KRONKERS_DATA_STORE"),
                    help="a data store folder to include (default: KRONKERS_DATA_STORE, else none)")
