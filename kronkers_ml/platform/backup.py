@@ -7,7 +7,7 @@ __all__ = ['FORMAT', 'FORMAT_VERSION', 'MANIFEST', 'CHUNK', 'ARCHIVE_PREFIX', 'c
            'store_artifacts', 'stage_backup', 'write_archive', 'archive_name', 'prune_backups', 'backup', 'BackupError',
            'extract_checked', 'rewrite_roots', 'restore', 'add_commands', 'run_command']
 
-# %% ../../nbs/platform/06_backup.ipynb #c9fada5a
+# %% ../../nbs/platform/06_backup.ipynb #2d669a9b
 import hashlib
 import io
 import json
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 import zlib
 
-# %% ../../nbs/platform/06_backup.ipynb #9c30b8a6
+# %% ../../nbs/platform/06_backup.ipynb #7fe312b9
 FORMAT = "kronkers-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -46,7 +46,7 @@ def copy_hashed(src, dst: str | Path, limit: int | None = None) -> dict[str, Any
         if fin is not src: fin.close()
     return {"sha256": h.hexdigest(), "size": size}
 
-# %% ../../nbs/platform/06_backup.ipynb #e2f218f9
+# %% ../../nbs/platform/06_backup.ipynb #2fee9373
 def sqlite_path(uri: str) -> Path:
     "The database file of a `sqlite:///` tracking URI; any other store is refused, naming it."
     if not uri.startswith("sqlite:///"):
@@ -68,7 +68,7 @@ def snapshot_sqlite(db: str | Path, dest: str | Path) -> Path:
         dst.close(); src.close()
     return Path(dest)
 
-# %% ../../nbs/platform/06_backup.ipynb #48f607ee
+# %% ../../nbs/platform/06_backup.ipynb #3d44674c
 def _local(loc: str | None) -> str | None:
     "A local path of an artifact location (`file://` stripped), or None for a remote one (s3://, mlflow-artifacts:, ...)."
     if not loc: return None
@@ -98,7 +98,7 @@ def store_artifacts(db: str | Path) -> dict[str, Any]:
         roots.setdefault(root.rstrip("/"), set()).add(path[len(root.rstrip("/")) + 1:])
     return {"roots": {r: sorted(v) for r, v in sorted(roots.items())}, "remote": sorted(set(remote)), "counts": counts}
 
-# %% ../../nbs/platform/06_backup.ipynb #eb493f6d
+# %% ../../nbs/platform/06_backup.ipynb #d99e585f
 def _stage_file(src: Path, staging: Path, name: str, files: dict, limit: int | None = None) -> None:
     dst = staging / name
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def stage_backup(staging: str | Path, tracking_uri: str, keys_path: str | Path, 
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
-# %% ../../nbs/platform/06_backup.ipynb #6e03e4ef
+# %% ../../nbs/platform/06_backup.ipynb #ad2051f9
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
@@ -186,7 +186,7 @@ def write_archive(staging: str | Path, to: str | Path) -> Path:
         if tmp.exists(): tmp.unlink()
     return to
 
-# %% ../../nbs/platform/06_backup.ipynb #48d02cd8
+# %% ../../nbs/platform/06_backup.ipynb #c6c66703
 ARCHIVE_PREFIX = "kronkers-backup-"
 
 def archive_name(now: datetime | None = None) -> str:
@@ -201,7 +201,7 @@ def prune_backups(folder: str | Path, keep: int) -> list[Path]:
     for p in old: p.unlink()
     return old
 
-# %% ../../nbs/platform/06_backup.ipynb #b3412034
+# %% ../../nbs/platform/06_backup.ipynb #3e849c9e
 def backup(to: str | Path, tracking_uri: str, keys_path: str | Path, audit_path: str | Path,
            data_store: str | Path | None = None, keep: int | None = None) -> dict[str, Any]:
     """Write one archive of the store, its artifacts, the keys, the audit log (and a data store) to `to`: a file named
@@ -224,7 +224,7 @@ def backup(to: str | Path, tracking_uri: str, keys_path: str | Path, audit_path:
             "data_bytes": manifest["bytes"], "store_counts": manifest["store_counts"], "pruned": [str(p) for p in pruned],
             "seconds": round(time.perf_counter() - t0, 3)}
 
-# %% ../../nbs/platform/06_backup.ipynb #a09ae93a
+# %% ../../nbs/platform/06_backup.ipynb #f562f272
 class BackupError(ValueError):
     "The archive is damaged, altered or not a backup, or the place to restore into is not empty: nothing was restored."
 
@@ -279,7 +279,7 @@ def extract_checked(archive: str | Path, dest: str | Path) -> dict[str, Any]:
         os.chmod(dest / name, int(rec.get("mode", 0o600)) & 0o777)
     return manifest
 
-# %% ../../nbs/platform/06_backup.ipynb #6535be0a
+# %% ../../nbs/platform/06_backup.ipynb #c92ac119
 def rewrite_roots(db: str | Path, roots: Mapping[str, str]) -> None:
     """Point the artifact paths recorded in the SQLite store `db` (see `kronkers_ml.platform.tracking.STORE_PATH_COLUMNS`)
     from each old root to its new one ({old: new}), in one transaction."""
@@ -297,7 +297,7 @@ def rewrite_roots(db: str | Path, roots: Mapping[str, str]) -> None:
     finally:
         con.close()
 
-# %% ../../nbs/platform/06_backup.ipynb #0e1d1c2b
+# %% ../../nbs/platform/06_backup.ipynb #88a4a0ba
 def _empty_or_absent(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BackupError(f"restore refuses {path}: it exists and is not an empty folder (restore into a new or empty folder)")
@@ -326,7 +326,7 @@ def restore(archive: str | Path, to: str | Path) -> dict[str, Any]:
             "backup_created_at": manifest["created_at"], "store_counts": manifest["store_counts"],
             "artifact_roots": roots, "seconds": round(time.perf_counter() - t0, 3)}
 
-# %% ../../nbs/platform/06_backup.ipynb #34a5067f
+# %% ../../nbs/platform/06_backup.ipynb #b0a3501a
 def add_commands(sub, common) -> None:
     "Add `backup` and `restore` to the `kronkers` subparsers `sub` (`common`: the CLI's shared options)."
     p = sub.add_parser("backup", help="write one archive of the MLflow store, its artifacts, the keys and the audit log")

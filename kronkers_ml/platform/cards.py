@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CARD_TAG', 'notebook_figures', 'card_markdown', 'write_card', 'read_card']
 
-# %% ../../nbs/platform/07_cards.ipynb #47e1f68e
+# %% ../../nbs/platform/07_cards.ipynb #b6b64dad
 import base64
 import json
 import os
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# %% ../../nbs/platform/07_cards.ipynb #bb2a2e03
+# %% ../../nbs/platform/07_cards.ipynb #530b431e
 CARD_TAG = "model_card"
 
 def notebook_figures(path: str | Path, limit: int = 6) -> list[bytes]:
@@ -27,7 +27,7 @@ def notebook_figures(path: str | Path, limit: int = 6) -> list[bytes]:
             if png: out.append(base64.b64decode("".join(png) if isinstance(png, list) else png))
     return out[:limit]
 
-# %% ../../nbs/platform/07_cards.ipynb #da727c74
+# %% ../../nbs/platform/07_cards.ipynb #c1f4a23e
 def _table(rows: list[tuple], head: tuple) -> str:
     if not rows: return "(none)\n"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -66,7 +66,7 @@ def card_markdown(rec: Mapping[str, Any], params: Mapping[str, str], figures: li
     out += ["## Figures\n", "\n".join(f"![{f}]({f})" for f in figures) + "\n" if figures else "(none logged)\n"]
     return "\n".join(out)
 
-# %% ../../nbs/platform/07_cards.ipynb #f2d064ab
+# %% ../../nbs/platform/07_cards.ipynb #5336e0b4
 def write_card(uri: str, name: str, version: str | int) -> dict[str, Any]:
     """Make the card of `name` version `version` from what its run logged, log it (and its figures) to the run under
     `model-card/v<version>/` and tag the version `model_card`; returns the card's path and text."""
