@@ -26,49 +26,39 @@ from kronkers_ml.service_time.features import FEATURES
 ROLES = ROOT / "config" / "roles.yaml"
 SERVED = "service-time,demand"
 
-# A pipeline's register step, again and again until the file `stop` exists: log a run of the tiny build's service-time
-# model and register it through the gate (the same model as the champion: a tie, so it is rejected and the champion stays).
+# First the champion history the backup must keep: the champion's model registered again as a new version, promoted by
+# hand, then rolled back (both audited by the command line). Then a pipeline's register step, again and again until the
+# file `stop` exists: a run of the tiny build's service-time model registered through the gate (the same model as the
+# champion: a tie, so it is rejected and the champion stays).
 REGISTER = """
 import json, sys
 from pathlib import Path
 import pandas as pd
+from mlflow import MlflowClient
+from kronkers_ml.cli import main
 from kronkers_ml.families import FAMILIES
-from kronkers_ml.platform.registry import register_and_gate
+from kronkers_ml.platform.registry import register_and_gate, register_version
 from kronkers_ml.platform.tracking import artifact_root, log_training_run, tracking_uri, use_store
 from kronkers_ml.service_time.family import log_service_time_model
-built, out, stop = map(Path, sys.argv[1:4])
+built, stop, opts = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+out = Path(opts[opts.index("--out") + 1])
+uri = tracking_uri(out)
+use_store(uri, "service-time", artifact_root(out))
+champion = MlflowClient(uri, uri).get_model_version("service-time", "1")
+version = register_version(uri, "service-time", champion.source, champion.run_id)
+assert main(["models", "promote", "service-time", version, "--reason", "tried by hand", *opts]) == 0
+assert main(["models", "rollback", "service-time", *opts]) == 0
+print("promoted and rolled back", version, flush=True)
 st = built / "service_time"
 metrics = json.loads((st / "metrics.json").read_text())
 split = json.loads((st / "training.json").read_text())["split"]["test"]["from"]
 features = pd.read_parquet(st / "features.parquet")
 heldout = features[features.date >= pd.Timestamp(split)]
-uri = tracking_uri(out)
-use_store(uri, "service-time", artifact_root(out))
-print("registering", flush=True)
 for _ in range(40):
     if stop.exists(): break
     run = log_training_run("service-time", {"seed": 7}, metrics, lambda: log_service_time_model(st / "model.txt"))
     rec = register_and_gate(uri, FAMILIES["service_time"], run["model_uri"], run["run_id"], metrics, heldout)
     print(json.dumps({"version": rec["version"], "decision": rec["decision"]}), flush=True)
-"""
-
-# The champion history the backup must keep: the champion's model registered again as a new version, promoted by hand,
-# then rolled back (both audited by the command line); prints the new version.
-PROMOTE_ROLLBACK = """
-import sys
-from pathlib import Path
-from kronkers_ml.cli import main
-from mlflow import MlflowClient
-from kronkers_ml.platform.registry import register_version
-from kronkers_ml.platform.tracking import tracking_uri, use_store
-opts = sys.argv[1:]
-uri = tracking_uri(Path(opts[opts.index("--out") + 1]))
-use_store(uri, "service-time")
-champion = MlflowClient(uri, uri).get_model_version("service-time", "1")
-version = register_version(uri, "service-time", champion.source, champion.run_id)
-assert main(["models", "promote", "service-time", version, "--reason", "tried by hand", *opts]) == 0
-assert main(["models", "rollback", "service-time", *opts]) == 0
-print("version", version)
 """
 
 
@@ -124,10 +114,6 @@ def backed_up(built, tmp_path_factory):
     roles = load_roles(ROLES)
     keys = {role: create_key(src / "state" / "keys.json", role, roles, f"test {role}")[1] for role in ("operations", "procurement")}
     opts = _opts(src / "outputs", src / "state")
-    done = subprocess.run([sys.executable, "-c", PROMOTE_ROLLBACK, *opts], capture_output=True, text=True,
-                          env=_env(), timeout=300)
-    assert done.returncode == 0, done.stderr
-    v2 = done.stdout.split("version ")[-1].split()[0]
     stops = _stops(built, 5)
     errors, served, stop = [], [0], threading.Event()
     with running_service(["--models", SERVED, *opts], base / "src-service.log", _env(), timeout_s=300) as client:
@@ -138,11 +124,15 @@ def backed_up(built, tmp_path_factory):
                     except Exception as e: errors.append(repr(e)); return
         stop_file = base / "stop-registering"
         reg_log = open(base / "register.log", "w")                 # a file, not a pipe: a full pipe would block it
-        reg = subprocess.Popen([sys.executable, "-c", REGISTER, str(built), str(src / "outputs"), str(stop_file)],
+        reg = subprocess.Popen([sys.executable, "-c", REGISTER, str(built), str(stop_file), *opts],
                                stdout=subprocess.PIPE, stderr=reg_log, text=True, env=_env())
         thread = threading.Thread(target=traffic, daemon=True)
         try:
-            assert reg.stdout.readline().strip() == "registering", (base / "register.log").read_text()[-3000:]
+            said = [reg.stdout.readline()]
+            while said[-1] and not said[-1].startswith("promoted and rolled back"):   # after the commands' own output
+                said.append(reg.stdout.readline())
+            assert said[-1], f"{''.join(said)}{(base / 'register.log').read_text()[-3000:]}"
+            v2 = said[-1].split()[-1]
             thread.start()
             first = json.loads(reg.stdout.readline())             # one registration done, the next one running
             archives, during = [], []
@@ -153,7 +143,8 @@ def backed_up(built, tmp_path_factory):
         finally:
             stop_file.touch(); stop.set()
             out, _ = reg.communicate(timeout=300)
-            thread.join(timeout=60); reg_log.close()
+            if thread.is_alive(): thread.join(timeout=60)
+            reg_log.close()
         assert reg.returncode == 0, (base / "register.log").read_text()[-3000:]
         registered = [first, *(json.loads(line) for line in out.splitlines())]
         source = _answers(client, keys, stops)
