@@ -1,7 +1,7 @@
 """Backups that restore: `kronkers backup` taken while the service answers requests and a pipeline registers, restored
 with `kronkers restore` into a fresh folder after the original is gone, served again; damaged archives refused.
 
-Uses a copy of the session's tiny build store (`built`), so the build's own store is never modified."""
+Uses a copy of the tiny build's store (`built`, built once per test run), so the build's own store is never modified."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Model cards of the session build's registered versions, one per family: made from what the pipeline logged, kept with
+"""Model cards of the tiny build's registered versions, one per family: made from what the pipeline logged, kept with
 the version in MLflow, shown by `kronkers models card`. Works on a copy of the build's store (cards are written to it)."""
 from __future__ import annotations
 
