@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import enum
 import json
-import re
 import sys
 import typing
 from pathlib import Path
@@ -247,6 +246,12 @@ def _fits(value, hint) -> bool:
     return True                                          # forward references already resolved by get_type_hints
 
 
+def _json_name(attribute: str) -> str:
+    "The JSON field of a model attribute: grid_pos -> gridPos, type_val -> type (the SDK's names for Python)."
+    head, *rest = attribute.removesuffix("_val").split("_")
+    return head + "".join(w.title() for w in rest)
+
+
 def _type_problems(obj, where: str) -> list[str]:
     "Attributes of a decoded model object (recursively) whose values do not fit their declared types."
     if isinstance(obj, list):
@@ -262,8 +267,8 @@ def _type_problems(obj, where: str) -> list[str]:
         value = getattr(obj, name, None)
         if value is None: continue
         if not _fits(value, hint):
-            problems.append(f"{where}.{name}: {value!r} is not a {hint}")
-        problems += _type_problems(value, f"{where}.{name}")
+            problems.append(f"{where}.{_json_name(name)}: {value!r} is not a {hint}")
+        problems += _type_problems(value, f"{where}.{_json_name(name)}")
     return problems
 
 
@@ -294,25 +299,27 @@ def schema_problems(data: dict) -> list[str]:
 
 # --- the queries ---------------------------------------------------------------------------------------------
 
-def queries(data: dict) -> list[tuple[str, str]]:
-    "Every PromQL expression of a dashboard as (where, expr): panel targets (rows included) and variable queries."
+def queries(data: dict) -> list[tuple[str, str, bool]]:
+    """Every PromQL expression of a dashboard as (where, expr, instant): panel targets (inside rows too), then the
+    variables' queries (`label_values(...)`, instant)."""
     found = []
     def walk(panels, where):
         for p in panels or []:
             for t in p.get("targets") or []:
-                if t.get("expr"): found.append((f"{where} panel {p.get('title')!r} {t.get('refId')}", t["expr"]))
+                if t.get("expr"):
+                    found.append((f"{where} panel {p.get('title')!r} {t.get('refId')}", t["expr"], bool(t.get("instant"))))
             walk(p.get("panels"), where)
     walk(data.get("panels"), data.get("uid", "?"))
     for v in (data.get("templating") or {}).get("list", []):
         q = v.get("query")
         q = q.get("query") if isinstance(q, dict) else q
-        if v.get("type") == "query" and q: found.append((f"{data.get('uid')} variable ${v['name']}", q))
+        if v.get("type") == "query" and q: found.append((f"{data.get('uid')} variable ${v['name']}", q, True))
     return found
 
 
 def variables(data: dict) -> dict[str, str]:
     "The dashboard's query variables: name -> query."
-    return {name: q for where, q in queries(data) if (m := re.search(r" variable \$(\w+)$", where)) for name in [m[1]]}
+    return {where.rsplit("$", 1)[1]: q for where, q, _ in queries(data) if " variable $" in where}
 
 
 def main(argv: list[str] | None = None) -> int:
