@@ -11,14 +11,13 @@ while the others do not."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import re
 import shutil
 import subprocess
 import time
-import urllib.parse
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,11 +41,13 @@ needs_prometheus = pytest.mark.skipif(not Path(PROMTOOL).exists() or not Path(PR
                                       reason="Debian's prometheus is not installed (make system-deps installs it)")
 
 
-def _generator():
-    "deploy/grafana/dashboards.py as a module (it is a script of deploy/, not part of the package)."
-    spec = importlib.util.spec_from_file_location("kronkers_grafana_dashboards", ROOT / "deploy" / "grafana" / "dashboards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _generator() -> types.ModuleType:
+    """deploy/grafana/dashboards.py as a module (a script of deploy/, not part of the package), run from its source
+    so that no bytecode cache is left in deploy/."""
+    path = ROOT / "deploy" / "grafana" / "dashboards.py"
+    module = types.ModuleType("kronkers_grafana_dashboards")
+    module.__file__ = str(path)
+    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
     return module
 
 
@@ -207,7 +208,7 @@ def stack(built, tmp_path_factory):
     prom = f"127.0.0.1:{free_port()}"
     with _process([PUSHGATEWAY, f"--web.listen-address={gateway}"], f"http://{gateway}/-/ready", tmp / "pushgateway.log"), \
          running_service(["--out", str(built), "--tracking-uri", uri, "--state-dir", str(tmp / "state"),
-                          "--roles", str(roles_path)], tmp / "service.log") as client:
+                          "--roles", str(roles_path), "--models", "service-time,demand,returns"], tmp / "service.log") as client:
         service = client.base_url.netloc.decode()
         cfg = derived_config({"kronkers-service": service, "pushgateway": gateway}, DEPLOY_PROMETHEUS / "alerts.yml")
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
