@@ -132,8 +132,10 @@ def service_dashboard() -> dashboard.Dashboard:
                                 description="4xx: the caller's (401 no or bad key, 403 role, 413 too large, 422 bad "
                                             "input); 5xx: the service's."))
             .with_panel(_series("Error share by model", "percentunit",
-                                _query(f"sum by (model) (rate(kronkers_request_errors_total{{{sel}}}{rate}))"
-                                       f" / sum by (model) (rate(kronkers_requests_total{{{sel}}}{rate}))", "{{model}}")))
+                                _query(f"(sum by (model) (rate(kronkers_request_errors_total{{{sel}}}{rate}))"
+                                       f" or sum by (model) (rate(kronkers_requests_total{{{sel}}}{rate})) * 0)"
+                                       f" / sum by (model) (rate(kronkers_requests_total{{{sel}}}{rate}))", "{{model}}",
+                                ), description="4xx and 5xx answers over all answers; 0 for a model without errors."))
             .with_row(dashboard.Row("Models"))
             .with_panel(_series("Served version by model", "none",
                                 _query('max by (model) (kronkers_model_version{model=~"$model"})', "{{model}}"),
