@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -206,36 +207,44 @@ def stack(built, tmp_path_factory):
 
     gateway = f"127.0.0.1:{free_port()}"
     prom = f"127.0.0.1:{free_port()}"
-    with _process([PUSHGATEWAY, f"--web.listen-address={gateway}"], f"http://{gateway}/-/ready", tmp / "pushgateway.log"), \
-         running_service(["--out", str(built), "--tracking-uri", uri, "--state-dir", str(tmp / "state"),
-                          "--roles", str(roles_path), "--models", "service-time,demand,returns"], tmp / "service.log") as client:
-        service = client.base_url.netloc.decode()
-        cfg = derived_config({"kronkers-service": service, "pushgateway": gateway}, DEPLOY_PROMETHEUS / "alerts.yml")
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        with _process([PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                       f"--web.listen-address={prom}"], f"http://{prom}/-/ready", tmp / "prometheus.log"):
-            # the nightly batch job, as deploy/nightly runs it, pushing to the gateway
-            code = batch_main(["--input", str(tmp / "inbox"), "--output", str(tmp / "results.csv"), "--no-progress",
-                               "--model", str(product_at(built, "returns.model")), "--batch-size", "4",
-                               "--pushgateway", gateway, "--summary-json", str(tmp / "summary.json")])
-            assert code == EXIT_OK
-            summary = json.loads((tmp / "summary.json").read_text())
-            stale_at = time.time() - 27 * 3600
-            push_to_gateway(gateway, job=STALE_JOB, registry=metrics_registry(summary, finished=stale_at))
-            # the monitor's gauges: drift found in service time (one feature far below its p-value threshold)
-            results = {
-                "service_time": {"drift": {"breach": True, "scores": [
-                                     {"column": "parking_difficulty", "algorithm": "ks", "pvalue": 1e-9, "statistic": 0.4},
-                                     {"column": "n_items", "algorithm": "ks", "pvalue": 0.6, "statistic": 0.02}]},
-                                 "performance": {"breach": False, "checked": True, "mae": 118.0, "mase": None}},
-                "demand": {"drift": {"breach": False, "scores": [
-                               {"column": "unit_price", "algorithm": "hellinger", "pvalue": None, "statistic": 0.03}]},
-                           "performance": {"breach": False, "checked": True, "mae": 2100.0, "mase": 0.8}}}
-            write_gauges(results, tmp, f"http://{gateway}")
-            for _ in range(3):                      # calls spread over several scrapes, so that rates are not 0
-                _traffic(client, keys, stops_csv, photos)
-                time.sleep(1.5)
-            yield {"prometheus": f"http://{prom}", "summary": summary, "stale_at": stale_at}
+    pushed: dict = {}
+
+    def pushes():
+        "The nightly batch job as deploy/nightly runs it, a batch job that last succeeded 27 hours ago, the monitor."
+        code = batch_main(["--input", str(tmp / "inbox"), "--output", str(tmp / "results.csv"), "--no-progress",
+                           "--model", str(product_at(built, "returns.model")), "--batch-size", "4",
+                           "--pushgateway", gateway, "--summary-json", str(tmp / "summary.json")])
+        pushed["code"] = code
+        pushed["summary"] = summary = json.loads((tmp / "summary.json").read_text())
+        push_to_gateway(gateway, job=STALE_JOB, registry=metrics_registry(summary, finished=time.time() - 27 * 3600))
+        # the monitor's gauges: drift found in service time (one feature far below its p-value threshold)
+        results = {
+            "service_time": {"drift": {"breach": True, "scores": [
+                                 {"column": "parking_difficulty", "algorithm": "ks", "pvalue": 1e-9, "statistic": 0.4},
+                                 {"column": "n_items", "algorithm": "ks", "pvalue": 0.6, "statistic": 0.02}]},
+                             "performance": {"breach": False, "checked": True, "mae": 118.0, "mase": None}},
+            "demand": {"drift": {"breach": False, "scores": [
+                           {"column": "unit_price", "algorithm": "hellinger", "pvalue": None, "statistic": 0.03}]},
+                       "performance": {"breach": False, "checked": True, "mae": 2100.0, "mase": 0.8}}}
+        write_gauges(results, tmp, f"http://{gateway}")
+
+    with _process([PUSHGATEWAY, f"--web.listen-address={gateway}"], f"http://{gateway}/-/ready", tmp / "pushgateway.log"):
+        worker = ThreadPoolExecutor(1)
+        pushing = worker.submit(pushes)             # while the service loads its models
+        with running_service(["--out", str(built), "--tracking-uri", uri, "--state-dir", str(tmp / "state"),
+                              "--roles", str(roles_path), "--models", "service-time,demand,returns"], tmp / "service.log",
+                             timeout_s=300) as client:     # a loaded host takes a while to load three models
+            pushing.result(); worker.shutdown()
+            assert pushed["code"] == EXIT_OK
+            service = client.base_url.netloc.decode()
+            cfg = derived_config({"kronkers-service": service, "pushgateway": gateway}, DEPLOY_PROMETHEUS / "alerts.yml")
+            (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            with _process([PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                           f"--web.listen-address={prom}"], f"http://{prom}/-/ready", tmp / "prometheus.log"):
+                for _ in range(3):                  # calls spread over several scrapes, so that rates are not 0
+                    _traffic(client, keys, stops_csv, photos)
+                    time.sleep(1.5)
+                yield {"prometheus": f"http://{prom}", "summary": pushed["summary"]}
 
 
 def _api(stack: dict, path: str, **params) -> dict:
@@ -303,12 +312,17 @@ def variable_values(stack: dict, query: str) -> list[str]:
     return _api(stack, f"label/{m['label']}/values", **({"match[]": m["selector"]} if m["selector"] else {}))
 
 
+def grafana_escape(value: str) -> str:
+    "A variable's value as Grafana writes it into a Prometheus regex: special characters behind a doubled backslash."
+    return re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\\\1", value)
+
+
 def grafana_expr(expr: str, values: dict[str, list[str]]) -> str:
     """The query Grafana sends: each variable replaced by the regex of its values (All selected), $__rate_interval
     by a window that holds the whole test's scrapes."""
     expr = expr.replace("$__rate_interval", "5m").replace("$__interval", "5s").replace("$__range", "5m")
     for name, vals in sorted(values.items(), key=lambda kv: -len(kv[0])):
-        expr = expr.replace(f"${name}", "(" + "|".join(re.escape(v) for v in vals) + ")")
+        expr = expr.replace(f"${name}", "(" + "|".join(grafana_escape(v) for v in vals) + ")")
     assert "$" not in expr, f"a template variable is left in {expr}"
     return expr
 
@@ -324,10 +338,12 @@ def test_prometheus_scrapes_the_service_and_the_gateway_with_the_pushers_job_lab
               for s in instant(scraped, 'kronkers_monitor_breach{job="kronkers_monitor"}')}
     assert breach == {("service_time", "drift"): "1", ("service_time", "performance"): "0",
                       ("demand", "drift"): "0", ("demand", "performance"): "0"}
-    calls = {(s["metric"]["model"], s["metric"]["status"]): float(s["value"][1])
-             for s in instant(scraped, 'sum by (model, status) (kronkers_requests_total{endpoint=~"/v1/.*"})')}
-    assert calls == {("service-time", "200"): 3, ("demand", "200"): 3, ("returns", "200"): 3,
-                     ("demand", "401"): 3, ("demand", "422"): 3}
+    calls = {(s["metric"]["endpoint"], s["metric"]["status"]): float(s["value"][1])
+             for s in instant(scraped, 'sum by (endpoint, status) (kronkers_requests_total{endpoint=~"/v1/.*"})')}
+    assert calls == {("/v1/models/service-time/predict.csv", "200"): 3, ("/v1/models/demand/forecast", "200"): 3,
+                     ("/v1/models/returns/classify", "200"): 3, ("/v1/models/demand/forecast", "401"): 3,
+                     ("/v1/models/demand/forecast", "422"): 3}
+    assert {s["metric"]["model"] for s in instant(scraped, "kronkers_requests_total")} >= {"service-time", "demand", "returns"}
 
 
 def test_every_dashboard_query_returns_data(scraped):
@@ -367,9 +383,9 @@ def test_every_alert_rule_query_returns_data(scraped):
         assert finite(instant(scraped, measured(rule))), f"{name}: no data for {measured(rule)}"
     # the service rules see every served model: no 5xx was answered (share 0), latencies are numbers
     errors = {s["metric"]["model"]: float(s["value"][1]) for s in instant(scraped, measured(rules["KronkersServiceErrors"]))}
-    assert errors == {"service-time": 0.0, "demand": 0.0, "returns": 0.0}
+    assert set(errors) >= {"service-time", "demand", "returns"} and set(errors.values()) == {0.0}, errors
     slow = finite(instant(scraped, measured(rules["KronkersServiceSlow"])))
-    assert {s["metric"]["model"] for s in slow} == {"service-time", "demand", "returns"}
+    assert {s["metric"]["model"] for s in slow} >= {"service-time", "demand", "returns"}
     since = {s["metric"]["job"]: float(s["value"][1]) for s in instant(scraped, measured(rules["KronkersReturnsBatchStale"]))}
     assert since[STALE_JOB] >= 27 * 3600 > 26 * 3600 > since["kronkers_returns_batch"] >= 0
 
@@ -380,7 +396,10 @@ def test_alerts_whose_condition_holds_fire_and_the_others_do_not(scraped):
     def alerts():
         return {(a["labels"]["alertname"], a["labels"].get("job"), a["labels"].get("family"), a["labels"].get("kind")): a["state"]
                 for a in _api(scraped, "alerts")["alerts"]}
-    states = until(lambda: (a := alerts()) if expected <= set(a) else None, 30, "the stale batch and the drift alerts")
+    def both():
+        seen = alerts()
+        return seen if expected <= set(seen) else None
+    states = until(both, 30, "the stale batch and the drift alerts")
     assert all(states[k] == "firing" for k in expected), states
     # tonight's batch run, the clean checks and both targets are quiet; the service rules need 20 calls a model
     assert set(states) == expected, states
