@@ -37,6 +37,7 @@ PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pus
 DEPLOY_PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARDS_DIR = ROOT / "deploy" / "grafana" / "dashboards"
 STALE_JOB = "kronkers_returns_batch_stale"      # a second batch job whose last success is 27 hours old
+ROUNDS, CALLS_A_ROUND = 3, 5                    # model calls: 3 rounds of the 5 calls of _traffic
 
 needs_prometheus = pytest.mark.skipif(not Path(PROMTOOL).exists() or not Path(PROMETHEUS).exists(),
                                       reason="Debian's prometheus is not installed (make system-deps installs it)")
@@ -241,10 +242,13 @@ def stack(built, tmp_path_factory):
             (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             with _process([PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                            f"--web.listen-address={prom}"], f"http://{prom}/-/ready", tmp / "prometheus.log"):
-                for _ in range(3):                  # calls spread over several scrapes, so that rates are not 0
+                stack = {"prometheus": f"http://{prom}", "summary": pushed["summary"]}
+                until(lambda: instant(stack, 'up{job="kronkers-service"} == 1'), 60, "a first scrape of the service")
+                for done in range(1, ROUNDS + 1):  # each round scraped before the next, so that rates are not 0
                     _traffic(client, keys, stops_csv, photos)
-                    time.sleep(1.5)
-                yield {"prometheus": f"http://{prom}", "summary": pushed["summary"]}
+                    until(lambda: total(stack, 'sum(kronkers_requests_total{endpoint=~"/v1/.*"})') >= CALLS_A_ROUND * done,
+                          60, f"round {done} of the calls scraped")
+                yield stack
 
 
 def _api(stack: dict, path: str, **params) -> dict:
@@ -290,13 +294,11 @@ def total(stack: dict, expr: str) -> float:
     return sum(float(s["value"][1]) for s in instant(stack, expr))
 
 
-CALLS = 15                                          # 3 rounds of 5 model calls
 
 
 @pytest.fixture(scope="module")
 def scraped(stack):
     "The stack once Prometheus has scraped every call and every push."
-    until(lambda: total(stack, 'sum(kronkers_requests_total{endpoint=~"/v1/.*"})') >= CALLS, what="every call scraped")
     until(lambda: len(instant(stack, "kronkers_returns_batch_last_success_unixtime")) == 2, what="both batch pushes")
     until(lambda: instant(stack, "kronkers_model_window_mase"), what="the monitor's push")
     return stack
@@ -340,9 +342,9 @@ def test_prometheus_scrapes_the_service_and_the_gateway_with_the_pushers_job_lab
                       ("demand", "drift"): "0", ("demand", "performance"): "0"}
     calls = {(s["metric"]["endpoint"], s["metric"]["status"]): float(s["value"][1])
              for s in instant(scraped, 'sum by (endpoint, status) (kronkers_requests_total{endpoint=~"/v1/.*"})')}
-    assert calls == {("/v1/models/service-time/predict.csv", "200"): 3, ("/v1/models/demand/forecast", "200"): 3,
-                     ("/v1/models/returns/classify", "200"): 3, ("/v1/models/demand/forecast", "401"): 3,
-                     ("/v1/models/demand/forecast", "422"): 3}
+    assert calls == {("/v1/models/service-time/predict.csv", "200"): ROUNDS, ("/v1/models/demand/forecast", "200"): ROUNDS,
+                     ("/v1/models/returns/classify", "200"): ROUNDS, ("/v1/models/demand/forecast", "401"): ROUNDS,
+                     ("/v1/models/demand/forecast", "422"): ROUNDS}
     assert {s["metric"]["model"] for s in instant(scraped, "kronkers_requests_total")} >= {"service-time", "demand", "returns"}
 
 
