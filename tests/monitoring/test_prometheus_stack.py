@@ -4,7 +4,7 @@ promtool checks the configuration and the alert rules and runs their unit tests 
 the committed dashboards are what deploy/grafana/dashboards.py generates and fit Grafana's dashboard types
 (grafana-foundation-sdk), which a broken dashboard does not. Then Debian's Prometheus, started on a configuration
 made from deploy/prometheus/prometheus.yml with only the targets, the intervals and the rule file's path changed,
-scrapes the model service (serving the session's tiny build) and a Pushgateway after some calls, a run of the
+scrapes the model service (serving the tiny build of the `built` fixture) and a Pushgateway after some calls, a run of the
 returns batch job and a push of the monitor's gauges: every query of the dashboards and of the alert rules returns
 data, and the alerts whose conditions hold (a batch job that last succeeded 27 hours ago, a monitor breach) fire
 while the others do not."""
