@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['RUNS_FILE', 'RUNNING_DIR', 'LOGS_DIR', 'BUILD_HELP', 'append_line', 'read_runs', 'env_overrides', 'load_dag',
-           'plan_build', 'product_paths', 'clean_lost_run', 'task_command', 'run_task', 'BuildFailed',
+           'select_tasks', 'plan_build', 'product_paths', 'clean_lost_run', 'task_command', 'run_task', 'BuildFailed',
            'build_on_cluster', 'add_build_arguments', 'local_build_command', 'run_build']
 
 # %% ../../nbs/platform/05_cluster.ipynb #9310e002
@@ -97,26 +97,29 @@ def load_dag(entry_point: str | Path, env_file: str | None = None, overrides: di
     return dag, out
 
 # %% ../../nbs/platform/05_cluster.ipynb #a67ebb72
-def plan_build(dag, force: bool = False, partially: str | None = None, skip_upstream: bool = False) -> dict[str, list[str]]:
-    """Ploomber's own decision: render the DAG and return each out-of-date task with its upstream tasks
-    ({task: [upstream, ...]}, in the DAG's order). `partially` (a name or a glob such as 'get-*') keeps those tasks
-    and, unless `skip_upstream`, their upstream lineage, as `ploomber build --partially` does."""
-    import fnmatch, warnings
-    from ploomber.constants import TaskStatus
+def select_tasks(dag, partially: str | None = None, skip_upstream: bool = False) -> list[str]:
+    """The tasks a build covers, in the DAG's order: all, or with `partially` (a name or a glob such as 'get-*')
+    those tasks and, unless `skip_upstream`, their upstream lineage, as `ploomber build --partially` does."""
+    import fnmatch
     names = list(dag)
-    if partially:
-        targets = set(fnmatch.filter(names, partially)) if "*" in partially else {partially}
-        missing = targets - set(names)
-        if missing or not targets: raise ValueError(f"--partially {partially!r}: no such task in the pipeline")
-        keep = set(targets)
-        if not skip_upstream:
-            for t in targets: keep |= set(dag[t]._lineage or ())
-    else:
-        keep = set(names)
+    if not partially: return names
+    targets = set(fnmatch.filter(names, partially)) if "*" in partially else {partially}
+    if not targets or targets - set(names): raise ValueError(f"--partially {partially!r}: no such task in the pipeline")
+    keep = set(targets)
+    if not skip_upstream:
+        for t in targets: keep |= set(dag[t]._lineage or ())
+    return [n for n in names if n in keep]
+
+def plan_build(dag, force: bool = False, partially: str | None = None, skip_upstream: bool = False) -> dict[str, list[str]]:
+    """Ploomber's own decision: render the DAG and return each out-of-date task of the selection (`select_tasks`)
+    with its out-of-date upstream tasks ({task: [upstream, ...]}, in the DAG's order)."""
+    import warnings
+    from ploomber.constants import TaskStatus
+    keep = set(select_tasks(dag, partially, skip_upstream))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dag.render(force=force, show_progress=False)
-    todo = [n for n in names if n in keep and dag[n].exec_status in (TaskStatus.WaitingExecution, TaskStatus.WaitingUpstream)]
+    todo = [n for n in dag if n in keep and dag[n].exec_status in (TaskStatus.WaitingExecution, TaskStatus.WaitingUpstream)]
     return {n: [u for u in dag[n].upstream if u in todo] for n in todo}
 
 # %% ../../nbs/platform/05_cluster.ipynb #c3532804
@@ -206,9 +209,11 @@ def run_task(name: str, project: str, entry_point: str, env_args: Sequence[str],
 class BuildFailed(RuntimeError):
     "A cluster build in which a task failed (or its workers kept dying); the message names the task."
 
-def _finish_hooks(dag, plan: dict, done: set, failed: dict) -> None:
-    "Run the DAG's own on_finish / on_failure hook (the build status the dashboards read), as a local build does."
+def _finish_hooks(dag, selected: Sequence[str], plan: dict, done: set, failed: dict) -> None:
+    """Run the DAG's own on_finish / on_failure hook (the build status the dashboards read) on the tasks the build
+    covered (`selected`), as a local build does; the DAG is not used after this."""
     from ploomber.constants import TaskStatus
+    for n in [n for n in dag if n not in set(selected)]: dag.pop(n)
     for n in plan:
         dag[n].exec_status = (TaskStatus.Executed if n in done else TaskStatus.Errored if n in failed else TaskStatus.Aborted)
     try:
@@ -232,12 +237,13 @@ def build_on_cluster(scheduler: str, entry_point: str = "pipeline.yaml", env_fil
     dag, out = load_dag(entry, env_file, over)
     if out is None: raise ValueError(f"{entry_point}: its env file defines no `out` folder; runs.jsonl has nowhere to go")
     out = str(Path(out).resolve())
+    selected = select_tasks(dag, partially, skip_upstream)
     plan = plan_build(dag, force, partially, skip_upstream)
     build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid4().hex[:6]
     summary = {"build": build_id, "out": out, "submitted": [], "runs": []}
     if not plan:
         echo("kronkers build: every task is up to date; nothing submitted")
-        _finish_hooks(dag, plan, set(), {})
+        _finish_hooks(dag, selected, plan, set(), {})
         return summary
     env_args = [a for k, v in over.items() for a in (f"--env--{k[len('env__'):].replace('__', '--')}", str(v))]
     done, failed, futures = set(), {}, {}
@@ -264,7 +270,7 @@ def build_on_cluster(scheduler: str, entry_point: str = "pipeline.yaml", env_fil
             if failed: continue                                        # let running tasks finish; submit nothing new
             for m, ups in plan.items():
                 if m not in summary["submitted"] and all(u in done for u in ups): submit(m)
-    _finish_hooks(dag, plan, done, failed)
+    _finish_hooks(dag, selected, plan, done, failed)
     if failed:
         skipped = [n for n in plan if n not in done and n not in failed]
         first, err = next(iter(failed.items()))
@@ -283,7 +289,8 @@ appended to <out>/build/runs.jsonl (task, worker address, pid, start, end, statu
 recorded as `lost` by the run that replaces it). A worker lost mid-task: the scheduler runs the task again on
 another worker (up to distributed.scheduler.allowed-failures times) after the products the lost run may have
 half-written are removed; a failing task is retried --retries times; the build then finishes, or fails naming
-the task. Exit codes: 0 built, 1 a task failed, 2 bad usage."""
+the task. Any other option goes to Ploomber as in `ploomber build`: --env--KEY VALUE (--env--out DIR,
+--env--service_time--n_trials 80) overrides a value of the env file. Exit codes: 0 built, 1 a task failed, 2 bad usage."""
 
 def add_build_arguments(p) -> None:
     "The options of `kronkers build` (anything else, such as --env--out DIR, goes to Ploomber)."
