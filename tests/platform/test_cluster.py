@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -139,6 +140,10 @@ def test_second_build_submits_nothing(project, cluster, first_build):
     output = finished(kronkers_build(project, first_build, cluster))
     assert "nothing submitted" in output
     assert read_runs(first_build) == before
+    # a local build (`kronkers build` without --scheduler is `ploomber build`) finds the cluster's products up to date
+    output = finished(kronkers_build(project, first_build, None))
+    ran = re.findall(r"^(\S+)\s+(True|False)\s+[\d.]+", output, flags=re.M)
+    assert sorted(n for n, _ in ran) == sorted(TASKS) and all(r == "False" for _, r in ran), output[-3000:]
 
 
 def test_touched_notebook_reruns_it_and_downstream_through_a_lost_worker(project, cluster, first_build, local_build):
