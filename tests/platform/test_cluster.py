@@ -171,3 +171,18 @@ def test_touched_notebook_reruns_it_and_downstream_through_a_lost_worker(project
     assert runs[0]["pid"] == running["pid"] and runs[1]["pid"] != running["pid"]
     assert data_products(first_build) == data_products(local_build)
     assert not list((first_build / RUNNING_DIR).glob("*.json"))
+
+
+def test_failing_task_fails_the_build_naming_it(project, cluster, tmp_path):
+    "check-demand-data without its upstream products fails in its notebook: the build exits 1 naming the task."
+    out = tmp_path / "out"
+    cmd = [str(BIN / "kronkers"), "build", "--scheduler", cluster, "--env", "env.test.yaml", "--partially",
+           "check-demand-data", "--skip-upstream", "--retries", "0", "--env--out", str(out)]
+    done = subprocess.run(cmd, cwd=project, env={**ploomber_env(), "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "build failed: task 'check-demand-data' failed" in done.stderr
+    assert [(r["task"], r["status"]) for r in read_runs(out)] == [("check-demand-data", "failed")]
+    status = json.loads((out / "build" / "status.json").read_text())
+    assert status["status"] == "failed" and [f["task"] for f in status["failed"]] == ["check-demand-data"], status
+    assert not (out / "monitoring/quality/.demand.json.metadata").exists()      # nothing counts as built
