@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_result(result, output)
             print(json.dumps(result["runs"][-1], indent=2), flush=True)
     hashes = [r["metrics_sha256"] for r in result["runs"] if r["returncode"] == 0]
-    result["same_metrics_json"] = bool(hashes) and all(h == hashes[0] for h in hashes)
+    result["same_metrics_json"] = (all(h == hashes[0] for h in hashes) if hashes and hashes[0] else None)  # None: none built
     write_result(result, output)
     return result
 
