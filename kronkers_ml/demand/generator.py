@@ -148,9 +148,11 @@ def assign_customers(prefs: dict, cust_region: np.ndarray, inv_region: np.ndarra
         c = cand[li]                                                  # lines x candidates
         cc = np.maximum(c, 0)
         fit = log_aff[cc, prefs["category"][lp][:, None]] - prefs["price_sensitivity"][cc] * prefs["z_price"][lp][:, None]
-        d = inv_day[li][:, None, None]
-        due = ((prefs["staples"][cc] == lp[:, None, None])
-               & ((d - prefs["phase"][cc]) % prefs["cycle"][cc] < STAPLE_DUE_DAYS)).any(axis=2)
+        l, j, q = np.nonzero(prefs["staples"][cc] == lp[:, None, None])         # the candidate's staple is the line's product
+        cj = cc[l, j]
+        ok = (inv_day[li][l] - prefs["phase"][cj, q]) % prefs["cycle"][cj, q] < STAPLE_DUE_DAYS   # ... and it is due
+        due = np.zeros(c.shape, dtype=bool)
+        due[l[ok], j[ok]] = True
         fit = fit + 3.0 * due
         score = np.add.reduceat(fit, starts[a:b] - lo, axis=0)        # invoices x candidates
         score = np.where(cand[a:b] >= 0, score, -np.inf) + rng.gumbel(size=score.shape)
