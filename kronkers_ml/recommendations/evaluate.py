@@ -40,12 +40,12 @@ def buyers(h: History, test: pd.DataFrame) -> np.ndarray:
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #cb1f949e
 def float_list(value, key: str) -> list[float]:
-    "Numbers from a setting: '10,50,200', a number, or a list of them; a ValueError names `key`."
-    items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
+    "Numbers from a setting: '10 50 200' (or with commas), a number, or a list of them; a ValueError names `key`."
+    items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").replace(",", " ").split()
     try:
         out = [float(str(x).strip()) for x in items if str(x).strip()]
     except ValueError:
-        raise ValueError(f"{key}: expected numbers separated by commas, got {value!r}") from None
+        raise ValueError(f"{key}: expected numbers separated by spaces, got {value!r}") from None
     if not out:
         raise ValueError(f"{key}: expected at least one number, got {value!r}")
     return out

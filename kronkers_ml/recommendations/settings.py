@@ -32,8 +32,8 @@ class TrainRecommendations(Settings):
     k: int = setting(10, "recommendations.k")
     recent_days: int = setting(28, "recommendations.recent_days", "days of purchases before a cut-off that popularity counts")
     half_life_days: float = setting(60.0, "recommendations.half_life_days", "a purchase's weight halves every this many days")
-    ease_lambdas: str = setting("50,200,1000,5000", "recommendations.ease_lambdas", "EASE regularisation values tried on validation")
-    repeat_weights: str = setting("0,0.25,0.5,1,2,4", "recommendations.repeat_weights", "weights of the buy-again term tried")
+    ease_lambdas: str = setting("50 200 1000 5000", "recommendations.ease_lambdas", "EASE regularisation values tried on validation")
+    repeat_weights: str = setting("0 0.25 0.5 1 2 4", "recommendations.repeat_weights", "weights of the buy-again term tried")
     n_replicates: int = setting(32, "recommendations.n_replicates", "replays of the generator for the oracle's probabilities")
 
     def check(self) -> None:
