@@ -74,6 +74,11 @@ PRODUCTS: dict[str, Product] = {
     # operations
     "operations.plan":              _T("operations/plan.parquet", "plan-operations"),
     "operations.plan_summary":      _T("operations/plan.json", "plan-operations"),
+    # recommendations
+    "recommendations.model":        _T("recommendations/model.npz", "train-recommendations"),
+    "recommendations.training":     _T("recommendations/training.json", "train-recommendations"),
+    "recommendations.oracle":       _T("recommendations/oracle.parquet", "train-recommendations"),
+    "recommendations.metrics":      _T("recommendations/metrics.json", "evaluate-recommendations"),
     # returns
     "returns.train":                _T("returns/train.npz", "get-returns-data"),
     "returns.test":                 _T("returns/test.npz", "get-returns-data"),

@@ -11,8 +11,10 @@ import pandas as pd
 from .calendar import calendar_features
 
 # %% auto #0
-__all__ = ['WEEKDAY_NAMES', 'REGIONS', 'CATEGORIES', 'WEEKDAY_FACTOR', 'TRANSACTION_COLUMNS', 'CLOCKS', 'parse_weekdays',
-           'demand_multiplier', 'write_clock', 'simulate_transactions', 'add_log_faults']
+__all__ = ['WEEKDAY_NAMES', 'REGIONS', 'CATEGORIES', 'WEEKDAY_FACTOR', 'N_STAPLES', 'STAPLE_CYCLES', 'STAPLE_DUE_DAYS',
+           'TRANSACTION_COLUMNS', 'CLOCKS', 'parse_weekdays', 'demand_multiplier', 'customer_preferences',
+           'assign_customers', 'product_editions', 'edition_of', 'write_clock', 'simulate_transactions',
+           'add_log_faults', 'purchase_probabilities']
 
 # %% ../../nbs/demand/02_generator.ipynb #9fa47873
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -60,7 +62,127 @@ def demand_multiplier(dates, growth: float = 0.12, promo_weeks: int = 4, noise: 
     f["factor"] = f.drop(columns=[]).prod(axis=1)
     return f
 
-# %% ../../nbs/demand/02_generator.ipynb #ba28a99f
+# %% ../../nbs/demand/02_generator.ipynb #ac18d1e1
+N_STAPLES = 4
+STAPLE_CYCLES = np.array([7, 14, 21, 28, 42])
+STAPLE_DUE_DAYS = 3
+
+def customer_preferences(n_customers: int, category: np.ndarray, prices: np.ndarray, seed: int = 0) -> dict:
+    """Each customer's activity, category affinities, price sensitivity and staples (product, cycle, phase), drawn by `seed`;
+    `category` and `prices` are the products' category codes (into CATEGORIES) and list prices."""
+    rng = np.random.default_rng([seed, 19])
+    n_products = len(prices)
+    popularity = 1 / np.arange(1, n_products + 1) ** 0.8
+    activity = np.exp(rng.normal(0, 1.0, n_customers))
+    affinity = rng.dirichlet(np.full(len(CATEGORIES), 0.5), n_customers)
+    price_sensitivity = rng.normal(0, 0.7, n_customers)
+    staple_ok = category != CATEGORIES.index("fashion")
+    n_staples = rng.integers(0, N_STAPLES + 1, n_customers)
+    staples = np.full((n_customers, N_STAPLES), -1)
+    if staple_ok.any():
+        weight = popularity * staple_ok
+        draws = rng.choice(n_products, size=(n_customers, N_STAPLES), p=weight / weight.sum())
+        staples = np.where(np.arange(N_STAPLES) < n_staples[:, None], draws, -1)
+    cycle = rng.choice(STAPLE_CYCLES, size=(n_customers, N_STAPLES))
+    phase = rng.integers(0, 10_000, size=(n_customers, N_STAPLES)) % cycle
+    z_price = np.log(prices)
+    z_price = (z_price - z_price.mean()) / (z_price.std() or 1.0)
+    return {"activity": activity, "affinity": affinity, "price_sensitivity": price_sensitivity, "staples": staples,
+            "cycle": cycle, "phase": phase, "category": np.asarray(category), "z_price": z_price}
+
+# %% ../../nbs/demand/02_generator.ipynb #c242e101
+def _staple_candidates(prefs: dict, cust_region: np.ndarray, line_product: np.ndarray, line_day: np.ndarray,
+                       line_region: np.ndarray, rng, tries: int = 8) -> np.ndarray:
+    "For each line, a customer of its region whose staple its product is and who is due that day (-1: none found)."
+    found = np.full(len(line_product), -1)
+    cust, slot = np.nonzero(prefs["staples"] >= 0)
+    if len(cust) == 0:
+        return found
+    n_regions = len(REGIONS)
+    key = prefs["staples"][cust, slot] * n_regions + cust_region[cust]
+    order = np.argsort(key, kind="stable")
+    key, cust, slot = key[order], cust[order], slot[order]
+    line_key = line_product * n_regions + line_region
+    lo, hi = np.searchsorted(key, line_key, "left"), np.searchsorted(key, line_key, "right")
+    has = hi > lo
+    for _ in range(tries):
+        pick = lo + (rng.random(len(lo)) * (hi - lo)).astype(int)
+        pick = np.minimum(pick, len(key) - 1)
+        c, s = cust[pick], slot[pick]
+        due = has & ((line_day - prefs["phase"][c, s]) % prefs["cycle"][c, s] < STAPLE_DUE_DAYS)
+        take = due & (found < 0)
+        found[take] = c[take]
+    return found
+
+def assign_customers(prefs: dict, cust_region: np.ndarray, inv_region: np.ndarray, inv_day: np.ndarray,
+                     inv: np.ndarray, product: np.ndarray, rng, n_candidates: int = 24, chunk: int = 20_000) -> np.ndarray:
+    """The customer of each invoice, chosen by preferences among customers of the invoice's region (see above).
+    `inv` (sorted) and `product` are the lines' invoice and product; returns one customer index per invoice."""
+    n_inv = len(inv_region)
+    if n_inv == 0:
+        return np.zeros(0, dtype=int)
+    # candidates drawn by activity within the region
+    cand = np.zeros((n_inv, n_candidates), dtype=int)
+    for r in range(len(REGIONS)):
+        members, rows = np.flatnonzero(cust_region == r), np.flatnonzero(inv_region == r)
+        if len(rows) == 0:
+            continue
+        if len(members) == 0:
+            raise ValueError(f"no customer lives in region {REGIONS[r]}, which has invoices: use more customers")
+        w = prefs["activity"][members]
+        cand[rows] = members[rng.choice(len(members), size=(len(rows), n_candidates), p=w / w.sum())]
+    # plus one due staple customer per line, if any
+    staple = _staple_candidates(prefs, cust_region, product, inv_day[inv], inv_region[inv], rng)
+    starts = np.searchsorted(inv, np.arange(n_inv))
+    width = int(np.bincount(inv, minlength=n_inv).max())
+    slot = np.arange(len(inv)) - starts[inv]
+    extra = np.full((n_inv, width), -1)
+    extra[inv, slot] = staple
+    cand = np.concatenate([cand, extra], axis=1)
+    chosen = np.empty(n_inv, dtype=int)
+    log_aff = np.log(len(CATEGORIES) * np.maximum(prefs["affinity"], 1e-6))
+    for a in range(0, n_inv, chunk):
+        b = min(n_inv, a + chunk)
+        lo, hi = starts[a], (starts[b] if b < n_inv else len(inv))
+        li, lp = inv[lo:hi], product[lo:hi]
+        c = cand[li]                                                  # lines x candidates
+        cc = np.maximum(c, 0)
+        fit = log_aff[cc, prefs["category"][lp][:, None]] - prefs["price_sensitivity"][cc] * prefs["z_price"][lp][:, None]
+        l, j, q = np.nonzero(prefs["staples"][cc] == lp[:, None, None])         # the candidate's staple is the line's product
+        cj = cc[l, j]
+        ok = (inv_day[li][l] - prefs["phase"][cj, q]) % prefs["cycle"][cj, q] < STAPLE_DUE_DAYS   # ... and it is due
+        due = np.zeros(c.shape, dtype=bool)
+        due[l[ok], j[ok]] = True
+        fit = fit + 3.0 * due
+        score = np.add.reduceat(fit, starts[a:b] - lo, axis=0)        # invoices x candidates
+        score = np.where(cand[a:b] >= 0, score, -np.inf) + rng.gumbel(size=score.shape)
+        chosen[a:b] = cand[a:b][np.arange(b - a), score.argmax(axis=1)]
+    return chosen
+
+# %% ../../nbs/demand/02_generator.ipynb #4aa5506e
+def product_editions(n_products: int, dates: pd.DatetimeIndex, seed: int = 0, new_share: float = 0.05,
+                     seasonal_share: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which products are replaced by a successor and from which day index, and which have a Christmas edition:
+    (successor_from, product's successor number or -1, product's seasonal number or -1). Numbers count from n_products."""
+    rng = np.random.default_rng([seed, 19, 2])
+    order = rng.permutation(n_products)
+    n_new, n_seasonal = int(round(new_share * n_products)), int(round(seasonal_share * n_products))
+    successor = np.full(n_products, -1)
+    successor[order[:n_new]] = n_products + np.arange(n_new)
+    seasonal = np.full(n_products, -1)
+    seasonal[order[n_new:n_new + n_seasonal]] = n_products + n_new + np.arange(n_seasonal)
+    launch = np.full(n_products, len(dates) + 1)
+    launch[order[:n_new]] = rng.integers(len(dates) // 4, len(dates), n_new)   # launched over the last 3/4 of the log
+    return launch, successor, seasonal
+
+def edition_of(product: np.ndarray, day: np.ndarray, dates: pd.DatetimeIndex, editions) -> np.ndarray:
+    "The product number each line is sold as: the successor after its launch, the Christmas edition in Nov-Dec."
+    launch, successor, seasonal = editions
+    out = np.where((successor[product] >= 0) & (day >= launch[product]), successor[product], product)
+    in_season = np.asarray(dates.month)[day] >= 11
+    return np.where((seasonal[product] >= 0) & in_season, seasonal[product], out)
+
+# %% ../../nbs/demand/02_generator.ipynb #959c69cf
 TRANSACTION_COLUMNS = ["invoice_id", "timestamp", "product_id", "quantity", "unit_price", "customer_id", "region"]
 CLOCKS = ("local", "offset", "utc")
 
@@ -81,16 +203,11 @@ def _invoice_lines(rng, n_invoices: int, n_products: int, prices: np.ndarray):
     quantity = 1 + rng.geometric(0.6, len(inv)) - 1
     return inv, product, quantity, prices[product]
 
-def simulate_transactions(start: str = "2023-01-01", days: int = 1095, invoices_per_day: float = 250,
-                          n_products: int = 400, n_customers: int = 20_000, growth: float = 0.12,
-                          faults: bool = True, seed: int = 0, country: str = "NO", closed_weekdays=(),
-                          clock: str = "local", timezone: str = "Europe/Oslo") -> pd.DataFrame:
-    """A transaction log in the documented schema (plus `category`), deterministic by `seed`: closed on the public
-    holidays of `country` and on `closed_weekdays`, its times written by `clock` (`CLOCKS`) in the shop's `timezone`."""
+def _draw_sales(start: str, days: int, invoices_per_day: float, n_products: int, n_customers: int, growth: float,
+                seed: int, country: str, closed_weekdays) -> dict:
+    "The invoices (day, time, region, a customer drawn at random) and their lines, as arrays; deterministic by `seed`."
     if days < 1 or invoices_per_day <= 0:
         raise ValueError(f"need days >= 1 and invoices_per_day > 0, got {days}, {invoices_per_day}")
-    if clock not in CLOCKS:
-        raise ValueError(f"clock {clock!r}: use one of {', '.join(CLOCKS)}")
     rng = np.random.default_rng(seed)
     dates = pd.date_range(start, periods=int(days), freq="D")
     factor = demand_multiplier(dates, growth=growth, seed=seed, country=country,
@@ -100,19 +217,44 @@ def simulate_transactions(start: str = "2023-01-01", days: int = 1095, invoices_
     day = np.repeat(np.arange(len(dates)), per_day)
     seconds = rng.uniform(7 * 3600, 23 * 3600, n_inv).astype(int)
     inv_time = dates.values[day] + seconds.astype("timedelta64[s]")
-    order = np.argsort(inv_time, kind="stable")
-    inv_time = inv_time[order]
+    inv_time = inv_time[np.argsort(inv_time, kind="stable")]          # sorted within each day: `day` stays aligned
     cust_region = rng.choice(len(REGIONS), size=n_customers, p=[0.40, 0.20, 0.15, 0.15, 0.10])
     customer = rng.integers(0, n_customers, n_inv)
     prices = np.round(np.exp(rng.normal(4.3, 0.7, n_products)), 2)
     category = rng.integers(0, len(CATEGORIES), n_products)
     inv, product, quantity, price = _invoice_lines(rng, n_inv, n_products, prices)
+    return {"dates": dates, "day": day, "inv_time": inv_time, "cust_region": cust_region, "customer": customer,
+            "prices": prices, "category": category, "inv": inv, "product": product, "quantity": quantity, "price": price}
+
+def _product_ids(numbers: np.ndarray) -> np.ndarray:
+    return np.char.add("P", np.char.zfill(np.asarray(numbers).astype(str), 5))
+
+def _customer_ids(numbers: np.ndarray) -> np.ndarray:
+    return np.char.add("K", (np.asarray(numbers) + 100_000).astype(str))
+
+def simulate_transactions(start: str = "2023-01-01", days: int = 1095, invoices_per_day: float = 250,
+                          n_products: int = 400, n_customers: int = 20_000, growth: float = 0.12,
+                          faults: bool = True, seed: int = 0, country: str = "NO", closed_weekdays=(),
+                          clock: str = "local", timezone: str = "Europe/Oslo", preferences: bool = True) -> pd.DataFrame:
+    """A transaction log in the documented schema (plus `category`), deterministic by `seed`: closed on the public
+    holidays of `country` and on `closed_weekdays`, its times written by `clock` (`CLOCKS`) in the shop's `timezone`.
+    With `preferences` (the default) customers and product editions follow the customers' preferences (above);
+    without, each invoice's customer is drawn at random. Either way the lines, times, prices and regions are the same."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock {clock!r}: use one of {', '.join(CLOCKS)}")
+    s = _draw_sales(start, days, invoices_per_day, n_products, n_customers, growth, seed, country, closed_weekdays)
+    inv, customer, sold = s["inv"], s["customer"], s["product"]
+    if preferences:
+        prefs = customer_preferences(n_customers, s["category"], s["prices"], seed=seed)
+        customer = assign_customers(prefs, s["cust_region"], s["cust_region"][customer], s["day"], inv, s["product"],
+                                    np.random.default_rng([seed, 19, 1]))
+        sold = edition_of(s["product"], s["day"][inv], s["dates"], product_editions(n_products, s["dates"], seed=seed))
     log = pd.DataFrame({
         "invoice_id": np.char.add("5", np.char.zfill((inv + 10_000_000).astype(str), 8)),
-        "timestamp": inv_time[inv], "product_id": np.char.add("P", np.char.zfill(product.astype(str), 5)),
-        "quantity": quantity.astype("int64"), "unit_price": price,
-        "customer_id": np.char.add("K", (customer[inv] + 100_000).astype(str)).astype(object),
-        "region": np.array(REGIONS)[cust_region[customer[inv]]], "category": np.array(CATEGORIES)[category[product]]})
+        "timestamp": s["inv_time"][inv], "product_id": _product_ids(sold),
+        "quantity": s["quantity"].astype("int64"), "unit_price": s["price"],
+        "customer_id": _customer_ids(customer[inv]).astype(object),
+        "region": np.array(REGIONS)[s["cust_region"][customer[inv]]], "category": np.array(CATEGORIES)[s["category"][s["product"]]]})
     log = add_log_faults(log, seed=seed) if faults else log
     return log if clock == "local" else log.assign(timestamp=write_clock(log["timestamp"], clock, timezone))
 
@@ -135,3 +277,36 @@ def add_log_faults(log: pd.DataFrame, cancel_rate: float = 0.015, return_rate: f
     dup = log.sample(frac=duplicate_rate, random_state=seed + 3)
     out = pd.concat([log, cancel, ret, dup], ignore_index=True)
     return out.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+# %% ../../nbs/demand/02_generator.ipynb #fc09b75c
+def purchase_probabilities(first_day: str, last_day: str, n_replicates: int = 32, start: str = "2023-01-01",
+                           days: int = 1095, invoices_per_day: float = 250, n_products: int = 400,
+                           n_customers: int = 20_000, growth: float = 0.12, seed: int = 0, country: str = "NO",
+                           closed_weekdays=()) -> pd.DataFrame:
+    """Each customer's probability of buying each product between `first_day` and `last_day` (inclusive) in the log
+    `simulate_transactions` makes with the same arguments: the choice of customers for the window's invoices replayed
+    `n_replicates` times. Pairs never drawn are left out (probability 0). The log's faults (cancellations, guest
+    checkouts) remove invoices whatever their customer, so they are left out too."""
+    if n_replicates < 1:
+        raise ValueError(f"n_replicates: need at least 1, got {n_replicates}")
+    s = _draw_sales(start, days, invoices_per_day, n_products, n_customers, growth, seed, country, closed_weekdays)
+    dates = s["dates"]
+    keep_inv = (dates[s["day"]] >= pd.Timestamp(first_day)) & (dates[s["day"]] <= pd.Timestamp(last_day))
+    columns = ["customer_id", "product_id", "probability"]
+    if not keep_inv.any():
+        return pd.DataFrame({c: pd.Series(dtype=object if c != "probability" else float) for c in columns})
+    new_index = np.cumsum(keep_inv) - 1
+    lines = keep_inv[s["inv"]]
+    inv, product = new_index[s["inv"][lines]], s["product"][lines]
+    day = s["day"][keep_inv]
+    inv_region = s["cust_region"][s["customer"][keep_inv]]
+    prefs = customer_preferences(n_customers, s["category"], s["prices"], seed=seed)
+    sold = edition_of(product, day[inv], dates, product_editions(n_products, dates, seed=seed))
+    n_ids = int(sold.max()) + 1
+    pairs = []
+    for r in range(n_replicates):
+        who = assign_customers(prefs, s["cust_region"], inv_region, day, inv, product, np.random.default_rng([seed, 19, 3, r]))
+        pairs.append(np.unique(who[inv].astype(np.int64) * n_ids + sold))
+    code, count = np.unique(np.concatenate(pairs), return_counts=True)
+    return pd.DataFrame({"customer_id": _customer_ids(code // n_ids).astype(object),
+                         "product_id": _product_ids(code % n_ids).astype(object), "probability": count / n_replicates})
