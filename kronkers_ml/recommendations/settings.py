@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings, setting
+from ..settings import Settings, setting, shared
 
 # %% auto #0
 __all__ = ['TrainRecommendations', 'EvaluateRecommendations']
@@ -17,7 +17,7 @@ __all__ = ['TrainRecommendations', 'EvaluateRecommendations']
 class TrainRecommendations(Settings):
     "Settings of train-recommendations (nbs/pipeline/recommendations/train_recommendations.ipynb)."
     transactions: str = setting("", "demand.transactions", "a transaction log; '': generated (and an oracle)")
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
     start: str = setting("2023-01-01", "demand.start")
     days: int = setting(1095, "demand.days")
     invoices_per_day: float = setting(200.0, "demand.invoices_per_day")
@@ -47,4 +47,4 @@ class TrainRecommendations(Settings):
 class EvaluateRecommendations(Settings):
     "Settings of evaluate-recommendations (nbs/pipeline/recommendations/evaluate_recommendations.ipynb)."
     k: int = setting(10, "recommendations.k")
-    seed: int = setting(42, "seed")
+    seed: int = shared("seed")
