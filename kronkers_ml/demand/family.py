@@ -290,7 +290,7 @@ def fold_explorer(backtest: pd.DataFrame):
     fold.observe(show, "value"); show()
     return w.VBox([fold, shown])
 
-# %% ../../nbs/demand/08_family.ipynb #f65617a7
+# %% ../../nbs/demand/08_family.ipynb #423d9835
 from ..pages.tryit import Refused, ask, download_link, tryit_form
 
 DEMAND_COLUMNS = ["date", "forecast", "lo80", "hi80", "lo95", "hi95"]
@@ -320,7 +320,7 @@ def demand_results_html(fc: pd.DataFrame, max_days: int = 31) -> str:
     return (head + '<table class="kronkers-tryit"><thead><tr><th>day</th><th>forecast (NOK)</th><th>80% band (NOK)</th>'
             "<th>95% band (NOK)</th></tr></thead><tbody>" + rows + "</tbody></table>" + rest)
 
-# %% ../../nbs/demand/08_family.ipynb #1833a8b4
+# %% ../../nbs/demand/08_family.ipynb #e90295ed
 def demand_tryit(out: str | Path, url: str | None = None, max_horizon: int = 90, start: int = 28):
     "The demand try-it form: days ahead (1..`max_horizon`) and the reader's key -> the forecast with its bands, a table and a CSV link."
     import ipywidgets as w

@@ -239,8 +239,8 @@ def review_explorer(predictions: pd.DataFrame, threshold: float, per: int = 1000
     slider.observe(show, "value"); show()
     return w.VBox([slider, shown])
 
-# %% ../../nbs/returns/04_family.ipynb #3e4671fc
-from ..pages.tryit import Refused, ask, download_link, sentence_html, tryit_form, uploaded_files
+# %% ../../nbs/returns/04_family.ipynb #0b16335a
+from ..pages.tryit import Refused, ask, download_link, files_note, sentence_html, tryit_form, uploaded_files
 from .batch import check_pixels, sniff_format
 
 TRYIT_SIDE = 512                 # longer side (pixels) above which the page shrinks a photo before sending it
@@ -272,7 +272,7 @@ def photo_for_service(name: str, data: bytes, side: int = TRYIT_SIDE, max_pixels
     buf = io.BytesIO(); small.save(buf, format="PNG")
     return buf.getvalue(), "image/png", small
 
-# %% ../../nbs/returns/04_family.ipynb #8d60f544
+# %% ../../nbs/returns/04_family.ipynb #8e9614aa
 def thumbnail_uri(image: Any, side: int = 72) -> str:
     "A small JPEG of a PIL image as a `data:` address, for a table cell."
     import base64
@@ -297,7 +297,7 @@ def classify_photos(files: Sequence[tuple[str, bytes]], key: str, url: str | Non
     frame.attrs.update(version=body.get("version"), review_threshold=body.get("review_threshold"))
     return frame
 
-# %% ../../nbs/returns/04_family.ipynb #c17cc8f9
+# %% ../../nbs/returns/04_family.ipynb #ebf7ad42
 def returns_csv(results: pd.DataFrame) -> str:
     "The results of `classify_photos` as CSV: file, category, confidence (0-1), needs_person (true/false)."
     shown = results[["file", "category", "confidence", "needs_review"]].rename(columns={"needs_review": "needs_person"})
@@ -321,7 +321,7 @@ def returns_results_html(results: pd.DataFrame) -> str:
     return (head + '<table class="kronkers-tryit" style="font-size:0.95em"><thead><tr><th>photo</th><th>file</th>'
             "<th>category</th><th>confidence</th><th>needs a person</th></tr></thead><tbody>" + cells + "</tbody></table>")
 
-# %% ../../nbs/returns/04_family.ipynb #d3c09b96
+# %% ../../nbs/returns/04_family.ipynb #3e19da15
 def returns_tryit(url: str | None = None):
     "The returns try-it form: photos (JPEG/PNG, one or many) and the reader's key -> the table with thumbnails and a CSV link."
     import ipywidgets as w
@@ -334,7 +334,9 @@ def returns_tryit(url: str | None = None):
         return [HTML(returns_results_html(results)),
                 HTML(download_link(returns_csv(results), "returns_categories.csv", "Download the table (CSV)"))]
 
-    box = tryit_form([photos], run, "Sort the photos")
+    chosen = w.HTML()
+    photos.observe(lambda change: setattr(chosen, "value", files_note(uploaded_files(change["new"]))), "value")
+    box = tryit_form([w.HBox([photos, chosen])], run, "Sort the photos")
     box.upload = photos
     return box
 

@@ -293,8 +293,8 @@ def service_explorer(predictions: pd.DataFrame):
     zone.observe(show, "value"); span.observe(show, "value"); show()
     return w.VBox([w.HBox([zone, span]), shown])
 
-# %% ../../nbs/service_time/06_family.ipynb #1562b3d7
-from ..pages.tryit import Refused, ask, download_link, tryit_form, uploaded_files
+# %% ../../nbs/service_time/06_family.ipynb #b3d13862
+from ..pages.tryit import Refused, ask, download_link, files_note, tryit_form, uploaded_files
 
 RULE_MINUTES = 7.0        # the business rule the model replaces: every stop takes 7 minutes
 STOP_ID_COLUMNS = ("route_id", "stop_id")   # optional columns of an upload: the totals are per route_id
@@ -319,7 +319,7 @@ def example_stops(out: str | Path) -> pd.DataFrame:
     route = day[day["route_id"] == day["route_id"].value_counts().sort_index().idxmax()]     # its longest route
     return route.sort_values("seq")[["route_id", "stop_id", *FEATURES]].reset_index(drop=True)
 
-# %% ../../nbs/service_time/06_family.ipynb #165a16d4
+# %% ../../nbs/service_time/06_family.ipynb #956814d4
 def read_stops_upload(name: str, data: bytes, features: Sequence[str] = FEATURES) -> pd.DataFrame:
     "A stops CSV upload as a frame of text; Refused naming the file when it is not UTF-8 CSV, has no rows, or lacks feature columns."
     if not data: raise Refused(f"{name}: the file is empty.")
@@ -348,7 +348,7 @@ def predict_stops(name: str, data: bytes, key: str, url: str | None = None) -> p
     pred.attrs["version"] = r.headers.get("X-Model-Version")
     return pred
 
-# %% ../../nbs/service_time/06_family.ipynb #013b41d9
+# %% ../../nbs/service_time/06_family.ipynb #b4185796
 def route_totals(pred: pd.DataFrame, rule_minutes: float = RULE_MINUTES) -> pd.DataFrame:
     "Per route of `predict_stops`' frame: stops, the model's total minutes, the 7-minute rule's, and model minus rule."
     g = pred.groupby("route_id", sort=False)["minutes"].agg(stops="size", model_minutes="sum").reset_index()
@@ -377,7 +377,7 @@ def service_time_results_html(pred: pd.DataFrame, totals: pd.DataFrame, rule_min
     rest = f"<p>The first {fmt(max_stops)} of {fmt(len(pred))} stops; the CSV has every one.</p>" if len(pred) > max_stops else ""
     return f"<p><b>{fmt(len(pred))} stops</b> predicted{version}.</p><ul>{lines}</ul>{more}{table}<h4>Each stop</h4>{stops}{rest}"
 
-# %% ../../nbs/service_time/06_family.ipynb #8ffe2fe4
+# %% ../../nbs/service_time/06_family.ipynb #82b2e50e
 def service_time_tryit(out: str | Path, url: str | None = None):
     "The service-time try-it form: a stops CSV (example to download from the build in `out`) and the reader's key -> minutes per stop and per route."
     import ipywidgets as w
@@ -393,7 +393,9 @@ def service_time_tryit(out: str | Path, url: str | None = None):
         return [HTML(service_time_results_html(pred, route_totals(pred))),
                 HTML(download_link(service_time_csv(pred), "service_time_predictions.csv", "Download every stop's minutes (CSV)"))]
 
-    box = tryit_form([w.HTML(example), upload], run, "Predict the minutes")
+    chosen = w.HTML()
+    upload.observe(lambda change: setattr(chosen, "value", files_note(uploaded_files(change["new"]))), "value")
+    box = tryit_form([w.HTML(example), w.HBox([upload, chosen])], run, "Predict the minutes")
     box.upload = upload
     return box
 

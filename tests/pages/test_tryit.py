@@ -49,7 +49,7 @@ def service(built, tmp_path_factory):
     keys = {r: create_key(home / "service" / "keys.json", r, roles, f"test {r}")[1] for r in ("operations", "procurement", "marketing")}
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     args = ["--out", str(home), "--roles", str(ROLES), "--state-dir", str(home / "service")]
-    with running_service(args, home / "service.log", env) as client:
+    with running_service(args, home / "service.log", env, timeout_s=240) as client:
         yield {"client": client, "keys": keys, "audit": home / "service" / "audit.jsonl", "url": str(client.base_url).rstrip("/")}
 
 
@@ -114,16 +114,22 @@ def act(driver, key: str | None = None, files: list[Path] | None = None, button:
     """Type `key` (None: leave the field as it is), choose `files` in the upload, press `button`; wait until `expect` is
     in the result (the form's last output, redrawn by this click) and return the page's text."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
-    if key is not None:
+    if key is not None:          # the page names the key's id once the kernel has it (a click before would not use it)
         field = driver.find_element(By.CSS_SELECTOR, "input[type=password]")
-        field.clear(); field.send_keys(key)
-        WebDriverWait(driver, 10).until(lambda d: field.get_attribute("value") == key)
+        field.clear(); field.send_keys(key + Keys.RETURN)
+        assert wait_for_text(driver, f"key {'_'.join(key.split('_')[:2])} entered", 60), body(driver)[-2000:]
     if files:
-        chooser = driver.find_element(By.CSS_SELECTOR, "input[type=file]")
+        # ipywidgets 8's upload button keeps its file input out of the page and clicks it to open the file dialog;
+        # the click is caught here and the input put on the page, where the driver can choose the files
+        driver.execute_script(CATCH_FILE_DIALOG)
+        driver.find_element(By.CSS_SELECTOR, ".widget-upload").click()
+        chooser = WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file][data-chosen-here]"))
+        driver.execute_script("arguments[0].value = '';", chooser)
         chooser.send_keys("\n".join(str(f) for f in files))
-        label = driver.find_element(By.CSS_SELECTOR, ".widget-upload")
-        WebDriverWait(driver, 30, poll_frequency=0.1).until(lambda d: f"({len(files)})" in label.text)
+        names = ", ".join(f.name for f in files)           # the page lists the files once the kernel has them
+        assert wait_for_text(driver, f"{len(files)} file{'s' if len(files) != 1 else ''} chosen", 60) and wait_for_text(driver, names, 10), body(driver)[-2000:]
     outputs = driver.find_elements(By.CSS_SELECTOR, ".jupyter-widgets-output-area, .widget-output")
     before = outputs[-1].text if outputs else ""
     go = driver.find_element(By.XPATH, f"//button[contains(., '{button}')]")
@@ -135,6 +141,19 @@ def act(driver, key: str | None = None, files: list[Path] | None = None, button:
     return text
 
 
+CATCH_FILE_DIALOG = """
+if (!window.__fileDialogCaught) {
+  window.__fileDialogCaught = true;
+  const click = HTMLInputElement.prototype.click;
+  HTMLInputElement.prototype.click = function () {
+    if (this.type !== 'file') return click.call(this);
+    this.setAttribute('data-chosen-here', '1');
+    if (!this.isConnected) document.body.appendChild(this);
+  };
+}
+"""
+
+
 def csv_download(driver, filename: str) -> pd.DataFrame:
     "The CSV the page's download link `filename` holds (the bytes are in the link)."
     link = driver.find_element("css selector", f'a[download="{filename}"]')
@@ -144,7 +163,8 @@ def csv_download(driver, filename: str) -> pd.DataFrame:
 
 
 def audit_lines(service, endpoint: str) -> list[tuple[str, int]]:
-    return [(r["role"], r["status"]) for r in read_audit(service["audit"]) if r["endpoint"] == endpoint]
+    audit = read_audit(service["audit"])
+    return [(r.role, int(r.status)) for r in audit[audit.endpoint == endpoint].itertuples()]
 
 
 def held_photo(built: Path, i: int, folder: Path) -> Path:
@@ -175,7 +195,7 @@ def test_returns_page_sorts_uploaded_photos_through_the_service(browser, built, 
     table = csv_download(driver, "returns_categories.csv")
     assert table.file.tolist() == [small.name, big.name] and table.category.iloc[0] == direct["category"], (table, direct)
     assert table.confidence.iloc[0] == pytest.approx(direct["confidence"], abs=1e-4)
-    assert table.needs_person.tolist() == [str(v).lower() for v in table.confidence < direct_threshold(c, keys)]
+    assert table.needs_person.tolist() == (table.confidence < direct_threshold(c, keys)).tolist()
     cats = set(c.get("/v1/models/returns", headers={"X-API-Key": keys["operations"]}).json()["serves"]["categories"])
     assert set(table.category) <= cats
     assert f"{fmt(direct['confidence'] * 100, 1)}%" in text and direct["category"].replace("_", " ") in text
