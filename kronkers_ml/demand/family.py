@@ -290,7 +290,7 @@ def fold_explorer(backtest: pd.DataFrame):
     fold.observe(show, "value"); show()
     return w.VBox([fold, shown])
 
-# %% ../../nbs/demand/08_family.ipynb #423d9835
+# %% ../../nbs/demand/08_family.ipynb #5175df4d
 from ..pages.tryit import Refused, ask, download_link, tryit_form
 
 DEMAND_COLUMNS = ["date", "forecast", "lo80", "hi80", "lo95", "hi95"]
@@ -320,7 +320,7 @@ def demand_results_html(fc: pd.DataFrame, max_days: int = 31) -> str:
     return (head + '<table class="kronkers-tryit"><thead><tr><th>day</th><th>forecast (NOK)</th><th>80% band (NOK)</th>'
             "<th>95% band (NOK)</th></tr></thead><tbody>" + rows + "</tbody></table>" + rest)
 
-# %% ../../nbs/demand/08_family.ipynb #e90295ed
+# %% ../../nbs/demand/08_family.ipynb #77d448d4
 def demand_tryit(out: str | Path, url: str | None = None, max_horizon: int = 90, start: int = 28):
     "The demand try-it form: days ahead (1..`max_horizon`) and the reader's key -> the forecast with its bands, a table and a CSV link."
     import ipywidgets as w
@@ -334,7 +334,7 @@ def demand_tryit(out: str | Path, url: str | None = None, max_horizon: int = 90,
     def run(key: str):
         fc = forecast_from_service(horizon.value, key, url)
         ax = plot_forecast(daily, fc, len(fc))
-        return [HTML(demand_results_html(fc)), ax.figure,
+        return [ax.figure, HTML(demand_results_html(fc)),
                 HTML(download_link(demand_csv(fc), f"demand_forecast_{len(fc)}_days.csv", "Download the forecast (CSV)"))]
 
     box = tryit_form([horizon], run, "Forecast")
