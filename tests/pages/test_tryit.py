@@ -63,6 +63,7 @@ def voila_tryit(out: Path, service_url: str, timeout_s: float = 120):
     log = open(log_path, "w")
     proc = subprocess.Popen([str(BIN / "voila"), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}", f"--token={token}",
                              "--show_tracebacks=True", "--preheat_kernel=True", "--pool_size=1",
+                             "--Voila.tornado_settings={'websocket_max_message_size': 268435456}",   # as deploy/dashboards
                              "--VoilaKernelManager.preheat_denylist=^(?!try_)",      # the other pages: a kernel per visit
                              str(ROOT / "reports")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
