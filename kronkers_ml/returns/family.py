@@ -239,8 +239,8 @@ def review_explorer(predictions: pd.DataFrame, threshold: float, per: int = 1000
     slider.observe(show, "value"); show()
     return w.VBox([slider, shown])
 
-# %% ../../nbs/returns/04_family.ipynb #0b16335a
-from ..pages.tryit import Refused, ask, download_link, files_note, sentence_html, tryit_form, uploaded_files
+# %% ../../nbs/returns/04_family.ipynb #085d7a5b
+from ..pages.tryit import NO_KEY, Refused, ask, download_link, files_note, tryit_form, uploaded_files
 from .batch import check_pixels, sniff_format
 
 TRYIT_SIDE = 512                 # longer side (pixels) above which the page shrinks a photo before sending it
@@ -272,7 +272,7 @@ def photo_for_service(name: str, data: bytes, side: int = TRYIT_SIDE, max_pixels
     buf = io.BytesIO(); small.save(buf, format="PNG")
     return buf.getvalue(), "image/png", small
 
-# %% ../../nbs/returns/04_family.ipynb #8e9614aa
+# %% ../../nbs/returns/04_family.ipynb #94cf8a7f
 def thumbnail_uri(image: Any, side: int = 72) -> str:
     "A small JPEG of a PIL image as a `data:` address, for a table cell."
     import base64
@@ -285,7 +285,7 @@ def classify_photos(files: Sequence[tuple[str, bytes]], key: str, url: str | Non
                     batch: int = TRYIT_BATCH) -> pd.DataFrame:
     "Category, confidence and needs_review of each (name, bytes) photo, from the model service with the reader's `key`; Refused in words."
     if not files: raise Refused("Choose one or more photos (JPEG or PNG) first.")
-    if not (key or "").strip(): ask("GET", "/v1/models", key, "returns", url=url)     # the no-key sentence
+    if not (key or "").strip(): raise Refused(NO_KEY)
     prepared = [(name, *photo_for_service(name, data)) for name, data in files]
     rows, body = [], {}
     for i in range(0, len(prepared), batch):
@@ -297,7 +297,7 @@ def classify_photos(files: Sequence[tuple[str, bytes]], key: str, url: str | Non
     frame.attrs.update(version=body.get("version"), review_threshold=body.get("review_threshold"))
     return frame
 
-# %% ../../nbs/returns/04_family.ipynb #ebf7ad42
+# %% ../../nbs/returns/04_family.ipynb #ad00c6f8
 def returns_csv(results: pd.DataFrame) -> str:
     "The results of `classify_photos` as CSV: file, category, confidence (0-1), needs_person (true/false)."
     shown = results[["file", "category", "confidence", "needs_review"]].rename(columns={"needs_review": "needs_person"})
@@ -321,7 +321,7 @@ def returns_results_html(results: pd.DataFrame) -> str:
     return (head + '<table class="kronkers-tryit" style="font-size:0.95em"><thead><tr><th>photo</th><th>file</th>'
             "<th>category</th><th>confidence</th><th>needs a person</th></tr></thead><tbody>" + cells + "</tbody></table>")
 
-# %% ../../nbs/returns/04_family.ipynb #3e19da15
+# %% ../../nbs/returns/04_family.ipynb #de35d1fb
 def returns_tryit(url: str | None = None):
     "The returns try-it form: photos (JPEG/PNG, one or many) and the reader's key -> the table with thumbnails and a CSV link."
     import ipywidgets as w
