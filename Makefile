@@ -112,6 +112,7 @@ benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/res
 	$(BIN)/python benchmarks/service_latency.py
 	$(BIN)/python benchmarks/monitoring.py
 	$(BIN)/python benchmarks/dashboards.py
+	$(BIN)/python benchmarks/tryit.py
 	$(BIN)/python benchmarks/returns_batch.py
 	$(BIN)/python benchmarks/returns_training.py
 
