@@ -8,11 +8,12 @@ __all__ = ['FAMILIES', 'PAGES', 'ROUTES']
 # %% ../nbs/families.ipynb #9a46714b
 from .demand import family as demand
 from .platform.registry import Family
+from .recommendations import family as recommendations
 from .returns import family as returns
 from .service_time import family as service_time
 
 # %% ../nbs/families.ipynb #c45720a6
-FAMILIES: dict[str, Family] = {f.key: f for f in (service_time.FAMILY, demand.FAMILY, returns.FAMILY)}
+FAMILIES: dict[str, Family] = {f.key: f for f in (service_time.FAMILY, demand.FAMILY, returns.FAMILY, recommendations.FAMILY)}
 
 PAGES = {key: f.page for key, f in FAMILIES.items() if f.page is not None}               # key -> FamilyPage
 ROUTES = {f.model_name: f.routes for f in FAMILIES.values() if f.routes is not None}   # served model name -> routes

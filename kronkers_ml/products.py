@@ -79,6 +79,9 @@ PRODUCTS: dict[str, Product] = {
     "recommendations.training":     _T("recommendations/training.json", "train-recommendations"),
     "recommendations.oracle":       _T("recommendations/oracle.parquet", "train-recommendations"),
     "recommendations.metrics":      _T("recommendations/metrics.json", "evaluate-recommendations"),
+    "recommendations.history":      _T("recommendations/history.parquet", "register-recommendations"),
+    "recommendations.history_spec": _T("recommendations/history.json", "register-recommendations"),
+    "recommendations.registration": _T("recommendations/registration.json", "register-recommendations"),
     # returns
     "returns.train":                _T("returns/train.npz", "get-returns-data"),
     "returns.test":                 _T("returns/test.npz", "get-returns-data"),

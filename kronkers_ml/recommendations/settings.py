@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..settings import Settings, setting, shared
 
 # %% auto #0
-__all__ = ['TrainRecommendations', 'EvaluateRecommendations']
+__all__ = ['TrainRecommendations', 'EvaluateRecommendations', 'RegisterRecommendations']
 
 # %% ../../nbs/recommendations/00_settings.ipynb #b971d95f
 @dataclass(frozen=True)
@@ -48,3 +48,10 @@ class EvaluateRecommendations(Settings):
     "Settings of evaluate-recommendations (nbs/pipeline/recommendations/evaluate_recommendations.ipynb)."
     k: int = setting(10, "recommendations.k")
     seed: int = shared("seed")
+
+@dataclass(frozen=True)
+class RegisterRecommendations(Settings):
+    "Settings of register-recommendations (nbs/pipeline/recommendations/register_recommendations.ipynb)."
+    out: str = setting("outputs", "out")
+    seed: int = shared("seed")
+

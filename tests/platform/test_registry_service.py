@@ -268,7 +268,8 @@ def test_cli_shows_history_and_audits_the_manual_promotion(env):
 
 @pytest.fixture(scope="module")
 def service(env):
-    args = ["--max-rows", "50", "--max-body-bytes", "200000", "--max-images", "8", "--max-image-bytes", "100000", *env["opts"]]
+    args = ["--max-rows", "50", "--max-body-bytes", "200000", "--max-images", "8", "--max-image-bytes", "100000",
+            "--models", "service-time,demand,returns", *env["opts"]]   # the families this store registers
     with running_service(args, env["out"] / "service.log", env["cli_env"]) as client:
         yield {"client": client, **env}
 
