@@ -87,7 +87,12 @@ def test_models_diff_sets_two_versions_side_by_side(store, built):
     for k, v in {**first.data.tags, "data.sha256": "0" * 64}.items():
         if not k.startswith("mlflow."): client.set_tag(run.info.run_id, k, v)
     client.set_terminated(run.info.run_id)
-    second = client.create_model_version("service-time", mv.source, run.info.run_id).version
+    import mlflow
+    mlflow.set_tracking_uri(store["uri"])                       # the registry resolves the models:/ source through it
+    try:
+        second = client.create_model_version("service-time", mv.source, run.info.run_id).version
+    finally:
+        mlflow.set_tracking_uri(None)
 
     done = _kronkers("models", "diff", "service-time", str(reg["version"]), str(second), out=store["out"])
     assert done.returncode == 0, done.stderr
