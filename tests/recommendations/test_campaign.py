@@ -1,15 +1,17 @@
 """The campaign planner (plan-campaign, built on env.test.yaml): its figures add up to the customers it contacted, the
-customers are those with the highest scores, and its report has its plot and a verdict that matches its numbers."""
+customers are those with the highest scores, and its report has its plot and a verdict that matches its numbers; and
+POST /v1/campaigns/plan on a real socket (roles, bad input, figures that add up), served from the build's own store."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, error_outputs, image_outputs, product_at
+from conftest import ROOT, error_outputs, image_outputs, product_at, running_service
 from kronkers_ml.recommendations.campaign import pick_customers, plan_by, plan_customers
 from kronkers_ml.recommendations.evaluate import load_model
 from kronkers_ml.recommendations.models import ease_scores, history
@@ -81,3 +83,55 @@ def test_task_leaves_an_executed_notebook_with_its_plot(built):
     nb = built / "nb" / "plan-campaign.ipynb"
     assert not error_outputs(nb)
     assert len(image_outputs(nb)) == 1
+
+
+@pytest.fixture(scope="module")
+def service(built, tmp_path_factory):
+    "The service on the tiny build's own store (register-recommendations' champion) and its outputs, with a key per role."
+    from kronkers_ml.platform.access import create_key, load_roles
+    from kronkers_ml.platform.registry import champion_version
+    from kronkers_ml.platform.tracking import tracking_uri
+    uri = tracking_uri(built)
+    if champion_version(uri, "recommendations") is None:
+        pytest.fail("the tiny build registered no recommendations champion")
+    state = tmp_path_factory.mktemp("campaign-service")
+    roles_path = ROOT / "config" / "roles.yaml"
+    keys = {r: create_key(state / "keys.json", r, load_roles(roles_path), f"test {r}")[1]
+            for r in ("marketing", "admin", "operations", "procurement")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    args = ["--out", str(built), "--outputs", str(built), "--roles", str(roles_path), "--models", "recommendations",
+            "--state-dir", str(state)]
+    with running_service(args, state / "service.log", env, timeout_s=300) as client:
+        yield {"client": client, "keys": keys, "state": state}
+
+
+def _post(service, body, role="marketing"):
+    headers = {"X-API-Key": service["keys"][role]} if role else {}
+    return service["client"].post("/v1/campaigns/plan", json=body, headers=headers)
+
+
+def test_campaign_route_roles_and_bad_input(service):
+    for role, code in (("marketing", 200), ("admin", 200), ("operations", 403), ("procurement", 403), (None, 401)):
+        assert _post(service, {"n_customers": 5, "weeks": 1}, role).status_code == code, role
+    assert _post(service, {"products": ["no-such-product"], "n_customers": 5}).status_code == 422
+    assert _post(service, {"n_customers": 0}).status_code == 422
+    assert _post(service, {"weeks": 14}).status_code == 422
+    too_long = _post(service, {"weeks": 13})            # the tiny forecast has 14 days
+    assert too_long.status_code == 422 and "days of forecast" in too_long.json()["detail"]
+
+
+def test_campaign_route_figures_add_up_to_its_customers(service, summary):
+    r = _post(service, {"n_customers": 30, "weeks": 1})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    customers = pd.DataFrame(body["customers"])
+    assert len(customers) == body["contacted"] == 30 and customers["customer_id"].is_unique
+    assert body["products"] == summary["campaign"]["products"]
+    for col in ("expected_units", "expected_revenue"):
+        assert body["totals"][col] == pytest.approx(customers[col].sum(), rel=1e-9)
+        assert sum(s[col] for s in body["by_segment"]) == pytest.approx(customers[col].sum(), rel=1e-9)
+    assert body["stock"]["extra_revenue"] == pytest.approx(body["totals"]["expected_revenue"])
+    assert list(customers["score"]) == sorted(customers["score"], reverse=True)
+    one = summary["campaign"]["products"][:1]
+    only = _post(service, {"products": one, "n_customers": 3, "weeks": 1}).json()
+    assert {c["product_id"] for c in only["customers"]} == set(one)
