@@ -82,6 +82,8 @@ PRODUCTS: dict[str, Product] = {
     "recommendations.history":      _T("recommendations/history.parquet", "register-recommendations"),
     "recommendations.history_spec": _T("recommendations/history.json", "register-recommendations"),
     "recommendations.registration": _T("recommendations/registration.json", "register-recommendations"),
+    "recommendations.campaign":     _T("recommendations/campaign.parquet", "plan-campaign"),
+    "recommendations.campaign_summary": _T("recommendations/campaign.json", "plan-campaign"),
     # returns
     "returns.train":                _T("returns/train.npz", "get-returns-data"),
     "returns.test":                 _T("returns/test.npz", "get-returns-data"),

@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from mlflow.pyfunc import PythonModel
+from pydantic import BaseModel, Field
 
 from ..core import read_json, write_json, write_parquet
+from ..products import require_product
+from .campaign import request_plan
 from ..platform.access import Caller
 from ..platform.api import ServiceSettings, need, served_model
 from ..platform.registry import Family
@@ -27,8 +30,9 @@ from .models import ease_scores, ease_weights, history, popularity_scores, top_k
 from .split import split_at
 
 # %% auto #0
-__all__ = ['MAX_K', 'FAMILY', 'save_history', 'log_recommendations_model', 'RecommendationsHeldout', 'recommendations_heldout',
-           'recommendations_score', 'recommendations_serve', 'recommendations_routes']
+__all__ = ['MAX_K', 'MAX_CAMPAIGN_CUSTOMERS', 'MAX_CAMPAIGN_PRODUCTS', 'FAMILY', 'save_history', 'log_recommendations_model',
+           'RecommendationsHeldout', 'recommendations_heldout', 'recommendations_score', 'recommendations_serve',
+           'CampaignRequest', 'campaign_inputs', 'recommendations_routes']
 
 # %% ../../nbs/recommendations/04_family.ipynb #8098f508
 def save_history(purchases: pd.DataFrame, model_path: str | Path, path: str | Path, half_life_days: float,
@@ -50,6 +54,8 @@ def save_history(purchases: pd.DataFrame, model_path: str | Path, path: str | Pa
 
 # %% ../../nbs/recommendations/04_family.ipynb #a0e86df0
 MAX_K = 100
+MAX_CAMPAIGN_CUSTOMERS = 10_000   # customers one campaign plan may contact
+MAX_CAMPAIGN_PRODUCTS = 1_000
 
 # mlflow warns on stderr, when a PythonModel subclass is defined, that `predict` has no type hints; the pyfunc takes
 # any frame on purpose, and a page that imports the family must not show that warning
@@ -154,8 +160,21 @@ def recommendations_serve(model: Any) -> tuple[Any, dict[str, Any]]:
                "customers": int(len(m.h.customers)), "products": int(m.h.catalogue.sum())}
 
 # %% ../../nbs/recommendations/04_family.ipynb #412c342b
+class CampaignRequest(BaseModel):
+    "The body of `POST /v1/campaigns/plan`."
+    products: list[str] = Field(default_factory=list, max_length=MAX_CAMPAIGN_PRODUCTS,
+                                description="product ids; empty: the products of the run's campaign (plan-campaign)")
+    n_customers: int = Field(500, ge=1, le=MAX_CAMPAIGN_CUSTOMERS, description="customers to contact")
+    weeks: int = Field(4, ge=1, le=13, description="the campaign's length: the first weeks of the demand forecast")
+
+def campaign_inputs(outputs_dir) -> tuple[dict, pd.Series, pd.DataFrame]:
+    "(campaign.json, segments by customer, the demand forecast) of the run in `outputs_dir`; ProductMissing names the task."
+    summary = read_json(require_product("recommendations.campaign_summary", outputs_dir))
+    seg = pd.read_csv(require_product("demand.segments", outputs_dir), dtype={"customer_id": str})
+    return summary, seg.set_index("customer_id")["segment_name"], pd.read_parquet(require_product("demand.forecast", outputs_dir))
+
 def recommendations_routes(app: FastAPI, settings: ServiceSettings) -> None:
-    "Recommendations routes: a customer's top-k products from the champion."
+    "Recommendations routes: a customer's top-k products from the champion, and a campaign's plan."
     @app.get("/v1/models/recommendations/{customer_id}", tags=["recommendations"])
     async def recommend(request: Request, customer_id: str,
                         k: int = Query(10, ge=1, le=MAX_K, description="how many products to return"),
@@ -166,6 +185,23 @@ def recommendations_routes(app: FastAPI, settings: ServiceSettings) -> None:
         request.app.state.metrics.predictions.labels("recommendations").inc(len(rec["items"]))
         return {"model": model.name, "version": model.version, "customer_id": customer_id, "k": k,
                 "cutoff": model.info.get("cutoff"), **rec}
+
+    @app.post("/v1/campaigns/plan", tags=["recommendations"])
+    async def plan_campaign(request: Request, body: CampaignRequest,
+                            caller: Caller = Depends(need("predict", "recommendations"))) -> dict:
+        """The customers with the highest scores for the products, expected extra units and revenue (totals, by segment,
+        with intervals from the hit rates), and whether the demand forecast's upper band can take them."""
+        model = served_model(request, "recommendations")
+        try:
+            inputs = await run_in_threadpool(campaign_inputs, settings.outputs_dir)
+        except FileNotFoundError as e:
+            raise HTTPException(503, str(e)) from None
+        try:
+            plan = await run_in_threadpool(request_plan, model.model, *inputs, body.products or None, body.n_customers, body.weeks)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"model": model.name, "version": model.version, **plan}
+
 
 # %% ../../nbs/recommendations/04_family.ipynb #dcbc9717
 FAMILY = Family("recommendations", "ndcg_at_10", False, log_recommendations_model, recommendations_score,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..settings import Settings, setting, shared
 
 # %% auto #0
-__all__ = ['TrainRecommendations', 'EvaluateRecommendations', 'RegisterRecommendations']
+__all__ = ['TrainRecommendations', 'EvaluateRecommendations', 'RegisterRecommendations', 'PlanCampaign']
 
 # %% ../../nbs/recommendations/00_settings.ipynb #b971d95f
 @dataclass(frozen=True)
@@ -55,3 +55,26 @@ class RegisterRecommendations(Settings):
     out: str = setting("outputs", "out")
     seed: int = shared("seed")
 
+
+@dataclass(frozen=True)
+class PlanCampaign(Settings):
+    "Settings of plan-campaign (nbs/pipeline/recommendations/plan_campaign.ipynb)."
+    seed: int = shared("seed")
+    k: int = setting(10, "recommendations.k", "a product is recommended to a customer when it is in their top k")
+    half_life_days: float = setting(60.0, "recommendations.half_life_days")
+    recent_days: int = setting(28, "recommendations.recent_days", "days of revenue that choose the default campaign")
+    test_days: int = setting(28, "recommendations.test_days", "the window the hit rates are measured on")
+    products: str = setting("", "campaign.products", "product ids separated by spaces; '': the category")
+    category: str = setting("", "campaign.category", "'': the top category by recent revenue (or top products)")
+    top_products: int = setting(10, "campaign.top_products", "a log without categories: this many top products by recent revenue")
+    n_customers: int = setting(500, "campaign.n_customers", "customers to contact")
+    weeks: int = setting(4, "campaign.weeks", "the campaign's length, the first weeks of the demand forecast")
+    draws: int = setting(1000, "campaign.draws", "Beta draws of the hit rates for the intervals")
+    level: float = setting(0.9, "campaign.level", "the intervals' central share")
+
+    def check(self) -> None:
+        for name in ("k", "n_customers", "weeks", "draws", "top_products"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self.key(name)}: must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.level < 1:
+            raise ValueError(f"{self.key('level')}: must be between 0 and 1, got {self.level}")
