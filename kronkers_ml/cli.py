@@ -117,7 +117,8 @@ def run_models(args: argparse.Namespace, paths: dict) -> int:
     elif args.cmd == "card":
         from kronkers_ml.platform.cards import read_card; print(read_card(uri, args.model, args.version, args.refresh)["markdown"])
     elif args.cmd == "diff":
-        from kronkers_ml.platform.cards import diff_versions; print(diff_versions(uri, args.model, args.a, args.b))
+        from kronkers_ml.platform.cards import diff_versions; from kronkers_ml.families import FAMILIES
+        print(diff_versions(uri, args.model, args.a, args.b, FAMILIES))
     elif args.cmd in ("promote", "rollback"):
         try:
             change = (registry.set_champion(uri, args.model, args.version, f"cli:{getpass.getuser()}", args.reason)

@@ -169,12 +169,11 @@ def read_card(uri: str, name: str, version: str | int, refresh: bool = False) ->
     return {"model": name, "version": str(mv.version), "run_id": mv.run_id, "path": mv.tags[CARD_TAG], "markdown": text}
 
 # %% ../../nbs/platform/07_cards.ipynb #e7ff4022
-def diff_versions(uri: str, name: str, a: str | int, b: str | int, families: Mapping[str, Any] | None = None) -> str:
+def diff_versions(uri: str, name: str, a: str | int, b: str | int, families: Mapping[str, Any]) -> str:
     """`kronkers models diff`: versions `a` and `b` of `name` side by side (Markdown). The direction of the primary
-    metric comes from the family in `families` (default `kronkers_ml.families.FAMILIES`), else the versions' tags."""
+    metric comes from the family in `families` (the entry points pass `kronkers_ml.families.FAMILIES`: the platform
+    imports no family), else the versions' tags."""
     from kronkers_ml.platform.registry import _client, show_version
-    if families is None:
-        from kronkers_ml.families import FAMILIES as families
     fam = next((f for f in families.values() if f.model_name == name), None)
     client, ra, rb = _client(uri), show_version(uri, name, a), show_version(uri, name, b)
     params = [dict(client.get_run(r["run_id"]).data.params) if r["run_id"] else {} for r in (ra, rb)]
