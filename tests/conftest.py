@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(autouse=True)
+def fresh_mlflow_uris():
+    "After each test, MLflow's process-wide tracking and registry URIs are unset: one test's store never leaks into the next."
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None); mlflow.set_registry_uri(None)
+
+
 def ploomber_env() -> dict[str, str]:
     "Environment for a ploomber subprocess: the test env file, no telemetry."
     env = dict(os.environ)
