@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..demand.settings import GetDemandData
 from ..settings import Settings, setting, shared
 
 # %% auto #0
@@ -18,15 +19,15 @@ class TrainRecommendations(Settings):
     "Settings of train-recommendations (nbs/pipeline/recommendations/train_recommendations.ipynb)."
     transactions: str = setting("", "demand.transactions", "a transaction log; '': generated (and an oracle)")
     seed: int = shared("seed")
-    start: str = setting("2023-01-01", "demand.start")
-    days: int = setting(1095, "demand.days")
-    invoices_per_day: float = setting(200.0, "demand.invoices_per_day")
-    n_products: int = setting(400, "demand.n_products")
-    n_customers: int = setting(20000, "demand.n_customers")
-    growth: float = setting(0.12, "demand.growth")
-    country: str = setting("NO", "demand.country")
-    sim_country: str = setting("", "demand.sim_country")
-    sim_closed_weekdays: str = setting("", "demand.sim_closed_weekdays")
+    start: str = setting(GetDemandData.start, "demand.start")
+    days: int = setting(GetDemandData.days, "demand.days")
+    invoices_per_day: float = setting(GetDemandData.invoices_per_day, "demand.invoices_per_day")
+    n_products: int = setting(GetDemandData.n_products, "demand.n_products")
+    n_customers: int = setting(GetDemandData.n_customers, "demand.n_customers")
+    growth: float = setting(GetDemandData.growth, "demand.growth")
+    country: str = setting(GetDemandData.country, "demand.country")
+    sim_country: str = setting(GetDemandData.sim_country, "demand.sim_country")
+    sim_closed_weekdays: str = setting(GetDemandData.sim_closed_weekdays, "demand.sim_closed_weekdays")
     test_days: int = setting(28, "recommendations.test_days", "days of the test window, the newest of the log")
     valid_days: int = setting(28, "recommendations.valid_days", "days of the validation window, just before the test window")
     k: int = setting(10, "recommendations.k")
@@ -46,7 +47,7 @@ class TrainRecommendations(Settings):
 @dataclass(frozen=True)
 class EvaluateRecommendations(Settings):
     "Settings of evaluate-recommendations (nbs/pipeline/recommendations/evaluate_recommendations.ipynb)."
-    k: int = setting(10, "recommendations.k")
+    k: int = setting(TrainRecommendations.k, "recommendations.k")
     seed: int = shared("seed")
 
 @dataclass(frozen=True)
@@ -60,10 +61,10 @@ class RegisterRecommendations(Settings):
 class PlanCampaign(Settings):
     "Settings of plan-campaign (nbs/pipeline/recommendations/plan_campaign.ipynb)."
     seed: int = shared("seed")
-    k: int = setting(10, "recommendations.k", "a product is recommended to a customer when it is in their top k")
-    half_life_days: float = setting(60.0, "recommendations.half_life_days")
-    recent_days: int = setting(28, "recommendations.recent_days", "days of revenue that choose the default campaign")
-    test_days: int = setting(28, "recommendations.test_days", "the window the hit rates are measured on")
+    k: int = setting(TrainRecommendations.k, "recommendations.k", "a product is recommended to a customer when it is in their top k")
+    half_life_days: float = setting(TrainRecommendations.half_life_days, "recommendations.half_life_days")
+    recent_days: int = setting(TrainRecommendations.recent_days, "recommendations.recent_days", "days of revenue that choose the default campaign")
+    test_days: int = setting(TrainRecommendations.test_days, "recommendations.test_days", "the window the hit rates are measured on")
     products: str = setting("", "campaign.products", "product ids separated by spaces; '': the category")
     category: str = setting("", "campaign.category", "'': the top category by recent revenue (or top products)")
     top_products: int = setting(10, "campaign.top_products", "a log without categories: this many top products by recent revenue")
