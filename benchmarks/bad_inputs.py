@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import machine_info, write_result  # noqa: E402
+from common import free_port, machine_info, write_result  # noqa: E402
 from conftest import bomb_png  # noqa: E402  (the tests' bomb: one builder for both)
 
 
@@ -96,10 +96,6 @@ def make_store(out: Path, model: Path) -> str:
     set_champion(uri, "service-time", register_version(uri, "service-time", run["model_uri"], run["run_id"]), "bench", "bench")
     return uri
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
 class Peak:

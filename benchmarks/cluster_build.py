@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_info, task_seconds, write_result  # noqa: E402
+from common import ROOT, free_port, machine_info, task_seconds, write_result  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -39,11 +38,6 @@ def child_env(env_file: str) -> dict:
     env.pop("MPLBACKEND", None)
     return env
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_cluster(n_workers: int, env: dict, logs: Path) -> tuple[str, list[subprocess.Popen]]:

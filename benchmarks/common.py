@@ -5,12 +5,20 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    "A TCP port free on 127.0.0.1 now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def timed_build(out: Path, env_file: str, *args: str) -> tuple[float, str]:

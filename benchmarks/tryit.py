@@ -29,14 +29,13 @@ import httpx
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_info, write_result  # noqa: E402
+from common import ROOT, free_port, machine_info, write_result  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
 
 def start_service(out: Path, home: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
     "`kronkers serve` on a copy of the registry of `out`, keys of operations and procurement; (process, url, keys)."
-    import socket
     from kronkers_ml.platform.access import create_key, load_roles
     from kronkers_ml.platform.registry import champion_version, history, set_champion
     (home / "mlflow").mkdir(parents=True)
@@ -46,8 +45,7 @@ def start_service(out: Path, home: Path) -> tuple[subprocess.Popen, str, dict[st
         set_champion(uri, "returns", str(history(uri, "returns").iloc[0].version), "benchmark", "a served classifier to time")
     roles = load_roles(ROOT / "config" / "roles.yaml")
     keys = {r: create_key(home / "service" / "keys.json", r, roles, f"benchmark {r}")[1] for r in ("operations", "procurement")}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    port = free_port()
     log = open(home / "service.log", "w")
     proc = subprocess.Popen([str(BIN / "kronkers"), "serve", "--port", str(port), "--out", str(home),
                              "--roles", str(ROOT / "config" / "roles.yaml"), "--state-dir", str(home / "service")],
