@@ -48,7 +48,13 @@ def dashboards(tmp: Path, outputs: Path | None = None, **settings: str):
 
 
 def kernels(voila: psutil.Process) -> list[psutil.Process]:
-    return [p for p in voila.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    "The live kernels under Voila: a culled kernel not yet reaped (a zombie) or gone meanwhile is not held."
+    held = []
+    for p in voila.children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(p.cmdline()): held.append(p)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess): pass
+    return held
 
 
 def test_idle_kernels_are_culled_and_the_token_is_not_on_the_command_line(tmp_path):
