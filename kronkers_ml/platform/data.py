@@ -8,7 +8,7 @@ __all__ = ['STORE_DIR', 'CHUNK', 'PROGRESS_BYTES', 'DataStoreError', 'store_url'
            'restore_version', 'model_data_version', 'models_by_version', 'restore_model_data', 'add_commands',
            'run_command']
 
-# %% ../../nbs/platform/08_data.ipynb #cabcea99
+# %% ../../nbs/platform/08_data.ipynb #7a5211ee
 import hashlib
 import json
 import os
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-# %% ../../nbs/platform/08_data.ipynb #2f064bdb
+# %% ../../nbs/platform/08_data.ipynb #33cd8a8c
 STORE_DIR = "data-store"      # the default store: <out>/data-store, beside <out>/mlflow
 CHUNK = 1 << 20               # bytes read and written at a time: a file is never read whole into memory
 PROGRESS_BYTES = 64 << 20     # a copy at least this large shows a progress bar (on stderr)
@@ -41,7 +41,7 @@ def _fs(url: str):
     fs, root = fsspec.core.url_to_fs(str(url))
     return fs, root.rstrip("/")
 
-# %% ../../nbs/platform/08_data.ipynb #858fb6ec
+# %% ../../nbs/platform/08_data.ipynb #1e1934b1
 def input_files(source: str | Path) -> list[tuple[str, Path]]:
     """The files of `source` (one file, or every file under a folder, links followed) as (relative POSIX path, path),
     sorted by relative path. A single file's relative path is its name."""
@@ -70,7 +70,7 @@ def version_id(files: list[Mapping[str, Any]]) -> str:
     listing = sorted((f["path"], int(f["size"]), f["sha256"]) for f in files)
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
-# %% ../../nbs/platform/08_data.ipynb #1e8c9241
+# %% ../../nbs/platform/08_data.ipynb #646a1008
 def _blob(root: str, digest: str) -> str:
     return f"{root}/blobs/{digest[:2]}/{digest}"
 
@@ -103,7 +103,7 @@ def _write_text(fs, root: str, name: str, text: str) -> None:
     with fs.open(tmp, "wb") as f: f.write(text.encode())
     fs.mv(tmp, f"{root}/{name}")
 
-# %% ../../nbs/platform/08_data.ipynb #4ccab142
+# %% ../../nbs/platform/08_data.ipynb #5370f8c1
 def store_input(source: str | Path, store: str, progress: bool | None = None) -> dict[str, Any]:
     """Store the file or folder `source` by content in the data store `store` (a folder or fsspec URL) and return its
     version record. Each file is hashed by chunks and copied only when its blob is new (the same content stored twice
@@ -133,7 +133,7 @@ def store_input(source: str | Path, store: str, progress: bool | None = None) ->
     return {"kind": "stored", "version": vid, "store": store, "source": str(Path(source).resolve()),
             "n_files": manifest["n_files"], "bytes": manifest["bytes"], "new_bytes": new_bytes}
 
-# %% ../../nbs/platform/08_data.ipynb #f69f5812
+# %% ../../nbs/platform/08_data.ipynb #140b6875
 def generated_record(generator: str, settings: Mapping[str, Any], seed: int) -> dict[str, Any]:
     "The record of generated data: the generator (dotted name), the settings it was called with and the seed; nothing is stored."
     return {"kind": "generated", "generator": generator, "settings": dict(settings), "seed": int(seed)}
@@ -165,7 +165,7 @@ def record_from_tags(tags: Mapping[str, str]) -> dict[str, Any] | None:
                 "settings": json.loads(tags.get("data.generator.settings") or "{}"), "seed": int(tags.get("data.generator.seed", "0"))}
     return {"kind": "stored", "version": v, "source": tags.get("data.version.source"), "store": tags.get("data.version.store")}
 
-# %% ../../nbs/platform/08_data.ipynb #625e5a07
+# %% ../../nbs/platform/08_data.ipynb #bbacb1a6
 def _safe(rel: str) -> str:
     p = PurePosixPath(rel)
     if p.is_absolute() or ".." in p.parts or not p.parts: raise DataStoreError(f"manifest lists an unsafe path: {rel!r}")
@@ -188,7 +188,7 @@ def read_version(store: str, version: str) -> dict[str, Any]:
         raise DataStoreError(f"data version {version!r} is {'ambiguous' if found else 'not'} in the store {store}")
     return found[0]
 
-# %% ../../nbs/platform/08_data.ipynb #f95e9ad8
+# %% ../../nbs/platform/08_data.ipynb #d023ff4f
 def restore_version(store: str, version: str, to: str | Path, progress: bool | None = None) -> dict[str, Any]:
     """Bring back the files of `version` into the new or empty folder `to`, each checked against its size and digest
     as it is copied; written into a temporary sibling folder renamed into place at the end, so `to` gets all the
@@ -221,7 +221,7 @@ def restore_version(store: str, version: str, to: str | Path, progress: bool | N
     return {"kind": "stored", "version": man["id"], "to": str(to), "path": str(path), "source": man["source"],
             "n_files": man["n_files"], "bytes": man["bytes"]}
 
-# %% ../../nbs/platform/08_data.ipynb #7552840b
+# %% ../../nbs/platform/08_data.ipynb #b0ccb19a
 def _client(uri: str):
     import mlflow
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -262,7 +262,7 @@ def restore_model_data(tracking_uri: str, model: str, version: str | int, to: st
     done = restore_version(use, rec["version"], to, progress)
     return {"model": model, "model_version": rec["model_version"], "run_id": rec["run_id"], **done}
 
-# %% ../../nbs/platform/08_data.ipynb #8447f6de
+# %% ../../nbs/platform/08_data.ipynb #c6ceb7d1
 def add_commands(sub, common) -> None:
     "Add `data list|show|restore` to the `kronkers` subparsers `sub` (`common`: the CLI's shared options)."
     data = sub.add_parser("data", help="data versions: what each model trained on, and bringing it back")
@@ -278,16 +278,17 @@ def add_commands(sub, common) -> None:
     store_opt(p); p.add_argument("model"); p.add_argument("version")
     p.add_argument("--to", required=True, help="folder to restore into (absent or empty)")
 
-# %% ../../nbs/platform/08_data.ipynb #4467fec3
+# %% ../../nbs/platform/08_data.ipynb #bf70f5d0
 def run_command(args, paths: Mapping[str, str]) -> int:
     "Run `kronkers data list|show|restore`; exit 0, or 2 with the reason on stderr."
     import pandas as pd
     store, uri = args.data_store or store_url(args.out), paths["tracking_uri"]
     try:
         if args.cmd == "list":
-            used = models_by_version(uri)
+            versions = list_versions(store)
+            used = models_by_version(uri) if versions else {}
             rows = [{"version": m["id"], "source": m["source"], "files": m["n_files"], "MB": round(m["bytes"] / 1e6, 3),
-                     "created": m["created"], "models": ", ".join(used.get(m["id"], [])) or "-"} for m in list_versions(store)]
+                     "created": m["created"], "models": ", ".join(used.get(m["id"], [])) or "-"} for m in versions]
             print(pd.DataFrame(rows).to_string(index=False) if rows else f"(no data versions in {store})")
         elif args.cmd == "show":
             if len(args.target) == 1: print(json.dumps(read_version(store, args.target[0]), indent=2))
