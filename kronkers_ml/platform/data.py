@@ -61,7 +61,7 @@ def _hash(path: Path, bar=None) -> tuple[str, int]:
     return h.hexdigest(), n
 
 def _bar(total: int, desc: str, progress: bool | None):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm   # plain text on stderr: also in a task's log, where no widget shows
     show = total >= PROGRESS_BYTES if progress is None else progress
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not show, file=sys.stderr)
 
