@@ -7,6 +7,7 @@ Writes benchmarks/results/data_store.json and prints it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
               "restore_checked": {k: v for k, v in restored.items() if k != "result"}, "restored_size_equal": same,
               "store_mb_on_disk": round(store_bytes / 1e6, 1), **machine_info()}
     write_result(result, ROOT / "benchmarks" / "results" / "data_store.json")
+    print(json.dumps(result, indent=2))
     return 0
 
 
