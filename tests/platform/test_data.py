@@ -11,12 +11,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from conftest import BIN, ROOT
 from kronkers_ml.demand.data import load_transactions
 from kronkers_ml.demand.real_logs import write_real_log
 from kronkers_ml.platform.data import (DataStoreError, input_version, list_versions, models_by_version, read_version,
-                                       restore_model_data, store_url, version_tags)
+                                       model_data_version, restore_model_data, store_url,
+                                       version_tags)
 from kronkers_ml.platform.registry import _client, register_version
 from kronkers_ml.platform.tracking import artifact_root, log_training_run, tracking_uri, use_store
 
@@ -39,7 +41,9 @@ def trained_on_real_log(tmp_path_factory):
     import mlflow
 
     tmp = tmp_path_factory.mktemp("real-log")
-    out, log = tmp / "out", write_real_log("cdnow", tmp / "real" / "cdnow.csv")
+    full = write_real_log("cdnow", tmp / "cdnow-full.csv")
+    out, log = tmp / "out", tmp / "real" / "cdnow.csv"                                 # a small copy: its first 3,000 lines
+    log.parent.mkdir(); log.write_text("".join(full.read_text().splitlines(keepends=True)[:3001]))
     record = input_version(str(log), store_url(out, environ={}), "kronkers_ml.demand.generator.simulate_transactions", {}, 7)
     lines = load_transactions(str(log), tz="UTC")
     uri = tracking_uri(out, {})
@@ -96,15 +100,17 @@ def test_a_damaged_blob_is_refused(trained_on_real_log, tmp_path):
 
 def test_the_tiny_build_records_generated_data_by_settings_and_seed(built, tmp_path):
     reg = json.loads((built / "service_time" / "registration.json").read_text())
-    shown = kronkers(built, "show", "service-time", str(reg["version"]))
-    assert shown.returncode == 0, shown.stderr
-    rec = json.loads(shown.stdout)
-    assert rec["kind"] == "generated" and rec["generator"] == "kronkers_ml.service_time.generator.simulate_service_data"
-    assert rec["seed"] == 7 and rec["settings"]["n_customers"] == 2000                  # env.test.yaml's
+    tiny = yaml.safe_load((ROOT / "env.test.yaml").read_text())                       # the settings it was built with
     done = kronkers(built, "restore", "service-time", str(reg["version"]), "--to", str(tmp_path / "gen"))
     assert done.returncode == 0, done.stderr
-    assert "generated data" in done.stderr and "seed" in done.stderr and json.loads(done.stdout)["seed"] == 7
+    assert "generated data" in done.stderr and "nothing is stored" in done.stderr
+    rec = json.loads(done.stdout)                                                       # the generator's settings and seed
+    assert rec["kind"] == "generated" and rec["generator"] == "kronkers_ml.service_time.generator.simulate_service_data"
+    assert rec["seed"] == tiny["seed"] and rec["settings"]["n_customers"] == tiny["service_time"]["n_customers"]
     assert not (tmp_path / "gen").exists()                                              # nothing written
+    demand = json.loads((built / "demand" / "registration.json").read_text())
+    rec = model_data_version(tracking_uri(built, {}), "demand", demand["version"])
+    assert rec["kind"] == "generated" and rec["seed"] == tiny["seed"] and rec["settings"]["days"] == tiny["demand"]["days"]
     # the returns family reads its photos from outside the repository: stored, and tagged on its run
     uri = tracking_uri(built, {})
     returns = json.loads((built / "returns" / "registration.json").read_text())
