@@ -114,6 +114,7 @@ PRODUCTS: dict[str, Product] = {
     "monitoring.last_check":        _T("monitoring/last_check.json", None, "`kronkers-monitor`"),
     "monitoring.alerts":            _T("monitoring/alerts.jsonl", None, "`kronkers-monitor`"),
     "monitoring.gauges":            _T("monitoring/metrics.prom", None, "`kronkers-monitor` (without a Pushgateway)"),
+    "data_store":                   _T("data-store", None, "the get-data tasks: real inputs kept by content (`kronkers data`; when `data_store` is empty)"),
 }
 
 # %% ../nbs/products.ipynb #a303606c

@@ -146,7 +146,7 @@ def stage_backup(staging: str | Path, tracking_uri: str, keys_path: str | Path, 
             state[key] = name
     if data_store is not None:
         if not Path(data_store).is_dir(): raise FileNotFoundError(f"data store not found: {data_store}")
-        _stage_tree(Path(data_store), staging, "data", files)
+        _stage_tree(Path(data_store), staging, "data-store", files)   # restored as <to>/data-store, where `kronkers data --out <to>` looks
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "source": {"tracking_uri": tracking_uri, "keys": str(keys_path), "audit_log": str(audit_path),
@@ -334,7 +334,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("--to", required=True, help="archive file (*.tar.gz), or a folder (made when absent) to write kronkers-backup-<UTC time>.tar.gz into")
     p.add_argument("--keep", type=int, default=None, help="with --to FOLDER: keep only the N newest archives there")
     p.add_argument("--data-store", default=os.environ.get("KRONKERS_DATA_STORE"),
-                   help="a data store folder to include (default: KRONKERS_DATA_STORE, else none)")
+                   help="a data store folder to include (default: KRONKERS_DATA_STORE, else <out>/data-store when it exists)")
     p = sub.add_parser("restore", help="check an archive against its manifest and restore it into a new or empty folder")
     p.add_argument("archive", help="the archive written by kronkers backup")
     p.add_argument("--to", required=True, help="folder to restore into (absent or empty); serve it with "
@@ -346,7 +346,8 @@ def run_command(args) -> int:
         if args.group == "backup":
             from kronkers_ml.cli import resolve_paths
             paths = resolve_paths(args)
-            done = backup(args.to, paths["tracking_uri"], paths["keys_path"], paths["audit_path"], args.data_store, args.keep)
+            store = args.data_store or (str(d) if (d := Path(args.out) / "data-store").is_dir() else None)   # the build's data versions
+            done = backup(args.to, paths["tracking_uri"], paths["keys_path"], paths["audit_path"], store, args.keep)
         else:
             done = restore(args.archive, args.to)
             done["serve_with"] = f"kronkers serve --out {args.to} --state-dir {Path(args.to) / 'state'}"

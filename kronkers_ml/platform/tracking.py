@@ -129,18 +129,19 @@ def use_store(uri: str, experiment: str, artifact_location: str | None = None) -
 # %% ../../nbs/platform/01_tracking.ipynb #66c4a94a
 def log_training_run(experiment: str, params: Mapping[str, Any], metrics: Mapping[str, Any], log_model,
                      artifacts: Mapping[str, str | Path] = {}, commit: str | None = None,
-                     run_name: str | None = None) -> dict[str, str]:
-    """Log one run in `experiment` (see `use_store`): params, metrics.json's numbers, tags, files in `artifacts`
-    (name -> path, kept under `inputs/`), and the model by calling `log_model()` inside the run; returns run id and model uri."""
+                     run_name: str | None = None, tags: Mapping[str, str] = {}) -> dict[str, str]:
+    """Log one run in `experiment` (see `use_store`): params, metrics.json's numbers, tags (`run_tags`, and `tags` such as
+    the data version's: `kronkers_ml.platform.data.version_tags`), files in `artifacts` (name -> path, kept under
+    `inputs/`), and the model by calling `log_model()` inside the run; returns run id and model uri."""
     import mlflow
     missing = [str(p) for p in artifacts.values() if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"artifacts to log are missing: {missing}")
-    numbers, tags = run_metrics(metrics), run_tags(metrics, commit)
+    numbers, tags, extra = run_metrics(metrics), run_tags(metrics, commit), {k: str(v) for k, v in tags.items()}
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
         mlflow.log_metrics(numbers)
-        mlflow.set_tags(tags)
+        mlflow.set_tags({**extra, **tags})
         for path in artifacts.values():
             mlflow.log_artifact(str(path), artifact_path="inputs")
         info = log_model()
