@@ -216,19 +216,32 @@ def run_trials(storage: str, name: str, make_objective, n_trials: int, seed: int
 
 def trials_on_cluster(scheduler: str, storage: str, seed: int = 0, own_worker: str | None = None):
     """An `optimize(study, make_objective, n_trials)` that runs the study's trials on the Dask cluster at
-    `scheduler`: one `run_trials` loop on every worker but `own_worker` (the worker running this task, whose thread
-    it holds) and, when `own_worker` is given, one in this process; each loop with its own sampler seed. The study
-    must live in `storage` (a database every worker reaches). Returns {worker: trials run}."""
+    `scheduler`: one `run_trials` loop for every worker but `own_worker` (the worker running this task, whose thread
+    it holds; a loop whose worker is lost runs on another) and, when `own_worker` is given, one in this process (then the loops that have not started when the
+    study is full are cancelled: their workers are busy with other tasks); each loop with its own sampler seed. The
+    study must live in `storage` (a database every worker reaches). Returns {worker: trials run}."""
     def optimize(study, make_objective, n_trials: int) -> dict:
         from distributed import Client
         with Client(scheduler, timeout="60s") as client:
             workers = sorted(a for a in client.scheduler_info()["workers"] if a != own_worker)
             futures = {w: client.submit(run_trials, storage, study.study_name, make_objective, n_trials,
-                                        seed + 1 + i, w, workers=[w], allow_other_workers=False, pure=False)
+                                        seed + 1 + i, workers=[w], allow_other_workers=True, pure=False)
                        for i, w in enumerate(workers)}
-            ran = {own_worker: run_trials(storage, study.study_name, make_objective, n_trials, seed, own_worker)} \
-                if own_worker else {}
-            ran.update({w: f.result() for w, f in futures.items()})
+            if not own_worker:
+                return {w: f.result() for w, f in futures.items()}
+            ran = {own_worker: run_trials(storage, study.study_name, make_objective, n_trials, seed, own_worker)}
+            # The study is full: a loop not started yet (its worker busy with another pipeline task) would run no
+            # trial, so it is cancelled rather than waited for; the trials still running elsewhere are waited for.
+            import optuna
+            running = optuna.trial.TrialState.RUNNING
+            def elsewhere() -> bool:           # a trial running on a live worker (one lost with its worker is not waited for)
+                live = set(client.scheduler_info()["workers"])
+                return any(t.state == running and t.user_attrs.get("worker") in live for t in study.get_trials(deepcopy=False))
+            while not all(f.done() for f in futures.values()) and elsewhere():
+                time.sleep(0.5)
+            for w, f in futures.items():
+                if f.done(): ran[w] = f.result()
+                else: f.cancel(); ran[w] = 0
         return ran
     return optimize
 
