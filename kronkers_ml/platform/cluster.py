@@ -171,14 +171,16 @@ def task_command(name: str, entry_point: str, env_args: Sequence[str]) -> list[s
     return [*exe, "task", name, "--entry-point", str(entry_point), "--force", *env_args]
 
 # %% ../../nbs/platform/05_cluster.ipynb #4c87d505
-CLUSTER_ENV = {"scheduler": "KRONKERS_SCHEDULER", "worker": "KRONKERS_WORKER", "build": "KRONKERS_BUILD"}
+# Set by `run_task` for the task it runs only (not KRONKERS_SCHEDULER, which a worker machine's .env may hold for
+# `kronkers build`: a local build there stays local)
+CLUSTER_ENV = {"scheduler": "KRONKERS_BUILD_SCHEDULER", "worker": "KRONKERS_BUILD_WORKER", "build": "KRONKERS_BUILD_ID"}
 
 def task_cluster(environ: dict | None = None) -> dict | None:
     """{scheduler, worker, build} of the cluster build running this task (set by `run_task` in the task's
     environment), or None outside a cluster build."""
     env = os.environ if environ is None else environ
     found = {k: env.get(v, "") for k, v in CLUSTER_ENV.items()}
-    return found if found["scheduler"] else None
+    return found if found["scheduler"] and found["worker"] else None
 
 def study_name(task: str, build: str | None = None) -> str:
     "The name of a task's Optuna study in a shared storage: the task and its cluster build (else the time now)."
