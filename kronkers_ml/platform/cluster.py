@@ -526,5 +526,5 @@ def local_postgres(databases: Sequence[str] = (), user: str = "kronkers", timeou
             pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", user, name)
         yield LocalPostgres(port, user, data)
     finally:
-        if started: pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", check=False)
+        if started: pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop", check=False)   # thrown away: no checkpoint
         shutil.rmtree(tmp, ignore_errors=True)

@@ -64,9 +64,9 @@ def tracking_server(postgres, tmp_path_factory):
             time.sleep(0.2)
         yield {"uri": base, "artifacts": artifacts, "where": where}
     finally:
-        os.killpg(proc.pid, 15)
-        try: proc.wait(timeout=20)
-        except subprocess.TimeoutExpired: os.killpg(proc.pid, 9)
+        os.killpg(proc.pid, 15)                    # its state is in PostgreSQL and the folder: nothing to lose
+        try: proc.wait(timeout=5)
+        except subprocess.TimeoutExpired: os.killpg(proc.pid, 9); proc.wait()
 
 
 def stops(n: int, seed: int) -> pd.DataFrame:
