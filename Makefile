@@ -21,8 +21,9 @@ unexport MPLBACKEND
 
 # Debian packages the pipeline and the tests use: the Fashion-MNIST images (returns), R, its Jupyter kernel and
 # the R packages of the R tasks (cluster, jsonlite), Chromium (dashboard tests), a Prometheus Pushgateway
-# (batch-job tests) and Prometheus with promtool (tests of deploy/prometheus and the Grafana dashboards' queries).
-SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel r-cran-cluster r-cran-jsonlite chromium chromium-driver prometheus-pushgateway prometheus
+# (batch-job tests), Prometheus with promtool (tests of deploy/prometheus and the Grafana dashboards' queries) and
+# PostgreSQL (tests of the shared tracking server and of Optuna studies shared by the cluster's workers).
+SYSTEM_PACKAGES := dataset-fashion-mnist r-base-core r-cran-irkernel r-cran-cluster r-cran-jsonlite chromium chromium-driver prometheus-pushgateway prometheus postgresql
 
 .PHONY: help system-deps kernels venv build test check-notebooks nbdev-test pytest real-logs lab serve dashboards docs readme lock benchmarks clean-outputs
 

@@ -18,15 +18,17 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, free_port, machine_info, task_seconds, write_result  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, machine_info, task_seconds, write_result  # noqa: E402
+from kronkers_ml.platform.cluster import local_cluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -39,33 +41,6 @@ def child_env(env_file: str) -> dict:
     return env
 
 
-
-def start_cluster(n_workers: int, env: dict, logs: Path) -> tuple[str, list[subprocess.Popen]]:
-    port = free_port()
-    address, procs = f"tcp://127.0.0.1:{port}", []
-    def start(args, log):
-        with open(logs / log, "w") as fh:
-            procs.append(subprocess.Popen([str(BIN / "dask"), *args], env=env, cwd=ROOT, stdout=fh,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
-    start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], "scheduler.log")
-    for i in range(n_workers):
-        start(["worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-              f"worker{i}.log")
-    from distributed import Client
-    with Client(address, timeout="60s") as client:
-        client.wait_for_workers(n_workers, timeout=180)
-    return address, procs
-
-
-def stop_cluster(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try: os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError: pass
-    for p in procs:
-        try: p.wait(timeout=30)
-        except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL)
-
-
 def metrics_hashes(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("metrics.json"))}
 
@@ -75,18 +50,14 @@ def measure(n_workers: int, env_file: str, partially: str | None, tmp: Path) -> 
     out, env = tmp / f"out-{n_workers}", child_env(env_file)
     logs = tmp / f"logs-{n_workers}"; logs.mkdir()
     select = ["--partially", partially] if partially else []
-    procs = []
-    try:
+    with local_cluster(n_workers, env=env, cwd=ROOT, logs=logs) if n_workers else nullcontext() as address:
         if n_workers:
-            address, procs = start_cluster(n_workers, env, logs)
             cmd = [str(BIN / "kronkers"), "build", "--scheduler", address, *select, "--env--out", str(out)]
         else:
             cmd = [str(BIN / "ploomber"), "build", "--entry-point", "pipeline.yaml", *select, "--env--out", str(out)]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
-    finally:
-        stop_cluster(procs)
     runs = [json.loads(line) for line in (out / "build" / "runs.jsonl").read_text().splitlines()] \
         if (out / "build" / "runs.jsonl").exists() else []
     ok = [r for r in runs if r["status"] == "ok"]

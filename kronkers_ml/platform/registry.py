@@ -94,7 +94,9 @@ def register_version(uri: str, name: str, model_uri: str, run_id: str, tags: Map
     client = _client(uri)
     try: client.get_registered_model(name)
     except MlflowException: client.create_registered_model(name, description=f"Kronkers model '{name}'")
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+                                     model_id=_parse_model_id_if_present(model_uri))   # a tracking server asks for it
     return str(mv.version)
 
 # %% ../../nbs/platform/02_registry.ipynb #d4e3834d

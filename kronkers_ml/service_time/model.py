@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['BASELINES', 'TimeSplit', 'time_split', 'FittedBaselines', 'fit_baselines', 'predict_baselines', 'base_lgb_params',
-           'make_dataset', 'suggest_lgb_params', 'TuningResult', 'tune_lightgbm', 'scale_rounds', 'fit_lightgbm',
-           'predict_lightgbm', 'feature_importance', 'save_model', 'load_model']
+           'make_dataset', 'suggest_lgb_params', 'TuningResult', 'lgb_objective', 'tune_lightgbm', 'scale_rounds',
+           'fit_lightgbm', 'predict_lightgbm', 'feature_importance', 'save_model', 'load_model']
 
 # %% ../../nbs/service_time/05_model.ipynb #8345fb98
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightgbm as lgb
@@ -117,13 +118,13 @@ class TuningResult:
     best_mae: float
     study: optuna.Study
 
-def tune_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, n_trials: int = TrainServiceTime.n_trials, seed: int = 0, timeout_s: float | None = None,
-                  progress: bool = True, features: Sequence[str] = FEATURES, categorical: Sequence[str] = CATEGORICAL_FEATURES,
-                  target: str = "service_time_s", num_threads: int = 2, max_rounds: int = 2000,
-                  early_stopping_rounds: int = 50, objectives: Sequence[str] = ("l1", "huber")) -> TuningResult:
-    """Optuna TPE search of LightGBM parameters minimising MAE on `valid`, with early stopping."""
-    if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+def lgb_objective(train: pd.DataFrame, valid: pd.DataFrame, features: Sequence[str] = FEATURES,
+                  categorical: Sequence[str] = CATEGORICAL_FEATURES, target: str = "service_time_s", seed: int = 0,
+                  num_threads: int = 2, max_rounds: int = 2000, early_stopping_rounds: int = 50,
+                  objectives: Sequence[str] = ("l1", "huber")):
+    """The objective `tune_lightgbm` minimises: a trial's parameters (`suggest_lgb_params`) trained on `train` with
+    early stopping on `valid`, scored by MAE on `valid`; each trial records its best iteration. Built where the trials
+    run (a worker gets the frames and builds its own LightGBM datasets)."""
     dtrain = make_dataset(train, features, target, categorical)
     dvalid = make_dataset(valid, features, target, categorical, reference=dtrain)
     y_valid, fixed = valid[target].to_numpy(dtype=float), base_lgb_params(seed, num_threads)
@@ -133,15 +134,39 @@ def tune_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, n_trials: int = Trai
                             valid_sets=[dvalid], callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)])
         trial.set_user_attr("best_iteration", int(booster.best_iteration))
         return mae(y_valid, booster.predict(valid[list(features)], num_iteration=booster.best_iteration))
+    return objective
+
+def tune_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, n_trials: int = TrainServiceTime.n_trials, seed: int = 0, timeout_s: float | None = None,
+                  progress: bool = True, features: Sequence[str] = FEATURES, categorical: Sequence[str] = CATEGORICAL_FEATURES,
+                  target: str = "service_time_s", num_threads: int = 2, max_rounds: int = 2000,
+                  early_stopping_rounds: int = 50, objectives: Sequence[str] = ("l1", "huber"),
+                  storage: str | None = None, study_name: str | None = None, optimize=None) -> TuningResult:
+    """Optuna TPE search of LightGBM parameters minimising MAE on `valid`, with early stopping. By default the study
+    lives in memory and its trials run here, one after the other. With `storage` (an Optuna storage URL such as
+    `postgresql://...`) the study `study_name` lives there; `optimize(study, make_objective, n_trials)` then runs its
+    trials (on a cluster's workers: `kronkers_ml.platform.cluster.trials_on_cluster`; else here)."""
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    if storage and not study_name:
+        raise ValueError("a study storage needs a study_name")
+    if optimize is not None and not storage:
+        raise ValueError("trials run elsewhere (optimize) need a shared study storage")
+    make = partial(lgb_objective, train, valid, features, categorical, target, seed, num_threads, max_rounds,
+                   early_stopping_rounds, tuple(objectives))
+    objective, fixed = (make() if optimize is None else None), base_lgb_params(seed, num_threads)
 
     old_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
-        with tqdm(total=n_trials, desc="optuna", disable=not progress) as bar:
-            def _tick(st: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
-                bar.update(1); bar.set_postfix(best_mae=f"{st.best_value:.2f}")
-            study.optimize(objective, n_trials=n_trials, timeout=timeout_s, callbacks=[_tick])
+        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                    **({"storage": storage, "study_name": study_name} if storage else {}))
+        if optimize is not None:
+            optimize(study, make, n_trials)
+        else:
+            with tqdm(total=n_trials, desc="optuna", disable=not progress) as bar:
+                def _tick(st: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
+                    bar.update(1); bar.set_postfix(best_mae=f"{st.best_value:.2f}")
+                study.optimize(objective, n_trials=n_trials, timeout=timeout_s, callbacks=[_tick])
     finally:
         optuna.logging.set_verbosity(old_verbosity)
     best = study.best_trial

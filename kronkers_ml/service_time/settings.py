@@ -64,6 +64,8 @@ class TrainServiceTime(Settings):
     n_trials: int = setting(30, "service_time.n_trials")
     valid_months: int = setting(3, "service_time.valid_months")
     test_months: int = setting(3, "service_time.test_months")
+    study_storage: str = setting("", "cluster.study_storage",
+                                 "'': the study in memory; a database URL: on a cluster build, trials on every worker")
 
     def check(self):
         for name in ("n_trials", "valid_months", "test_months"):

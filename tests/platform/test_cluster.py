@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kronkers_ml.platform.cluster import RUNNING_DIR, read_runs
-from conftest import BIN, ROOT, free_port, ploomber_env
+from kronkers_ml.platform.cluster import RUNNING_DIR, local_cluster, read_runs
+from conftest import BIN, ROOT, ploomber_env
 
 # one glob for `--partially`: get-service-data and check-demand-data (with its upstream get-demand-data), not
 # check-service-data; the first test checks that exactly these three tasks ran
@@ -67,32 +67,9 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     "`dask scheduler` and two `dask worker` processes (one process, one thread each) on 127.0.0.1."
-    logs = tmp_path_factory.mktemp("dask")
-    env = {**ploomber_env(), "PYTHONPATH": str(ROOT)}
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = []
-
-    def start(args, log):
-        with open(logs / log, "w") as fh:
-            procs.append(subprocess.Popen([str(BIN / "dask"), *args], env=env, cwd=ROOT, stdout=fh,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], "scheduler.log")
-        for i in (1, 2):
-            start(["worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-                  f"worker{i}.log")
-        from distributed import Client
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=120)
+    with local_cluster(2, env={**ploomber_env(), "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                       logs=tmp_path_factory.mktemp("dask")) as address:
         yield address
-    finally:
-        for p in procs:
-            try: os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError: pass
-        for p in procs:
-            try: p.wait(timeout=20)
-            except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL)
 
 
 def kronkers_build(project: Path, out: Path, scheduler: str | None, *args: str, timeout: float = 900):
