@@ -83,25 +83,21 @@ with contextlib.redirect_stderr(io.StringIO()):
 
         def recommend(self, customer_id: str, k: int = 10) -> dict[str, Any]:
             "{'source': 'model' | 'popular', 'items': [{'product_id', 'score'}, ...]}: the customer's `k` best products."
-            top = self.recommend_many([customer_id], k)
-            return {"source": top["source"].iloc[0] if len(top) else self.source_of([customer_id])[0],
-                    "items": top[["product_id", "score"]].to_dict("records")}
-
-        def source_of(self, customer_ids) -> np.ndarray:
-            "'model' for each customer with purchases before the cut-off, else 'popular'."
-            return np.where(self.h.customers.get_indexer([str(c) for c in customer_ids]) >= 0, "model", "popular")
+            _, known, scores, top = self.rank([customer_id], k)
+            return {"source": "model" if known[0] else "popular",
+                    "items": [{"product_id": str(self.h.items[i]), "score": round(float(scores[0, i]), 6)} for i in top[0] if i >= 0]}
 
         def popular(self, k: int = 10) -> list[str]:
             "The `k` products a customer without purchases gets: the most popular of the recent weeks before the cut-off."
-            return self.recommend_many([None], k)["product_id"].tolist()
+            return [i["product_id"] for i in self.recommend(None, k)["items"]]
 
-        def recommend_many(self, customer_ids, k: int = 10) -> pd.DataFrame:
-            """The `k` best products of each customer of `customer_ids` (in that order), one row per product: customer_id,
-            rank (1 = best), product_id, score, source ('model', or 'popular' for a customer without purchases)."""
+        def rank(self, customer_ids, k: int = 10) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+            """(ids, known, scores, top) of `customer_ids`: whether the model has purchases of each (else the popular
+            products; None is nobody), their scores (customers x items) and their `k` best item indices (-1: none left)."""
             if isinstance(k, bool) or not float(k).is_integer() or not 1 <= int(k) <= MAX_K:
                 raise ValueError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
             ids = [None if c is None else str(c) for c in customer_ids]
-            rows = self.h.customers.get_indexer(ids)          # None: nobody, so the popular products
+            rows = self.h.customers.get_indexer(ids)
             known = rows >= 0
             scores = np.empty((len(ids), len(self.h.items)))
             if known.any():
@@ -109,6 +105,12 @@ with contextlib.redirect_stderr(io.StringIO()):
             if (~known).any():
                 scores[~known] = popularity_scores(self.h, np.zeros(int((~known).sum()), dtype=int))
             top = top_k(scores, int(k), self.h.catalogue) if len(ids) else np.zeros((0, 1), dtype=int)
+            return ids, known, scores, top
+
+        def recommend_many(self, customer_ids, k: int = 10) -> pd.DataFrame:
+            """The `k` best products of each customer of `customer_ids` (in that order), one row per product: customer_id,
+            rank (1 = best), product_id, score, source ('model', or 'popular' for a customer without purchases)."""
+            ids, known, scores, top = self.rank(customer_ids, k)
             who, rank = np.nonzero(top >= 0)
             item = top[who, rank]
             return pd.DataFrame({"customer_id": np.asarray(ids, dtype=object)[who], "rank": rank + 1,
@@ -356,7 +358,7 @@ def test_window_hits(model: "RecommendationsModel", test: pd.DataFrame, segments
     who = pd.Index(sorted(pairs["customer_id"].unique()), name="customer_id")
     recs = model.recommend_many(list(who), k)
     got = recs.merge(pairs.assign(bought=True), on=["customer_id", "product_id"], how="left")
-    hits = got.groupby("customer_id")["bought"].apply(lambda s: int(s.fillna(False).astype(bool).sum())).reindex(who, fill_value=0)
+    hits = got["bought"].notna().groupby(got["customer_id"]).sum().reindex(who, fill_value=0)   # True where bought, else NaN
     popular = set(model.popular(k))
     seg = (segments.reindex(who) if segments is not None else pd.Series(np.nan, index=who)).fillna("no segment")
     return pd.DataFrame({"segment": seg.astype(str).to_numpy(),
