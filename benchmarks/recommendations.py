@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     from kronkers_ml.platform.tracking import tracking_uri
     from kronkers_ml.products import product_path
 
-    result = {"benchmark": "recommendations", "machine": machine_info(), "env": args.env, "k": args.k,
+    result = {"benchmark": "recommendations", "machine": machine_info(), "load_avg_at_start": os.getloadavg(), "env": args.env, "k": args.k,
               "levels": [int(x) for x in args.levels.split(",")], "requests_per_level": args.requests}
     tmp = Path(tempfile.mkdtemp(prefix="recs-bench-"))
     if args.out:
@@ -104,6 +104,7 @@ def main(argv=None) -> dict:
         proc.terminate()
         try: proc.wait(timeout=20)
         except subprocess.TimeoutExpired: proc.kill()
+    result["load_avg_at_end"] = os.getloadavg()          # a shared machine: the other work beside the figures
     write_result(result, args.result)
     print(json.dumps({k: v for k, v in result.items() if k != "latency"}, indent=2))
     return result
