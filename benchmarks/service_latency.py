@@ -17,61 +17,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, free_port, machine_info, write_result  # noqa: E402
+from common import ROOT, free_port, load, machine_info, wait_up, write_result  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
-
-
-def wait_up(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {Path(log).read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200: return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not up after {timeout_s} s")
-
-
-async def load(url: str, body: dict, headers: dict, concurrency: int, n: int, during=None) -> dict:
-    "Send `n` requests with `concurrency` in flight; optional coroutine `during` runs alongside (reloads)."
-    lat, errors, statuses = [], 0, {}
-    todo = iter(range(n))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        async def worker():
-            nonlocal errors
-            for _ in todo:
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post(url, json=body, headers=headers)
-                    code = r.status_code
-                except httpx.HTTPError as e:
-                    code = type(e).__name__
-                lat.append(time.perf_counter() - t0)
-                statuses[str(code)] = statuses.get(str(code), 0) + 1
-                if code != 200: errors += 1
-        t0 = time.perf_counter()
-        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        extra = await during(client) if during else None
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
-    ms = np.array(lat) * 1000
-    return {"concurrency": concurrency, "requests": n, "failed": errors, "statuses": statuses,
-            "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "mean_ms": round(float(ms.mean()), 3), "requests_per_s": round(n / wall, 1), "wall_s": round(wall, 2),
-            **({"during": extra} if extra is not None else {})}
 
 
 def main(argv=None) -> dict:

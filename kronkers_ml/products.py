@@ -108,6 +108,7 @@ PRODUCTS: dict[str, Product] = {
     "reports.demand":               _T("reports/demand.html", "render-demand-page"),
     "reports.monitoring":           _T("reports/monitoring.html", "render-monitoring-page"),
     "reports.returns":              _T("reports/returns.html", "render-returns-page"),
+    "reports.recommendations":      _T("reports/recommendations.html", "render-recommendations-page"),
     "reports.overview":             _T("reports/overview.html", "render-overview-page"),
     # written outside the tasks: by the build's hooks and by the monitor
     "build.status":                 _T("build/status.json", None, "any `ploomber build` (the hooks of pipeline.yaml)"),

@@ -28,8 +28,8 @@ __all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'QUALITY_COLUMNS
            'STATUS_RULE', 'LIVE_ONLY', 'repo_root', 'outputs_dir', 'require_output', 'fmt', 'apply_style', 'thousands',
            'date_axis', 'FamilyPage', 'families_with_outputs', 'champion_info', 'fmt_age', 'registry_state', 'not_live',
            'live_model_note', 'build_banner', 'as_text', 'load_quality', 'load_alerts', 'drift_history',
-           'family_status', 'profile_drifted', 'monitoring_status', 'overview', 'badge', 'live_page', 'show_in',
-           'quality_html']
+           'family_status', 'profiles_index', 'profile_drifted', 'monitoring_status', 'overview', 'badge', 'live_page',
+           'show_in', 'quality_html']
 
 # %% ../../nbs/pages/02_dashboards.ipynb #04f0c7d5
 OUTPUTS_ENV = "KRONKERS_OUTPUTS"
@@ -287,10 +287,16 @@ def family_status(quality: pd.DataFrame | None, drifted: Sequence[str] = (),
     return "green", f"all {len(quality)} data-quality checks passed; no drift, no open alert"
 
 # %% ../../nbs/pages/02_dashboards.ipynb #691800e9
+def profiles_index(out: str | Path, family: str) -> Path | None:
+    "Where the build's profiles index of `family` lives; None for a family that declares none (not profiled yet)."
+    from kronkers_ml.products import PRODUCTS
+    key = f"profiles.{family}.index"
+    return product_path(key, out) if key in PRODUCTS else None
+
 def profile_drifted(out: str | Path, family: str) -> list[str]:
     "Watched features the build's profiles index marks as drifted (empty when there is no index)."
-    path = product_path(f"profiles.{family}.index", out)
-    return list(read_json(path).get("watched_drifted", [])) if path.exists() else []
+    path = profiles_index(out, family)
+    return list(read_json(path).get("watched_drifted", [])) if path is not None and path.exists() else []
 
 def monitoring_status(out: str | Path, families: Sequence[str]) -> pd.DataFrame:
     "One row per family of `families` (e.g. `families_with_outputs(out, PAGES)`): status, reason, checks passed / run, drifted features, open alerts."
@@ -299,7 +305,8 @@ def monitoring_status(out: str | Path, families: Sequence[str]) -> pd.DataFrame:
     for fam in families:
         q, a = quality[quality.family.eq(fam)], alerts[alerts.family.eq(fam)]
         drifted = profile_drifted(out, fam)
-        monitored = bool(len(q) or len(a) or product_path(f"profiles.{fam}.index", out).parent.exists())
+        index = profiles_index(out, fam)
+        monitored = bool(len(q) or len(a) or (index is not None and index.parent.exists()))
         status, reason = family_status(q if len(q) else None, drifted, a, monitored)
         rows.append({"family": fam, "status": status, "reason": reason, "checks_passed": int(q.passed.sum()),
                      "checks": len(q), "drifted": drifted, "open_alerts": int(a["open"].sum())})

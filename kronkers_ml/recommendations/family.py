@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, Field
 
@@ -30,9 +31,12 @@ from .models import ease_scores, ease_weights, history, popularity_scores, top_k
 from .split import split_at
 
 # %% auto #0
-__all__ = ['MAX_K', 'MAX_CAMPAIGN_CUSTOMERS', 'MAX_CAMPAIGN_PRODUCTS', 'FAMILY', 'save_history', 'log_recommendations_model',
-           'RecommendationsHeldout', 'recommendations_heldout', 'recommendations_score', 'recommendations_serve',
-           'CampaignRequest', 'campaign_inputs', 'recommendations_routes']
+__all__ = ['MAX_K', 'MAX_CAMPAIGN_CUSTOMERS', 'MAX_CAMPAIGN_PRODUCTS', 'RECOMMENDATION_COLUMNS', 'EXPORT_BATCH', 'MAX_EXPORT_IDS',
+           'WAYS', 'PAGE', 'FAMILY', 'save_history', 'log_recommendations_model', 'RecommendationsHeldout',
+           'recommendations_heldout', 'recommendations_score', 'recommendations_serve', 'CampaignRequest',
+           'campaign_inputs', 'read_segments', 'recommendations_routes', 'export_customers', 'recommendations_csv',
+           'test_days', 'recommendations_value', 'recommendations_headline', 'load_recommendations', 'test_window_hits',
+           'hit_rate_by_segment', 'example_customers', 'customer_story']
 
 # %% ../../nbs/recommendations/04_family.ipynb #8098f508
 def save_history(purchases: pd.DataFrame, model_path: str | Path, path: str | Path, half_life_days: float,
@@ -56,6 +60,7 @@ def save_history(purchases: pd.DataFrame, model_path: str | Path, path: str | Pa
 MAX_K = 100
 MAX_CAMPAIGN_CUSTOMERS = 10_000   # customers one campaign plan may contact
 MAX_CAMPAIGN_PRODUCTS = 1_000
+RECOMMENDATION_COLUMNS = ["customer_id", "rank", "product_id", "score", "source"]
 
 # mlflow warns on stderr, when a PythonModel subclass is defined, that `predict` has no type hints; the pyfunc takes
 # any frame on purpose, and a page that imports the family must not show that warning
@@ -78,19 +83,41 @@ with contextlib.redirect_stderr(io.StringIO()):
 
         def recommend(self, customer_id: str, k: int = 10) -> dict[str, Any]:
             "{'source': 'model' | 'popular', 'items': [{'product_id', 'score'}, ...]}: the customer's `k` best products."
+            _, known, scores, top = self.rank([customer_id], k)
+            return {"source": "model" if known[0] else "popular",
+                    "items": [{"product_id": str(self.h.items[i]), "score": round(float(scores[0, i]), 6)} for i in top[0] if i >= 0]}
+
+        def popular(self, k: int = 10) -> list[str]:
+            "The `k` products a customer without purchases gets: the most popular of the recent weeks before the cut-off."
+            return [i["product_id"] for i in self.recommend(None, k)["items"]]
+
+        def rank(self, customer_ids, k: int = 10) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+            """(ids, known, scores, top) of `customer_ids`: whether the model has purchases of each (else the popular
+            products; None is nobody), their scores (customers x items) and their `k` best item indices (-1: none left)."""
             if isinstance(k, bool) or not float(k).is_integer() or not 1 <= int(k) <= MAX_K:
                 raise ValueError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
-            row = int(self.h.customers.get_indexer([str(customer_id)])[0])
-            if row >= 0:
-                rows, source = np.array([row]), "model"
-                scores = ease_scores(self.h, rows, self.model["b"], self.model["repeat_weight"])
-            else:
-                rows, source = np.array([0]), "popular"
-                scores = popularity_scores(self.h, rows)
-            top = top_k(scores, int(k), self.h.catalogue)[0]
-            top = top[top >= 0]
-            return {"source": source, "items": [{"product_id": str(self.h.items[i]), "score": round(float(scores[0, i]), 6)}
-                                                for i in top]}
+            ids = [None if c is None else str(c) for c in customer_ids]
+            rows = self.h.customers.get_indexer(ids)
+            known = rows >= 0
+            scores = np.empty((len(ids), len(self.h.items)))
+            if known.any():
+                scores[known] = ease_scores(self.h, rows[known], self.model["b"], self.model["repeat_weight"])
+            if (~known).any():
+                scores[~known] = popularity_scores(self.h, np.zeros(int((~known).sum()), dtype=int))
+            top = top_k(scores, int(k), self.h.catalogue) if len(ids) else np.zeros((0, 1), dtype=int)
+            return ids, known, scores, top
+
+        def recommend_many(self, customer_ids, k: int = 10) -> pd.DataFrame:
+            """The `k` best products of each customer of `customer_ids` (in that order), one row per product: customer_id,
+            rank (1 = best), product_id, score, source ('model', or 'popular' for a customer without purchases)."""
+            ids, known, scores, top = self.rank(customer_ids, k)
+            who, rank = np.nonzero(top >= 0)
+            item = top[who, rank]
+            return pd.DataFrame({"customer_id": np.asarray(ids, dtype=object)[who], "rank": rank + 1,
+                                 "product_id": self.h.items[item].astype(str).to_numpy(dtype=object),
+                                 "score": [round(float(v), 6) for v in scores[who, item]],
+                                 "source": np.where(known, "model", "popular")[who]},
+                                columns=RECOMMENDATION_COLUMNS)
 
         def predict(self, context, model_input, params=None):
             frame = pd.DataFrame(model_input)
@@ -99,7 +126,7 @@ with contextlib.redirect_stderr(io.StringIO()):
                 rec = self.recommend(r["customer_id"], int(r["k"]) if "k" in frame.columns else 10)
                 out += [{"customer_id": str(r["customer_id"]), "rank": i + 1, **it, "source": rec["source"]}
                         for i, it in enumerate(rec["items"])]
-            return pd.DataFrame(out, columns=["customer_id", "rank", "product_id", "score", "source"])
+            return pd.DataFrame(out, columns=RECOMMENDATION_COLUMNS)
 
 # %% ../../nbs/recommendations/04_family.ipynb #6606b270
 def log_recommendations_model(model_path: str | Path, history_path: str | Path | None = None):
@@ -170,8 +197,12 @@ class CampaignRequest(BaseModel):
 def campaign_inputs(outputs_dir) -> tuple[dict, pd.Series, pd.DataFrame]:
     "(campaign.json, segments by customer, the demand forecast) of the run in `outputs_dir`; ProductMissing names the task."
     summary = read_json(require_product("recommendations.campaign_summary", outputs_dir))
+    return summary, read_segments(outputs_dir), pd.read_parquet(require_product("demand.forecast", outputs_dir))
+
+def read_segments(outputs_dir) -> pd.Series:
+    "Segment name by customer id (demand.segments of the run in `outputs_dir`); ProductMissing names the task."
     seg = pd.read_csv(require_product("demand.segments", outputs_dir), dtype={"customer_id": str})
-    return summary, seg.set_index("customer_id")["segment_name"], pd.read_parquet(require_product("demand.forecast", outputs_dir))
+    return seg.set_index("customer_id")["segment_name"].astype(str)
 
 def recommendations_routes(app: FastAPI, settings: ServiceSettings) -> None:
     "Recommendations routes: a customer's top-k products from the champion, and a campaign's plan."
@@ -185,6 +216,30 @@ def recommendations_routes(app: FastAPI, settings: ServiceSettings) -> None:
         request.app.state.metrics.predictions.labels("recommendations").inc(len(rec["items"]))
         return {"model": model.name, "version": model.version, "customer_id": customer_id, "k": k,
                 "cutoff": model.info.get("cutoff"), **rec}
+
+    @app.get("/v1/campaigns/recommendations.csv", tags=["recommendations"], response_class=PlainTextResponse)
+    async def export_recommendations(
+            request: Request, k: int = Query(10, ge=1, le=MAX_K, description="products per customer"),
+            customer_id: list[str] | None = Query(None, description=f"customers (repeat the parameter, at most {MAX_EXPORT_IDS}); none: every customer the model knows"),
+            segment: str | None = Query(None, description="only the customers of this segment (segment-customers)"),
+            caller: Caller = Depends(need("predict", "recommendations"))) -> Response:
+        """A campaign's batch export as CSV (customer_id, rank, product_id, score, source), streamed a thousand customers
+        at a time; `X-Customers` says how many customers it holds."""
+        model = served_model(request, "recommendations")
+        if customer_id and len(customer_id) > MAX_EXPORT_IDS:
+            raise HTTPException(422, f"at most {MAX_EXPORT_IDS} customer_id per request, got {len(customer_id)}; ask by segment or for every customer")
+        try:
+            segments = None if segment is None else await run_in_threadpool(read_segments, settings.outputs_dir)
+        except FileNotFoundError as e:
+            raise HTTPException(503, str(e)) from None
+        try:
+            ids = export_customers(model.model.h.customers, customer_id, segments, segment)
+            body = recommendations_csv(model.model, ids, k)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        return StreamingResponse(body, media_type="text/csv", headers={
+            "X-Model-Version": model.version, "X-Customers": str(len(ids)),
+            "Content-Disposition": "attachment; filename=recommendations.csv"})
 
     @app.post("/v1/campaigns/plan", tags=["recommendations"])
     async def plan_campaign(request: Request, body: CampaignRequest,
@@ -203,6 +258,160 @@ def recommendations_routes(app: FastAPI, settings: ServiceSettings) -> None:
         return {"model": model.name, "version": model.version, **plan}
 
 
+# %% ../../nbs/recommendations/04_family.ipynb #d020efa8
+EXPORT_BATCH = 1_000     # customers ranked at once by the batch export
+MAX_EXPORT_IDS = 500     # customer ids one export request may name: its address stays under the server's 16 KB request line
+
+def export_customers(known: pd.Index, customer_ids: Sequence[str] | None = None, segments: pd.Series | None = None,
+                     segment: str | None = None) -> list[str]:
+    """The customers of a batch export: `customer_ids` (each once, in the order given) or else every customer of `known`;
+    with `segment`, only those whose segment (`segments`: segment name by customer id) it is."""
+    ids = list(dict.fromkeys(str(c) for c in customer_ids)) if customer_ids else [str(c) for c in known]
+    if any(not c.strip() for c in ids):
+        raise ValueError("customer_id must not be empty")
+    if segment is None:
+        return ids
+    if segments is None:
+        raise ValueError("export_customers: a segment needs the customers' segments")
+    names = sorted(set(segments.astype(str)))
+    if segment not in names:
+        raise ValueError(f"segment {segment!r} is not one of the run's segments: {', '.join(names)}")
+    of = pd.Series(segments.astype(str).to_numpy(), index=segments.index.astype(str))
+    return [c for c in ids if of.get(c) == segment]
+
+def recommendations_csv(model: "RecommendationsModel", customer_ids: Sequence[str], k: int = 10,
+                        batch: int = EXPORT_BATCH) -> Iterator[str]:
+    """The recommendations of `customer_ids` (`model.recommend_many`) as CSV text in pieces: the header, then one piece
+    per `batch` customers. `k` and `batch` are checked at once, before the first piece."""
+    if isinstance(k, bool) or not float(k).is_integer() or not 1 <= int(k) <= MAX_K:
+        raise ValueError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+    if int(batch) < 1:
+        raise ValueError(f"batch must be at least 1, got {batch!r}")
+    ids = [str(c) for c in customer_ids]
+
+    def pieces():
+        yield ",".join(RECOMMENDATION_COLUMNS) + "\n"
+        for i in range(0, len(ids), int(batch)):
+            yield model.recommend_many(ids[i:i + int(batch)], int(k)).to_csv(index=False, header=False, lineterminator="\n")
+    return pieces()
+
+# %% ../../nbs/recommendations/04_family.ipynb #aefd3767
+from ..pages.dashboards import FamilyPage, fmt, require_output
+from ..pages.reports import load_metrics
+from ..products import product_path
+from .split import purchases
+
+WAYS = {"popularity": "Best sellers of the recent weeks", "buy_again": "What they bought before, again",
+        "segment_popularity": "Best sellers of their segment", "oracle": "Ceiling: the true chances of buying"}
+
+def test_days(metrics: Mapping[str, Any]) -> int:
+    "Days of the test window of recommendations' metrics.json (`data.test_from` to `data.test_to`, both included)."
+    return (pd.Timestamp(metrics["data"]["test_to"]) - pd.Timestamp(metrics["data"]["test_from"])).days + 1
+
+def recommendations_value(metrics: Mapping[str, Any], baseline: str = "popularity") -> dict[str, Any]:
+    """The headline of recommendations: recall@k of the model and of `baseline` in % (`value`), the share missed
+    (`model_error`, `baseline_error`), how many times the best baseline's NDCG@k the model reaches, and a sentence."""
+    k = int(metrics["params"]["k"])
+    rk, nk = f"recall_at_{k}", f"ndcg_at_{k}"
+    m, b = metrics["model"], metrics["baselines"][baseline]
+    best = max(metrics["baselines"], key=lambda n: metrics["baselines"][n][nk])
+    times = m[nk] / metrics["baselines"][best][nk] if metrics["baselines"][best][nk] > 0 else float("nan")
+    oracle = metrics.get("oracle") or {}
+    ceiling = (f" The ceiling, ranking by the true chances of buying, finds {fmt(oracle[rk] * 100, 1)}%."
+               if oracle.get(rk) is not None else "")
+    sentence = (f"Of the products each shopper bought in the {test_days(metrics)} test days (at most {k} counted), "
+                f"{fmt(m[rk] * 100, 1)}% were among the {k} the model would have recommended to them; "
+                f"{WAYS[baseline].lower()} find {fmt(b[rk] * 100, 1)}%.{ceiling} Ranking quality (NDCG@{k}) is "
+                f"{fmt(times, 2)} times that of the best simple list ({WAYS[best].lower()}).")
+    return {"model_error": (1 - m[rk]) * 100, "baseline_error": (1 - b[rk]) * 100, "value": m[rk] * 100,
+            "times_best_baseline": times, "best_baseline": best, "k": k,
+            "unit": f"% of what shoppers bought was in our top {k}", "sentence": sentence}
+
+def recommendations_headline(out: str | Path) -> dict[str, Any]:
+    "Overview row of recommendations: the share of what shoppers bought that we recommended, against the best sellers."
+    return recommendations_value(load_metrics("recommendations", out))
+
+# %% ../../nbs/recommendations/04_family.ipynb #bc8031ae
+def load_recommendations(out: str | Path) -> dict[str, Any]:
+    """The recommendations products a page shows: `metrics`, the registered `model` (RecommendationsModel), the purchases
+    before its cut-off (`history`) and in the test window (`test`), `segments` and the campaign's `campaign` summary,
+    `plan` and demand `forecast` (None when not built)."""
+    metrics = load_metrics("recommendations", out)
+    past = pd.read_parquet(require_output("recommendations.history", out))
+    model = RecommendationsModel().setup(load_model(require_output("recommendations.model", out)), past,
+                                         read_json(require_output("recommendations.history_spec", out)))
+    bought = purchases(pd.read_parquet(require_output("demand.transactions", out)), "demand/transactions.parquet")
+    d = bought["date"]
+    test = bought[(d >= pd.Timestamp(metrics["data"]["test_from"])) & (d <= pd.Timestamp(metrics["data"]["test_to"]))]
+    optional = lambda key, read: read(product_path(key, out)) if product_path(key, out).exists() else None
+    segments = optional("demand.segments", lambda p: pd.read_csv(p, dtype={"customer_id": str}).set_index("customer_id")["segment_name"].astype(str))
+    return {"metrics": metrics, "model": model, "history": past, "test": test.reset_index(drop=True), "segments": segments,
+            "campaign": optional("recommendations.campaign_summary", read_json),
+            "plan": optional("recommendations.campaign", pd.read_parquet), "forecast": optional("demand.forecast", pd.read_parquet)}
+
+def test_window_hits(model: "RecommendationsModel", test: pd.DataFrame, segments: pd.Series | None = None,
+                     k: int = 10) -> pd.DataFrame:
+    """One row per customer who bought in `test` (purchases of the test window): their `segment` ('no segment' when
+    unknown), `source` of their recommendations, distinct products `bought`, how many of the model's `k` they bought
+    (`hits`), and of the `k` popular products (`popular_hits`)."""
+    pairs = test[["customer_id", "product_id"]].astype(str).drop_duplicates()
+    who = pd.Index(sorted(pairs["customer_id"].unique()), name="customer_id")
+    recs = model.recommend_many(list(who), k)
+    got = recs.merge(pairs.assign(bought=True), on=["customer_id", "product_id"], how="left")
+    hits = got["bought"].notna().groupby(got["customer_id"]).sum().reindex(who, fill_value=0)   # True where bought, else NaN
+    popular = set(model.popular(k))
+    seg = (segments.reindex(who) if segments is not None else pd.Series(np.nan, index=who)).fillna("no segment")
+    return pd.DataFrame({"segment": seg.astype(str).to_numpy(),
+                         "source": recs.groupby("customer_id")["source"].first().reindex(who).to_numpy(),
+                         "bought": pairs.groupby("customer_id").size().reindex(who).to_numpy(),
+                         "hits": hits.to_numpy(),
+                         "popular_hits": pairs[pairs["product_id"].isin(popular)].groupby("customer_id").size().reindex(who, fill_value=0).to_numpy()},
+                        index=who)
+
+def hit_rate_by_segment(hits: pd.DataFrame) -> pd.DataFrame:
+    """Per segment of `test_window_hits`, then 'all customers': customers, the share who bought at least one of the
+    model's products (`hit_rate`) and of the popular ones (`popular_hit_rate`), and the mean number bought of the model's."""
+    def rates(g: pd.DataFrame) -> pd.Series:
+        return pd.Series({"customers": len(g), "hit_rate": float((g["hits"] > 0).mean()),
+                          "popular_hit_rate": float((g["popular_hits"] > 0).mean()), "mean_hits": float(g["hits"].mean())})
+    rows = [rates(g).rename(s) for s, g in hits.groupby("segment", sort=True)]
+    out = pd.DataFrame(rows + [rates(hits).rename("all customers")])
+    out["customers"] = out["customers"].astype(int)
+    return out.rename_axis("segment").reset_index()
+
+# %% ../../nbs/recommendations/04_family.ipynb #930a1a4f
+def example_customers(hits: pd.DataFrame, n: int = 3, seed: int = 0) -> list[str]:
+    """`n` customers of `test_window_hits` to show, drawn by `seed` among those the model knows: one who bought some of
+    what we recommend and one who bought none of it when there are such, the rest at random."""
+    known = hits[hits["source"] == "model"]
+    pool = known if len(known) else hits
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    for part in (pool[pool["hits"] > 0], pool[pool["hits"] == 0], pool):
+        left = part.index.difference(chosen, sort=False)
+        if len(left) and len(chosen) < n:
+            take = n - len(chosen) if part is pool else 1
+            chosen += list(rng.choice(np.asarray(left), size=min(take, len(left)), replace=False))
+    return [str(c) for c in chosen]
+
+def customer_story(model: "RecommendationsModel", history: pd.DataFrame, test: pd.DataFrame, customer_id: str,
+                   k: int = 10, shown: int = 8) -> dict[str, Any]:
+    """What one customer bought before (`past`: their `shown` most bought products, times and last day), what we
+    recommend (`recommended`: rank, product, score, bought in the test window or not) and what else they bought then."""
+    mine = history[history["customer_id"].astype(str) == str(customer_id)]
+    past = (mine.groupby(mine["product_id"].astype(str)).agg(times=("date", "size"), last=("date", "max"))
+            .sort_values(["times", "last"], ascending=False, kind="stable").head(shown).rename_axis("product_id").reset_index())
+    then = set(test.loc[test["customer_id"].astype(str) == str(customer_id), "product_id"].astype(str))
+    rec = model.recommend_many([customer_id], k)[["rank", "product_id", "score", "source"]]
+    rec = rec.assign(bought=rec["product_id"].isin(then))
+    return {"customer_id": str(customer_id), "purchases_before": int(len(mine)), "past": past, "recommended": rec,
+            "also_bought": sorted(then - set(rec["product_id"]))}
+
 # %% ../../nbs/recommendations/04_family.ipynb #dcbc9717
+PAGE = FamilyPage("recommendations", "Recommendations", "Which products should we offer each customer, and would they buy them?",
+                  "recommendations", "recommendations", "best sellers of the recent weeks", recommendations_headline,
+                  "% of what shoppers bought that the list missed")
+
 FAMILY = Family("recommendations", "ndcg_at_10", False, log_recommendations_model, recommendations_score,
-                recommendations_serve, key="recommendations", heldout=recommendations_heldout, routes=recommendations_routes)
+                recommendations_serve, key="recommendations", heldout=recommendations_heldout, routes=recommendations_routes,
+                page=PAGE)

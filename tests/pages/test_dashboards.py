@@ -23,7 +23,7 @@ from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PAGES = ["overview", "service_time", "demand", "monitoring", "returns"]
+PAGES = ["overview", "service_time", "demand", "monitoring", "returns", "recommendations"]
 SHOTS = ROOT / "outputs-test" / "screenshots"        # kept after the run, to look at
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WIDTH, HEIGHT = 1366, 900                           # a laptop screen
@@ -172,6 +172,12 @@ def key_figures(out: Path) -> dict[str, list[str]]:
                     "Precision", "Recall", "The last nightly batch"],
     }
     figures["overview"] += [big(hours), "hours of manual inspection saved per 1,000 returns"]
+    rc = json.loads((out / "recommendations" / "metrics.json").read_text())
+    camp = json.loads((out / "recommendations" / "campaign.json").read_text())
+    figures["recommendations"] = [f"{rc['model']['recall_at_10'] * 100:,.1f}% of what shoppers bought was in their top 10",
+                                  f"{rc['data']['customers_test']:,} customers who shopped", "bought from the best sellers",
+                                  f"{camp['campaign']['contacted']:,} customers over", camp["stock"]["verdict"]]
+    figures["overview"] += [big(rc["model"]["recall_at_10"] * 100), "% of what shoppers bought was in our top 10"]
     return figures
 
 

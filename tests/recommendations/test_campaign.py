@@ -1,8 +1,10 @@
 """The campaign planner (plan-campaign, built on env.test.yaml): its figures add up to the customers it contacted, the
 customers are those with the highest scores, and its report has its plot and a verdict that matches its numbers; and
-POST /v1/campaigns/plan on a real socket (roles, bad input, figures that add up), served from the build's own store."""
+POST /v1/campaigns/plan on a real socket (roles, bad input, figures that add up), served from the build's own store;
+and the batch export GET /v1/campaigns/recommendations.csv (streamed, the single route's rankings, segments, roles)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -135,3 +137,70 @@ def test_campaign_route_figures_add_up_to_its_customers(service, summary):
     one = summary["campaign"]["products"][:1]
     only = _post(service, {"products": one, "n_customers": 3, "weeks": 1}).json()
     assert {c["product_id"] for c in only["customers"]} == set(one)
+
+
+EXPORT = "/v1/campaigns/recommendations.csv"
+
+
+def _export(service, role="marketing", **params):
+    headers = {"X-API-Key": service["keys"][role]} if role else {}
+    with service["client"].stream("GET", EXPORT, params=params, headers=headers) as r:
+        pieces = list(r.iter_raw())
+    return r, pieces, b"".join(pieces).decode()
+
+
+def _frame(text):
+    return pd.read_csv(io.StringIO(text), dtype={"customer_id": str, "product_id": str, "source": str})
+
+
+def test_the_batch_export_streams_every_customer_as_the_single_route_ranks_them(built, service):
+    r, pieces, text = _export(service, k=3)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), text[:500]
+    assert "content-length" not in r.headers and r.headers.get("transfer-encoding") == "chunked"   # streamed, not one string
+    frame = _frame(text)
+    assert list(frame.columns) == ["customer_id", "rank", "product_id", "score", "source"]
+    known = history_customers(built)
+    assert int(r.headers["X-Customers"]) == frame["customer_id"].nunique() == len(known)
+    assert set(frame["customer_id"]) == set(known) and set(frame["source"]) == {"model"}
+    assert all(r == [1, 2, 3] for r in frame.groupby("customer_id")["rank"].agg(list))
+    headers = {"X-API-Key": service["keys"]["marketing"]}
+    for customer in frame["customer_id"].drop_duplicates().sample(3, random_state=0):
+        one = service["client"].get(f"/v1/models/recommendations/{customer}", params={"k": 3}, headers=headers).json()
+        mine = frame[frame["customer_id"] == customer]
+        assert list(mine["product_id"]) == [i["product_id"] for i in one["items"]]
+        assert list(mine["score"]) == pytest.approx([i["score"] for i in one["items"]], abs=1e-6)
+
+
+def test_the_batch_export_takes_customer_ids_and_a_segment(built, service):
+    known = sorted(history_customers(built))
+    _, _, text = _export(service, k=2, customer_id=[known[1], "no-such-customer", known[0], known[1]])
+    frame = _frame(text)
+    assert list(frame["customer_id"].drop_duplicates()) == [known[1], "no-such-customer", known[0]]
+    assert set(frame.loc[frame["customer_id"] == "no-such-customer", "source"]) == {"popular"}
+    seg = pd.read_csv(product_at(built, "demand.segments"), dtype={"customer_id": str}).set_index("customer_id")["segment_name"]
+    name = seg.value_counts().index[0]
+    r, _, text = _export(service, k=1, segment=name)
+    assert r.status_code == 200, text
+    assert set(_frame(text)["customer_id"]) == set(seg[seg == name].index) & set(known)
+    r, _, text = _export(service, segment="no-such-segment")
+    assert r.status_code == 422 and "no-such-segment" in text
+
+
+def test_the_batch_export_roles_bad_input_and_audit(service):
+    for role, code in (("marketing", 200), ("admin", 200), ("operations", 403), ("procurement", 403), (None, 401)):
+        assert _export(service, role, k=1, customer_id=["x"])[0].status_code == code, role
+    for k in (0, 101, "ten"):
+        assert _export(service, k=k)[0].status_code == 422, k
+    too_many = _export(service, customer_id=[f"K{i:06d}" for i in range(501)])   # an address of about 10 KB
+    assert too_many[0].status_code == 422 and "at most 500" in too_many[2], too_many[2]
+    from kronkers_ml.platform.access import read_audit
+    audit = read_audit(service["state"] / "audit.jsonl")
+    mine = audit[audit["endpoint"].astype(str) == f"GET {EXPORT}"]
+    got = {(r, int(s)) for r, s in zip(mine["role"], mine["status"]) if isinstance(r, str)}
+    assert {("marketing", 200), ("admin", 200), ("operations", 403), ("procurement", 403), ("marketing", 422)} <= got
+    assert set(mine.loc[mine["status"].astype(int) == 200, "model"]) == {"recommendations"}
+
+
+def history_customers(built) -> list[str]:
+    "The customers with purchases before the served model's cut-off (history.parquet of register-recommendations)."
+    return pd.read_parquet(product_at(built, "recommendations.history"))["customer_id"].astype(str).unique().tolist()

@@ -56,8 +56,13 @@ def test_the_pipeline_registers_through_the_gate_on_ndcg(built):
     assert reg["model"] == "recommendations" and reg["metric"] == "ndcg_at_10"
     assert reg["candidate"] == pytest.approx(metrics["model"]["ndcg_at_10"], rel=1e-9)
     assert set(reg["baselines"]) == {"popularity", "buy_again", "segment_popularity"}
-    beats = all(reg["candidate"] > v for v in reg["baselines"].values())
+    # the build's store may already hold a champion (an earlier build): the candidate must beat it too
+    before = reg["champion_version_before"]
+    assert (reg["champion"] is None) == (before is None)
+    assert before is None or int(before) < int(reg["version"])
+    beats = all(reg["candidate"] > v for v in reg["baselines"].values()) and (before is None or reg["candidate"] > reg["champion"])
     assert reg["decision"] == ("promoted" if beats else "rejected")
+    assert reg["champion_version_after"] == (reg["version"] if beats else before)
 
 
 def test_the_gate_refuses_a_model_no_better_than_a_baseline_and_promotes_the_trained_one(reg):
