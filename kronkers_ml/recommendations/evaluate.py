@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 
 from ..core import write_atomic
-from .models import (RANKER_FEATURES, History, als_factors, als_scores, candidate_frame, ease_scores,
-                                                ease_weights, history, top_k)
+from .models import (RANKER_FEATURES, History, als_factors, als_scores, buy_again_scores,
+                                                candidate_frame, ease_scores, ease_weights, history, popularity_scores,
+                                                rfm_segments, segment_popularity_scores, top_k)
 from .split import relevance, split_at, summarise
 
 # %% auto #0
 __all__ = ['lists', 'window_truth', 'window_metrics', 'buyers', 'float_list', 'tune_ease', 'tune_als', 'save_model', 'load_model',
            'save_candidates', 'load_candidates', 'oracle_scores', 'frame_labels', 'fit_ranker', 'ranker_scores',
-           'tune_ranker']
+           'tune_ranker', 'rolling']
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #f1b5dd2e
 def lists(h: History, rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +157,7 @@ def ranker_scores(model, frame: pd.DataFrame, n_rows: int, popularity: np.ndarra
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #1776adfe
 def tune_ranker(h: History, purchases: pd.DataFrame, window: pd.DataFrame, b: np.ndarray, repeat_weight: float,
-                segments: pd.Series | None = None, n_candidates: int = 30, trials: int = 8, holdout: float = 0.3,
+                segments: pd.Series | None = None, n_candidates: int = 30, trials: int = 4, holdout: float = 0.3,
                 k: int = 10, seed: int = 42) -> dict:
     """Optuna's search of the ranker's settings on the window `window` after `h.cutoff` (see above). Returns the best
     `params`, the `trials` table, and the held-out NDCG@k (`ranker`, `ease`) and metrics of both."""
@@ -176,7 +177,7 @@ def tune_ranker(h: History, purchases: pd.DataFrame, window: pd.DataFrame, b: np
         model = fit_ranker(frame[fit_part], labels[fit_part], params, seed)
         return window_metrics(h, hold_truth, ranker_scores(model, hold_frame, len(hold_rows), h.popularity), rows[held], k)
     def objective(trial):
-        params = {"n_estimators": trial.suggest_int("n_estimators", 50, 300, log=True),
+        params = {"n_estimators": trial.suggest_int("n_estimators", 50, 200, log=True),
                   "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
                   "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
                   "min_child_samples": trial.suggest_int("min_child_samples", 10, 200, log=True),
@@ -196,3 +197,35 @@ def tune_ranker(h: History, purchases: pd.DataFrame, window: pd.DataFrame, b: np
     return {"params": study.best_params, "trials": table.sort_values(f"ndcg_at_{k}", ascending=False).reset_index(drop=True),
             "ranker": study.best_trial.user_attrs["metrics"], "ease": ease_m, "customers_fit": int((~held).sum()),
             "customers_holdout": int(held.sum()), "frame": frame, "labels": labels}
+
+# %% ../../nbs/recommendations/03_evaluate.ipynb #12898538
+def rolling(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, cutoffs, days: int, lam: float,
+            repeat_weight: float, ranker_params: dict, n_candidates: int = 30, segments_kw: dict | None = None,
+            half_life_days: float = 60.0, recent_days: int = 28, k: int = 10, seed: int = 42) -> pd.DataFrame:
+    "Metrics of EASE, the re-ranker and the baselines at each cut-off of `cutoffs` (see above): one row per cut-off and method."
+    out = []
+    for cutoff in pd.to_datetime(list(cutoffs)):
+        h = history(purchases, cutoff, customers, items, half_life_days, recent_days)
+        _, window = split_at(purchases, cutoff, days)
+        rows = buyers(h, window)
+        if len(rows) == 0:
+            continue
+        truth, b = window_truth(h, window, rows), ease_weights(h.bought, lam)
+        segs = rfm_segments(purchases, cutoff, seed=seed, **(segments_kw or {}))
+        scores = {"ease": ease_scores(h, rows, b, repeat_weight), "popularity": popularity_scores(h, rows),
+                  "buy_again": buy_again_scores(h, rows), "segment_popularity": segment_popularity_scores(h, rows, segs)}
+        start = cutoff - pd.Timedelta(days=days)        # the ranker learns from the window just before the cut-off
+        hf = history(purchases, start, customers, items, half_life_days, recent_days)
+        _, before = split_at(purchases, start, days)
+        fit_rows = buyers(hf, before)
+        if len(fit_rows):
+            frame = candidate_frame(hf, purchases, fit_rows, ease_weights(hf.bought, lam), repeat_weight, n_candidates,
+                                    rfm_segments(purchases, start, seed=seed, **(segments_kw or {})), days)
+            ranker = fit_ranker(frame, frame_labels(frame, window_truth(hf, before, fit_rows)[0]), ranker_params, seed)
+            test_frame = candidate_frame(h, purchases, rows, b, repeat_weight, n_candidates, segs, days)
+            scores["lambdarank"] = ranker_scores(ranker, test_frame, len(rows), h.popularity)
+        for name, s in scores.items():
+            m = window_metrics(h, truth, s, rows, k)
+            out.append({"cutoff": cutoff, "method": name, f"ndcg_at_{k}": m[f"ndcg_at_{k}"],
+                        f"recall_at_{k}": m[f"recall_at_{k}"], "customers": m["customers"]})
+    return pd.DataFrame(out)

@@ -50,6 +50,12 @@ def test_metrics_have_the_family_shape(metrics):
     assert set(metrics["baselines"]) == set(METHODS)
     assert metrics["candidates"]["chosen_on_validation"] in CANDIDATES
     assert metrics["candidates"]["ease"][f"ndcg_at_{k}"] == metrics["model"][f"ndcg_at_{k}"]
+    # the rolling cut-offs end with the test window's, where EASE refitted scores what the model scored
+    rolling = metrics["rolling"]
+    assert len(rolling["cutoffs"]) == SETTINGS["rolling_cutoffs"] + 1 and rolling["cutoffs"][-1] == metrics["data"]["test_from"]
+    last = {r["method"]: r for r in rolling["per_cutoff"] if r["cutoff"] == metrics["data"]["test_from"]}
+    assert last["ease"][f"ndcg_at_{k}"] == pytest.approx(metrics["model"][f"ndcg_at_{k}"], abs=1e-6)
+    assert set(rolling["methods"]) == {"ease", "lambdarank", *METHODS}
     for name, block in blocks.items():
         for key in (f"ndcg_at_{k}", f"recall_at_{k}", f"map_at_{k}", f"discovery_ndcg_at_{k}", "coverage"):
             assert 0 <= block[key] <= 1, (name, key, block[key])
