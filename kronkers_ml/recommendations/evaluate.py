@@ -12,12 +12,15 @@ import numpy as np
 import pandas as pd
 
 from ..core import write_atomic
-from .models import History, ease_scores, ease_weights, history, top_k
+from .models import (RANKER_FEATURES, History, als_factors, als_scores, buy_again_scores,
+                                                candidate_frame, ease_scores, ease_weights, history, popularity_scores,
+                                                rfm_segments, segment_popularity_scores, top_k)
 from .split import relevance, split_at, summarise
 
 # %% auto #0
-__all__ = ['lists', 'window_truth', 'window_metrics', 'buyers', 'float_list', 'tune_ease', 'save_model', 'load_model',
-           'oracle_scores']
+__all__ = ['lists', 'window_truth', 'window_metrics', 'buyers', 'float_list', 'tune_ease', 'tune_als', 'save_model', 'load_model',
+           'save_candidates', 'load_candidates', 'oracle_scores', 'frame_labels', 'fit_ranker', 'ranker_scores',
+           'tune_ranker', 'rolling']
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #f1b5dd2e
 def lists(h: History, rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +71,26 @@ def tune_ease(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, val
                         **window_metrics(h, truth, ease_scores(h, rows, b, float(w)), rows, k)})
     return pd.DataFrame(out).sort_values(f"ndcg_at_{k}", ascending=False, kind="stable").reset_index(drop=True)
 
+# %% ../../nbs/recommendations/03_evaluate.ipynb #3d4e5f8d
+def tune_als(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, valid_start, valid_days: int, factors,
+             alphas, repeat_weights, k: int = 10, half_life_days: float = 60.0, recent_days: int = 28,
+             seed: int = 42) -> pd.DataFrame:
+    """ALS fitted before `valid_start` and scored on the `valid_days` after it, for each number of factors, alpha and
+    repeat weight: one row each with its metrics, best NDCG@k first."""
+    h = history(purchases, valid_start, customers, items, half_life_days, recent_days)
+    _, valid = split_at(purchases, valid_start, valid_days)
+    rows = buyers(h, valid)
+    if len(rows) == 0:
+        raise ValueError(f"nobody bought in the validation window from {pd.Timestamp(valid_start):%Y-%m-%d}")
+    truth, out = window_truth(h, valid, rows), []
+    for f in factors:
+        for a in alphas:
+            fac = als_factors(h, int(f), float(a), seed=seed)
+            for w in repeat_weights:
+                out.append({"factors": int(f), "alpha": float(a), "repeat_weight": float(w),
+                            **window_metrics(h, truth, als_scores(h, rows, fac, float(w)), rows, k)})
+    return pd.DataFrame(out).sort_values(f"ndcg_at_{k}", ascending=False, kind="stable").reset_index(drop=True)
+
 # %% ../../nbs/recommendations/03_evaluate.ipynb #d0ae838c
 def save_model(path, b: np.ndarray, items: pd.Index, lam: float, repeat_weight: float, cutoff) -> None:
     "Write EASE's weights, its products and settings to `path` (.npz) atomically."
@@ -83,6 +106,21 @@ def load_model(path) -> dict:
         return {"b": z["b"], "items": pd.Index(z["items"].astype(str)), "lam": float(z["lam"]),
                 "repeat_weight": float(z["repeat_weight"]), "cutoff": pd.Timestamp(str(z["cutoff"]))}
 
+def save_candidates(als_path, ranker_path, factors: tuple[np.ndarray, np.ndarray], customers: pd.Index, items: pd.Index, ranker) -> None:
+    "Write the candidates atomically: ALS's factors with their customers and products (.npz), the re-ranker's LightGBM model (text)."
+    def write_als(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, user=factors[0], item=factors[1], customers=np.asarray(customers, dtype=str), items=np.asarray(items, dtype=str))
+    write_atomic(als_path, write_als)
+    write_atomic(ranker_path, lambda tmp: ranker.booster_.save_model(str(tmp)))
+
+def load_candidates(als_path, ranker_path) -> dict:
+    "What `save_candidates` wrote: `als` (customer factors, item factors), `customers`, `items` (Index) and `ranker` (a LightGBM Booster)."
+    import lightgbm as lgb
+    with np.load(als_path) as z:
+        out = {"als": (z["user"], z["item"]), "customers": pd.Index(z["customers"].astype(str)), "items": pd.Index(z["items"].astype(str))}
+    return out | {"ranker": lgb.Booster(model_file=str(ranker_path))}
+
 # %% ../../nbs/recommendations/03_evaluate.ipynb #68f5ae61
 def oracle_scores(probabilities: pd.DataFrame, customers: pd.Index, items: pd.Index, rows: np.ndarray) -> np.ndarray:
     "Each customer's (of `rows`) probability of buying each item in the window: the oracle's scores (0 where not listed)."
@@ -91,3 +129,103 @@ def oracle_scores(probabilities: pd.DataFrame, customers: pd.Index, items: pd.In
     p = probabilities[probabilities["customer_id"].isin(pos.index) & probabilities["product_id"].isin(items)]
     s[pos[p["customer_id"]].to_numpy(), items.get_indexer(p["product_id"])] = p["probability"].to_numpy()
     return s
+
+# %% ../../nbs/recommendations/03_evaluate.ipynb #0f9d4075
+def frame_labels(frame: pd.DataFrame, relevant: np.ndarray) -> np.ndarray:
+    "1 where the candidate pair (`row`, `item`) is bought in the window (`relevant`: customers x items), else 0."
+    return relevant[frame["row"].to_numpy(), frame["item"].to_numpy()].astype(int)
+
+def fit_ranker(frame: pd.DataFrame, labels: np.ndarray, params: dict, seed: int = 42):
+    "LightGBM's LambdaRank on the candidate pairs of `frame` (grouped by `row`), without the customers with no bought candidate."
+    import lightgbm as lgb
+    keep = pd.Series(labels).groupby(frame["row"].to_numpy()).transform("max").to_numpy() > 0
+    f = frame[keep]
+    if len(f) == 0:
+        raise ValueError("no candidate was bought in the training window: nothing to learn a ranking from")
+    model = lgb.LGBMRanker(objective="lambdarank", random_state=seed, n_jobs=1, verbose=-1, deterministic=True,
+                           force_row_wise=True, **params)
+    return model.fit(f[list(RANKER_FEATURES)], labels[keep], group=f.groupby("row", sort=True).size().to_numpy())
+
+def ranker_scores(model, frame: pd.DataFrame, n_rows: int, popularity: np.ndarray) -> np.ndarray:
+    """Scores customers x items (`model`: an LGBMRanker or its Booster): the ranker's on the candidates (shifted above everything else), a small popularity
+    score elsewhere (so discovery lists stay full)."""
+    out = np.tile(1e-6 * popularity / max(popularity.max(), 1e-12), (n_rows, 1))
+    if len(frame):
+        s = np.asarray(model.predict(frame[list(RANKER_FEATURES)]))
+        out[frame["row"].to_numpy(), frame["item"].to_numpy()] = 1.0 + s - s.min()
+    return out
+
+# %% ../../nbs/recommendations/03_evaluate.ipynb #1776adfe
+def tune_ranker(h: History, purchases: pd.DataFrame, window: pd.DataFrame, b: np.ndarray, repeat_weight: float,
+                segments: pd.Series | None = None, n_candidates: int = 30, trials: int = 4, holdout: float = 0.3,
+                k: int = 10, seed: int = 42) -> dict:
+    """Optuna's search of the ranker's settings on the window `window` after `h.cutoff` (see above). Returns the best
+    `params`, the `trials` table, and the held-out NDCG@k (`ranker`, `ease`) and metrics of both."""
+    import optuna
+    rows = buyers(h, window)
+    if len(rows) < 4:
+        raise ValueError(f"{len(rows)} customers bought in the validation window: too few to fit and check a ranker")
+    truth = window_truth(h, window, rows)
+    frame = candidate_frame(h, purchases, rows, b, repeat_weight, n_candidates, segments, season_days=(window["date"].max() - h.cutoff).days + 1)
+    labels = frame_labels(frame, truth[0])
+    held = np.random.default_rng(seed).random(len(rows)) < holdout
+    fit_part = ~held[frame["row"].to_numpy()]
+    hold_rows = np.flatnonzero(held)
+    hold_frame = frame[~fit_part].assign(row=lambda f: np.searchsorted(hold_rows, f["row"].to_numpy()))
+    hold_truth = (truth[0][held], truth[1][held])
+    def score(params):
+        model = fit_ranker(frame[fit_part], labels[fit_part], params, seed)
+        return window_metrics(h, hold_truth, ranker_scores(model, hold_frame, len(hold_rows), h.popularity), rows[held], k)
+    def objective(trial):
+        params = {"n_estimators": trial.suggest_int("n_estimators", 50, 200, log=True),
+                  "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+                  "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
+                  "min_child_samples": trial.suggest_int("min_child_samples", 10, 200, log=True),
+                  "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0)}
+        m = score(params)
+        trial.set_user_attr("metrics", m)
+        return m[f"ndcg_at_{k}"]
+    old = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        study.optimize(objective, n_trials=trials)
+    finally:
+        optuna.logging.set_verbosity(old)
+    ease_m = window_metrics(h, hold_truth, ease_scores(h, rows[held], b, repeat_weight), rows[held], k)
+    table = pd.DataFrame([{**t.params, f"ndcg_at_{k}": t.value} for t in study.trials])
+    return {"params": study.best_params, "trials": table.sort_values(f"ndcg_at_{k}", ascending=False).reset_index(drop=True),
+            "ranker": study.best_trial.user_attrs["metrics"], "ease": ease_m, "customers_fit": int((~held).sum()),
+            "customers_holdout": int(held.sum()), "frame": frame, "labels": labels}
+
+# %% ../../nbs/recommendations/03_evaluate.ipynb #12898538
+def rolling(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, cutoffs, days: int, lam: float,
+            repeat_weight: float, ranker_params: dict, n_candidates: int = 30, segments_kw: dict | None = None,
+            half_life_days: float = 60.0, recent_days: int = 28, k: int = 10, seed: int = 42) -> pd.DataFrame:
+    "Metrics of EASE, the re-ranker and the baselines at each cut-off of `cutoffs` (see above): one row per cut-off and method."
+    out = []
+    for cutoff in pd.to_datetime(list(cutoffs)):
+        h = history(purchases, cutoff, customers, items, half_life_days, recent_days)
+        _, window = split_at(purchases, cutoff, days)
+        rows = buyers(h, window)
+        if len(rows) == 0:
+            continue
+        truth, b = window_truth(h, window, rows), ease_weights(h.bought, lam)
+        segs = rfm_segments(purchases, cutoff, seed=seed, **(segments_kw or {}))
+        scores = {"ease": ease_scores(h, rows, b, repeat_weight), "popularity": popularity_scores(h, rows),
+                  "buy_again": buy_again_scores(h, rows), "segment_popularity": segment_popularity_scores(h, rows, segs)}
+        start = cutoff - pd.Timedelta(days=days)        # the ranker learns from the window just before the cut-off
+        hf = history(purchases, start, customers, items, half_life_days, recent_days)
+        _, before = split_at(purchases, start, days)
+        fit_rows = buyers(hf, before)
+        if len(fit_rows):
+            frame = candidate_frame(hf, purchases, fit_rows, ease_weights(hf.bought, lam), repeat_weight, n_candidates,
+                                    rfm_segments(purchases, start, seed=seed, **(segments_kw or {})), days)
+            ranker = fit_ranker(frame, frame_labels(frame, window_truth(hf, before, fit_rows)[0]), ranker_params, seed)
+            test_frame = candidate_frame(h, purchases, rows, b, repeat_weight, n_candidates, segs, days)
+            scores["lambdarank"] = ranker_scores(ranker, test_frame, len(rows), h.popularity)
+        for name, s in scores.items():
+            m = window_metrics(h, truth, s, rows, k)
+            out.append({"cutoff": cutoff, "method": name, f"ndcg_at_{k}": m[f"ndcg_at_{k}"],
+                        f"recall_at_{k}": m[f"recall_at_{k}"], "customers": m["customers"]})
+    return pd.DataFrame(out)

@@ -12,8 +12,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 # %% auto #0
-__all__ = ['History', 'history', 'top_k', 'popularity_scores', 'buy_again_scores', 'segment_popularity_scores', 'ease_weights',
-           'ease_scores']
+__all__ = ['SEGMENT_LADDER', 'RANKER_FEATURES', 'History', 'history', 'top_k', 'popularity_scores', 'buy_again_scores',
+           'segment_popularity_scores', 'ease_weights', 'ease_scores', 'als_factors', 'als_scores', 'rfm_at',
+           'rfm_segments', 'candidate_frame']
 
 # %% ../../nbs/recommendations/02_models.ipynb #a783f3df
 class History(NamedTuple):
@@ -102,3 +103,120 @@ def ease_scores(h: History, rows: np.ndarray, b: np.ndarray, repeat_weight: floa
     own = h.weight[rows].toarray()
     own = own / np.maximum(own.max(axis=1, keepdims=True), 1e-12)
     return np.asarray(h.bought[rows] @ b) + repeat_weight * own + 1e-6 * popularity_scores(h, rows)
+
+# %% ../../nbs/recommendations/02_models.ipynb #da3f9333
+def als_factors(h: History, factors: int = 64, alpha: float = 10.0, regularization: float = 0.05, iterations: int = 10,
+                seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    "ALS's (customer factors, item factors) of the time-decayed matrix `h.weight`, confidence 1 + `alpha` x weight."
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+    if factors < 1 or alpha <= 0:
+        raise ValueError(f"ALS: factors must be at least 1 and alpha positive, got {factors}, {alpha}")
+    model = AlternatingLeastSquares(factors=int(factors), regularization=regularization, alpha=float(alpha),
+                                    iterations=iterations, random_state=seed, num_threads=1, calculate_training_loss=False)
+    with threadpool_limits(1):          # implicit asks for single-threaded BLAS
+        model.fit(h.weight.tocsr().astype(np.float32), show_progress=False)
+    return np.asarray(model.user_factors), np.asarray(model.item_factors)
+
+def als_scores(h: History, rows: np.ndarray, factors: tuple[np.ndarray, np.ndarray], repeat_weight: float = 0.0) -> np.ndarray:
+    "ALS's scores of the customers of `rows`, plus `repeat_weight` times their buy-again scores scaled to [0, 1], then popularity."
+    own = h.weight[rows].toarray()
+    own = own / np.maximum(own.max(axis=1, keepdims=True), 1e-12)
+    return factors[0][rows] @ factors[1].T + repeat_weight * own + 1e-6 * popularity_scores(h, rows)
+
+# %% ../../nbs/recommendations/02_models.ipynb #0eacebdc
+SEGMENT_LADDER = ("champions", "loyal", "potential", "needs attention", "at risk", "hibernating")
+
+def rfm_at(purchases: pd.DataFrame, cutoff) -> pd.DataFrame:
+    """Recency (days from the last purchase to `cutoff`), frequency (distinct `order`s, else purchase days) and monetary
+    value (`revenue`, else units) of each customer, from the purchases before `cutoff` only."""
+    cutoff = pd.Timestamp(cutoff)
+    p = purchases[purchases["date"] < cutoff]
+    order = p["order"] if "order" in p else p["date"]
+    money = p["revenue"] if "revenue" in p and p["revenue"].notna().all() else p["quantity"]
+    g = p.assign(_order=order, _money=money).groupby("customer_id")
+    return pd.DataFrame({"recency_days": (cutoff - g["date"].max()).dt.days, "frequency": g["_order"].nunique(),
+                         "monetary": g["_money"].sum()})
+
+def rfm_segments(purchases: pd.DataFrame, cutoff, k_min: int = 2, k_max: int = 6, nstart: int = 10,
+                 silhouette_sample: int = 2000, seed: int = 42) -> pd.Series:
+    "Each customer's RFM segment name (customer id -> name) from the purchases before `cutoff` (see above)."
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    from threadpoolctl import threadpool_limits
+    if not 2 <= k_min <= k_max <= len(SEGMENT_LADDER):
+        raise ValueError(f"segments: need 2 <= k_min <= k_max <= {len(SEGMENT_LADDER)}, got {k_min}, {k_max}")
+    rfm = rfm_at(purchases, cutoff)
+    if len(rfm) <= k_max:
+        raise ValueError(f"segments: {len(rfm)} customers bought before {pd.Timestamp(cutoff):%Y-%m-%d}, need more than k_max = {k_max}")
+    x = np.log1p(rfm.to_numpy(dtype=float).clip(min=0))
+    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    sample = np.random.default_rng(seed).choice(len(x), size=min(len(x), silhouette_sample), replace=False)
+    best, best_sil = None, -np.inf
+    for k in range(k_min, k_max + 1):
+        with threadpool_limits(1):      # a few thousand rows of 3 columns: threads only contend on a busy machine
+            fit = KMeans(n_clusters=k, n_init=nstart, random_state=seed).fit(x)
+        labels = fit.labels_[sample]
+        sil = silhouette_score(x[sample], labels) if len(np.unique(labels)) > 1 else -1.0
+        if sil > best_sil:
+            best, best_sil = fit, sil
+    c = best.cluster_centers_
+    rank = np.argsort(np.argsort(-(-c[:, 0] + c[:, 1] + c[:, 2]), kind="stable"), kind="stable")
+    names = np.array(SEGMENT_LADDER)[np.round(np.linspace(1, len(SEGMENT_LADDER), len(c))).astype(int) - 1]
+    return pd.Series(names[rank[best.labels_]], index=rfm.index, name="segment_name")
+
+# %% ../../nbs/recommendations/02_models.ipynb #3c980127
+RANKER_FEATURES = ("ease", "ease_rank", "own_weight", "own_days", "own_last_days", "own_cycle_days", "own_due",
+                   "item_recent", "item_trend", "item_buyers", "item_last_year", "item_age_days", "item_price",
+                   "price_ratio", "cust_items", "cust_orders", "cust_last_days", "segment")
+
+def candidate_frame(h: History, purchases: pd.DataFrame, rows: np.ndarray, b: np.ndarray, repeat_weight: float = 0.0,
+                    n_candidates: int = 30, segments: pd.Series | None = None, season_days: int = 28) -> pd.DataFrame:
+    """One row per candidate pair (`row`: index into `rows`, `item`: item index) of the customers of `rows`, ordered by
+    row, with the `RANKER_FEATURES` from the purchases before `h.cutoff` only (`segments`: customer id -> segment name,
+    computed before the cut-off; `season_days`: the days after the cut-off whose buyers a year earlier are counted)."""
+    cutoff, n_items = h.cutoff, len(h.items)
+    p = purchases[(purchases["date"] < cutoff) & purchases["customer_id"].isin(h.customers) & purchases["product_id"].isin(h.items)]
+    ci, ii = h.customers.get_indexer(p["customer_id"]), h.items.get_indexer(p["product_id"])
+    age = (cutoff - p["date"]).dt.days.to_numpy()
+    ease = np.asarray(h.bought[rows] @ b)
+    own = h.weight[rows].toarray()
+    cand = np.zeros((len(rows), n_items), dtype=bool)
+    for s in (ease_scores(h, rows, b, repeat_weight), buy_again_scores(h, rows), popularity_scores(h, rows)):
+        top = top_k(s, n_candidates, h.catalogue)
+        r = np.repeat(np.arange(len(rows)), top.shape[1])
+        cand[r[top.ravel() >= 0], top.ravel()[top.ravel() >= 0]] = True
+    r, c = np.nonzero(cand)
+    # the customer's own history of the product: purchase days, days since the last, mean days between purchases
+    pairs = pd.DataFrame({"key": ci.astype(np.int64) * n_items + ii, "age": age}).drop_duplicates()
+    g = pairs.groupby("key")["age"]
+    days, last, first = g.size(), g.min(), g.max()
+    key = rows[r].astype(np.int64) * n_items + c
+    own_days = days.reindex(key).to_numpy(dtype=float)
+    own_last = last.reindex(key).to_numpy(dtype=float)
+    cycle = ((first - last) / (days - 1).where(days > 1)).reindex(key).to_numpy(dtype=float)
+    # the products: buyers in the recent days, in the recent days before those, in the coming days a year ago; age, price
+    def buyers(lo, hi):
+        m = (age >= lo) & (age < hi)
+        return np.bincount(np.unique(ci[m].astype(np.int64) * n_items + ii[m]) % n_items, minlength=n_items).astype(float)
+    recent, before = np.floor(h.popularity), buyers(29, 57)
+    last_year = buyers(365 - season_days, 366)
+    item_age = pd.Series(age).groupby(ii).max().reindex(range(n_items)).to_numpy(dtype=float)
+    rev = p["revenue"].to_numpy(dtype=float) if "revenue" in p else np.full(len(p), np.nan)
+    unit = rev / np.maximum(p["quantity"].to_numpy(dtype=float), 1)
+    item_price = pd.Series(unit).groupby(ii).median().reindex(range(n_items)).to_numpy(dtype=float)
+    cust_price = pd.Series(unit).groupby(ci).median().reindex(rows).to_numpy(dtype=float)
+    cust_orders = (p["order"] if "order" in p else p["date"]).groupby(ci).nunique().reindex(rows).fillna(0).to_numpy(dtype=float)
+    cust_last = pd.Series(age).groupby(ci).min().reindex(rows).to_numpy(dtype=float)
+    seg_code = {n: i for i, n in enumerate(SEGMENT_LADDER)}
+    seg = (segments.reindex(h.customers[rows]).map(seg_code).fillna(-1).to_numpy(dtype=float) if segments is not None
+           else np.full(len(rows), -1.0))
+    ease_rank = np.argsort(np.argsort(-np.where(h.catalogue, ease, -np.inf), axis=1, kind="stable"), axis=1, kind="stable")
+    return pd.DataFrame({
+        "row": r, "item": c, "ease": ease[r, c], "ease_rank": ease_rank[r, c].astype(float), "own_weight": own[r, c],
+        "own_days": np.nan_to_num(own_days), "own_last_days": own_last, "own_cycle_days": cycle, "own_due": own_last / cycle,
+        "item_recent": recent[c], "item_trend": (recent[c] + 1) / (before[c] + 1),
+        "item_buyers": np.asarray(h.bought.sum(axis=0)).ravel()[c], "item_last_year": last_year[c],
+        "item_age_days": item_age[c], "item_price": item_price[c], "price_ratio": item_price[c] / cust_price[r],
+        "cust_items": np.asarray(h.bought[rows].sum(axis=1)).ravel()[r], "cust_orders": cust_orders[r],
+        "cust_last_days": cust_last[r], "segment": seg[r]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..demand.settings import GetDemandData
+from ..operations.settings import SegmentCustomers
 from ..settings import Settings, setting, shared
 
 # %% auto #0
@@ -36,19 +37,36 @@ class TrainRecommendations(Settings):
     ease_lambdas: str = setting("50 200 1000 5000", "recommendations.ease_lambdas", "EASE regularisation values tried on validation")
     repeat_weights: str = setting("0 0.25 0.5 1 2 4", "recommendations.repeat_weights", "weights of the buy-again term tried")
     n_replicates: int = setting(32, "recommendations.n_replicates", "replays of the generator for the oracle's probabilities")
+    als_factors: str = setting("32", "recommendations.als_factors", "ALS: numbers of factors tried on validation")
+    als_alphas: str = setting("1 10", "recommendations.als_alphas", "ALS: confidence weights (alpha) tried on validation")
+    ranker_candidates: int = setting(30, "recommendations.ranker_candidates", "re-ranker: each source's best products per customer")
+    ranker_trials: int = setting(4, "recommendations.ranker_trials", "re-ranker: Optuna trials on the validation window")
+    ranker_holdout: float = setting(0.3, "recommendations.ranker_holdout", "re-ranker: share of validation customers held out to score it")
+    # Marketing's RFM segments, computed again before each cut-off with the R task's settings (segment popularity, features)
+    segments_k_min: int = setting(SegmentCustomers.k_min, "segments.k_min")
+    segments_k_max: int = setting(SegmentCustomers.k_max, "segments.k_max")
+    segments_nstart: int = setting(SegmentCustomers.nstart, "segments.nstart")
+    segments_silhouette_sample: int = setting(SegmentCustomers.silhouette_sample, "segments.silhouette_sample")
 
     def check(self) -> None:
-        for name in ("test_days", "valid_days", "k", "recent_days", "n_replicates"):
+        for name in ("test_days", "valid_days", "k", "recent_days", "n_replicates", "ranker_candidates", "ranker_trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{self.key(name)}: must be at least 1, got {getattr(self, name)}")
         if self.half_life_days <= 0:
             raise ValueError(f"{self.key('half_life_days')}: must be positive, got {self.half_life_days}")
+        if not 0 < self.ranker_holdout < 1:
+            raise ValueError(f"{self.key('ranker_holdout')}: must be between 0 and 1, got {self.ranker_holdout}")
 
 @dataclass(frozen=True)
 class EvaluateRecommendations(Settings):
     "Settings of evaluate-recommendations (nbs/pipeline/recommendations/evaluate_recommendations.ipynb)."
     k: int = setting(TrainRecommendations.k, "recommendations.k")
     seed: int = shared("seed")
+    rolling_cutoffs: int = setting(2, "recommendations.rolling_cutoffs", "earlier cut-offs, test_days apart, scored as well (0: none)")
+
+    def check(self) -> None:
+        if self.rolling_cutoffs < 0:
+            raise ValueError(f"{self.key('rolling_cutoffs')}: must be at least 0, got {self.rolling_cutoffs}")
 
 @dataclass(frozen=True)
 class RegisterRecommendations(Settings):

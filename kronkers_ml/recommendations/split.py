@@ -14,14 +14,22 @@ __all__ = ['PURCHASE_COLUMNS', 'purchases', 'windows', 'split_at', 'ranking_metr
 # %% ../../nbs/recommendations/01_split.ipynb #929fc008
 PURCHASE_COLUMNS = ("customer_id", "product_id", "date")
 
-def purchases(lines: pd.DataFrame, source: str = "transaction lines") -> pd.DataFrame:
-    "The purchases of clean transaction lines: customer, product, day and units of every line with a customer id."
+def purchases(lines: pd.DataFrame, source: str = "transaction lines", values: bool = False) -> pd.DataFrame:
+    """The purchases of clean transaction lines: customer, product, day and units of every line with a customer id.
+    With `values`, also the `order` (the invoice id, else the day) and the `revenue` (units x unit price; NaN when the
+    lines have neither)."""
     missing = [c for c in (*PURCHASE_COLUMNS, "quantity") if c not in lines.columns]
     if missing:
         raise ValueError(f"{source}: missing column(s) {', '.join(missing)} (clean demand lines have them)")
-    out = lines.loc[lines["customer_id"].notna(), ["customer_id", "product_id", "date", "quantity"]].copy()
+    keep = lines["customer_id"].notna()
+    out = lines.loc[keep, ["customer_id", "product_id", "date", "quantity"]].copy()
     out["customer_id"], out["product_id"] = out["customer_id"].astype(str), out["product_id"].astype(str)
     out["date"] = pd.to_datetime(out["date"]).dt.normalize()
+    if values:
+        out["order"] = lines.loc[keep, "invoice_id"].astype(str) if "invoice_id" in lines else out["date"].dt.strftime("%Y-%m-%d")
+        out["revenue"] = (lines.loc[keep, "revenue"] if "revenue" in lines else
+                          lines.loc[keep, "quantity"] * lines.loc[keep, "unit_price"] if "unit_price" in lines else np.nan)
+        out["revenue"] = out["revenue"].astype(float)
     return out.sort_values("date", kind="stable").reset_index(drop=True)
 
 # %% ../../nbs/recommendations/01_split.ipynb #6ffe28e0

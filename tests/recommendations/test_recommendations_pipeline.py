@@ -13,12 +13,14 @@ from conftest import ROOT, error_outputs, image_outputs, product_at
 from kronkers_ml.demand.data import clean_transactions
 from kronkers_ml.demand.generator import purchase_probabilities, simulate_transactions
 from kronkers_ml.recommendations.evaluate import load_model
-from kronkers_ml.recommendations.models import ease_weights, history
+from kronkers_ml.recommendations.models import candidate_frame, ease_weights, history, rfm_segments
 from kronkers_ml.recommendations.split import purchases
 
 TASKS = ["train-recommendations", "evaluate-recommendations"]
 METHODS = ["popularity", "buy_again", "segment_popularity"]
-SETTINGS = yaml.safe_load((ROOT / "env.test.yaml").read_text())["recommendations"]
+ENV = yaml.safe_load((ROOT / "env.test.yaml").read_text())
+SETTINGS, SEGMENTS = ENV["recommendations"], ENV["segments"]
+CANDIDATES = ["ease", "als", "lambdarank"]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,17 @@ def test_tasks_leave_executed_notebooks_with_plots(built):
 def test_metrics_have_the_family_shape(metrics):
     k = SETTINGS["k"]
     assert metrics["family"] == "recommendations" and metrics["primary_metric"] == f"ndcg_at_{k}"
-    blocks = {"model": metrics["model"], "oracle": metrics["oracle"], **metrics["baselines"]}
+    candidates = {c: metrics["candidates"][c] for c in CANDIDATES}
+    blocks = {"model": metrics["model"], "oracle": metrics["oracle"], **metrics["baselines"], **candidates}
     assert set(metrics["baselines"]) == set(METHODS)
+    assert metrics["candidates"]["chosen_on_validation"] in CANDIDATES
+    assert metrics["candidates"]["ease"][f"ndcg_at_{k}"] == metrics["model"][f"ndcg_at_{k}"]
+    # the rolling cut-offs end with the test window's, where EASE refitted scores what the model scored
+    rolling = metrics["rolling"]
+    assert len(rolling["cutoffs"]) == SETTINGS["rolling_cutoffs"] + 1 and rolling["cutoffs"][-1] == metrics["data"]["test_from"]
+    last = {r["method"]: r for r in rolling["per_cutoff"] if r["cutoff"] == metrics["data"]["test_from"]}
+    assert last["ease"][f"ndcg_at_{k}"] == pytest.approx(metrics["model"][f"ndcg_at_{k}"], abs=1e-6)
+    assert set(rolling["methods"]) == {"ease", "lambdarank", *METHODS}
     for name, block in blocks.items():
         for key in (f"ndcg_at_{k}", f"recall_at_{k}", f"map_at_{k}", f"discovery_ndcg_at_{k}", "coverage"):
             assert 0 <= block[key] <= 1, (name, key, block[key])
@@ -77,6 +88,38 @@ def test_the_test_window_is_the_newest_days_and_nothing_of_it_reaches_the_model(
     h0 = history(before, test_from, customers, model["items"])
     assert (h1.bought != h0.bought).nnz == 0 and (h1.weight != h0.weight).nnz == 0
     assert np.array_equal(h1.popularity, h0.popularity)
+
+
+def scramble(after: pd.DataFrame) -> pd.DataFrame:
+    "The test window's purchases shuffled into other customers, products and amounts."
+    return after.assign(customer_id=after.customer_id.sample(frac=1, random_state=0).to_numpy(),
+                        product_id=after.product_id.sample(frac=1, random_state=1).to_numpy(),
+                        revenue=after.revenue.sample(frac=1, random_state=2).to_numpy() * 3)
+
+
+def test_segments_and_candidate_features_see_nothing_of_the_test_window(built, metrics):
+    """The segments of segment popularity (and of the re-ranker's features) are those of the purchases before the test
+    window: the saved ones are recomputed from them alone, and scrambling the window changes neither them nor a feature."""
+    test_from = pd.Timestamp(metrics["data"]["test_from"])
+    lines = purchases(pd.read_parquet(product_at(built, "demand.transactions")), values=True)
+    before, after = lines[lines.date < test_from], lines[lines.date >= test_from]
+    assert len(after) > 0
+    kw = dict(k_min=SEGMENTS["k_min"], k_max=SEGMENTS["k_max"], nstart=SEGMENTS["nstart"],
+              silhouette_sample=SEGMENTS["silhouette_sample"], seed=ENV["seed"])
+    saved = pd.read_parquet(product_at(built, "recommendations.segments")).set_index("customer_id")["segment_name"]
+    clean = rfm_segments(before, test_from, **kw)
+    leaky = rfm_segments(pd.concat([before, scramble(after)]), test_from, **kw)
+    pd.testing.assert_series_equal(saved, clean, check_names=False)
+    pd.testing.assert_series_equal(leaky, clean)
+    assert metrics["segments"]["cutoff"] == metrics["data"]["test_from"]
+    # the re-ranker's candidates and features
+    model = load_model(product_at(built, "recommendations.model"))
+    customers = pd.Index(sorted(lines.customer_id.unique()))
+    rows = np.unique(customers.get_indexer(after.customer_id))[:50]
+    h = history(before, test_from, customers, model["items"])
+    frames = [candidate_frame(h, log, rows, model["b"], model["repeat_weight"], 5, segs, SETTINGS["test_days"])
+              for log, segs in ((before, clean), (pd.concat([before, scramble(after)]), leaky))]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
 
 
 def test_oracle_covers_what_the_test_window_sold(built, bought, metrics):
