@@ -9,7 +9,7 @@ __all__ = ['TOLERANCES', 'BUILD_ENV_ARTIFACT', 'DATA_VERSION_TAG', 'REPORT_DIR',
            'installed_versions', 'rebuild_env', 'find_version', 'read_record', 'run_tasks', 'compare_run',
            'report_markdown', 'reproduce', 'add_arguments', 'run_command']
 
-# %% ../../nbs/platform/09_reproduce.ipynb #3c343602
+# %% ../../nbs/platform/09_reproduce.ipynb #5f7e3d89
 import fnmatch
 import json
 import math
@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-# %% ../../nbs/platform/09_reproduce.ipynb #5a18dfd4
+# %% ../../nbs/platform/09_reproduce.ipynb #86760637
 TOLERANCES: tuple[tuple[str, float | None, float | None, str], ...] = (
     ("*fit_s*", None, None, "seconds a fit took: measures the machine and its load, not the model"),
     ("*", 1e-6, 1e-9, "same commit, locked libraries, data and seed: LightGBM (deterministic, fixed threads), the seeded "
@@ -44,7 +44,7 @@ def tolerance(name: str) -> tuple[float | None, float | None, str]:
         if fnmatch.fnmatchcase(name, pattern): return rtol, atol, why
     return 0.0, 0.0, "exact"
 
-# %% ../../nbs/platform/09_reproduce.ipynb #9b2920e5
+# %% ../../nbs/platform/09_reproduce.ipynb #d7e22783
 def compare_numbers(registered: Mapping[str, float], reproduced: Mapping[str, float]) -> list[dict[str, Any]]:
     """One row per name of either mapping: both values, absolute and relative difference, the tolerance and whether
     it holds (`ok` None: not judged). A name on one side only fails."""
@@ -63,7 +63,7 @@ def compare_numbers(registered: Mapping[str, float], reproduced: Mapping[str, fl
         rows.append(row)
     return rows
 
-# %% ../../nbs/platform/09_reproduce.ipynb #afecfa6e
+# %% ../../nbs/platform/09_reproduce.ipynb #e63326fc
 def compare_frames(name: str, registered: pd.DataFrame, reproduced: pd.DataFrame) -> list[dict[str, Any]]:
     """Predictions logged by the registered run against the rebuilt ones, row for row: one row per column (`FILE:COLUMN`)
     with its largest difference (numbers) or the count of differing values (others); a different shape or column set fails."""
@@ -91,7 +91,7 @@ def compare_frames(name: str, registered: pd.DataFrame, reproduced: pd.DataFrame
                          "rtol": 0, "atol": 0, "ok": differ == 0, "note": "rows; rows with equal values"})
     return rows
 
-# %% ../../nbs/platform/09_reproduce.ipynb #478e5139
+# %% ../../nbs/platform/09_reproduce.ipynb #58cf4a6a
 def _relative(value: Any, here: str) -> Any:
     if isinstance(value, Mapping): return {k: _relative(v, here) for k, v in value.items()}
     if isinstance(value, list): return [_relative(v, here) for v in value]
@@ -106,7 +106,7 @@ def build_env(here: str, tasks: str, **sections) -> dict[str, Any]:
     if not names: raise ValueError("build_env: no task named (tasks='')")
     return {"format": 1, "tasks": names, "env": _relative(dict(sections), str(here))}
 
-# %% ../../nbs/platform/09_reproduce.ipynb #57cb68d7
+# %% ../../nbs/platform/09_reproduce.ipynb #2b3ae9b8
 def log_build_env(uri: str, run_id: str, record: Mapping[str, Any] | None) -> str | None:
     "Log `record` (from `build_env`) to the run as `inputs/build_env.json`; None (a notebook run by hand): nothing, and says so."
     if record is None:
@@ -116,7 +116,7 @@ def log_build_env(uri: str, run_id: str, record: Mapping[str, Any] | None) -> st
     mlflow.MlflowClient(uri, uri).log_dict(run_id, dict(record), BUILD_ENV_ARTIFACT)
     return BUILD_ENV_ARTIFACT
 
-# %% ../../nbs/platform/09_reproduce.ipynb #f250886e
+# %% ../../nbs/platform/09_reproduce.ipynb #7a975ed1
 OUTSIDE_DATA_KEYS = ("service_time.data_dir", "demand.transactions", "returns.data_dir")  # env keys naming outside data
 
 def _get(env: Mapping, key: str) -> Any:
@@ -142,7 +142,7 @@ def outside_data(record: Mapping[str, Any]) -> dict[str, str]:
     "Env keys of the recorded settings that name outside data (non-empty), with their values."
     return {k: str(v) for k in OUTSIDE_DATA_KEYS if (v := _get(record.get("env", {}), k)) not in (None, "")}
 
-# %% ../../nbs/platform/09_reproduce.ipynb #872bbd87
+# %% ../../nbs/platform/09_reproduce.ipynb #4d1fb9cd
 class ReproduceError(RuntimeError):
     "A version that cannot be reproduced here: unknown, no record, a commit or environment that is not available."
 
@@ -159,7 +159,7 @@ def parse_commit(tag: str | None) -> tuple[str, bool]:
         raise ReproduceError(f"the run records no git commit (git.commit = {tag!r}): its code cannot be checked out")
     return tag.removesuffix("-dirty"), tag.endswith("-dirty")
 
-# %% ../../nbs/platform/09_reproduce.ipynb #a77ef1d0
+# %% ../../nbs/platform/09_reproduce.ipynb #d54122b6
 def resolve_source(repo: str | Path, tag: str | None, allow_dirty: bool = False) -> dict[str, Any]:
     """Where the run's code comes from: `worktree` of its commit, or with `allow_dirty` and a `-dirty` commit, the
     `checkout` at `repo` when it is at that commit. Refuses a missing commit, and a dirty one without `allow_dirty`."""
@@ -178,7 +178,7 @@ def resolve_source(repo: str | Path, tag: str | None, allow_dirty: bool = False)
         raise ReproduceError(f"--allow-dirty uses this checkout, which is at {head[:12]}, not at the run's commit {full[:12]}")
     return {"source": "checkout", "commit": full, "dirty": True, "repo": top}
 
-# %% ../../nbs/platform/09_reproduce.ipynb #79a94bde
+# %% ../../nbs/platform/09_reproduce.ipynb #0fec7470
 def _canon(name: str) -> str: return re.sub(r"[-_.]+", "-", name).lower()
 
 def lock_mismatches(lock_text: str, installed: Mapping[str, str]) -> list[str]:
@@ -198,7 +198,7 @@ def lock_mismatches(lock_text: str, installed: Mapping[str, str]) -> list[str]:
             out.append(f"{name.strip()}=={version.strip()} (installed {got})")
     return out
 
-# %% ../../nbs/platform/09_reproduce.ipynb #56ca0688
+# %% ../../nbs/platform/09_reproduce.ipynb #d09c78e6
 def installed_versions(python: str | Path = sys.executable) -> dict[str, str]:
     "Name -> version of every distribution the interpreter `python` sees."
     code = "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}))"
@@ -206,7 +206,7 @@ def installed_versions(python: str | Path = sys.executable) -> dict[str, str]:
     if done.returncode != 0: raise ReproduceError(f"{python} cannot list its packages: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout)
 
-# %% ../../nbs/platform/09_reproduce.ipynb #414ded61
+# %% ../../nbs/platform/09_reproduce.ipynb #709ff523
 def rebuild_env(record: Mapping[str, Any], base: Mapping[str, Any], out: str | Path,
                 restored: Mapping[str, str] = {}) -> dict[str, Any]:
     "The env file's content for the rebuild: `base` (the commit's env.yaml), the recorded sections, `out`, the `restored` data paths."
@@ -224,7 +224,7 @@ def rebuild_env(record: Mapping[str, Any], base: Mapping[str, Any], out: str | P
         env.setdefault(section, {})[name] = str(path)
     return env
 
-# %% ../../nbs/platform/09_reproduce.ipynb #8014fdb6
+# %% ../../nbs/platform/09_reproduce.ipynb #7811842d
 def find_version(uri: str, families: Mapping[str, Any], family: str, version: str | int) -> dict[str, Any]:
     "The `Family` (by key or model name), the registered version and its run; ReproduceError naming what is unknown."
     import mlflow
@@ -242,7 +242,7 @@ def find_version(uri: str, families: Mapping[str, Any], family: str, version: st
     if not mv.run_id: raise ReproduceError(f"{fam.model_name} version {version} names no run: nothing records how it was made")
     return {"family": fam, "version": mv, "run": client.get_run(mv.run_id), "client": client}
 
-# %% ../../nbs/platform/09_reproduce.ipynb #782f8cf8
+# %% ../../nbs/platform/09_reproduce.ipynb #3a5a32da
 def read_record(client, run_id: str, to: str | Path) -> dict[str, Any]:
     "The run's `inputs/build_env.json`; ReproduceError when the run did not log it (trained before runs recorded it)."
     names = {a.path for a in client.list_artifacts(run_id, "inputs")}
@@ -251,7 +251,7 @@ def read_record(client, run_id: str, to: str | Path) -> dict[str, Any]:
                              "settings, so its env file cannot be rebuilt")
     return json.loads(Path(client.download_artifacts(run_id, BUILD_ENV_ARTIFACT, str(to))).read_text())
 
-# %% ../../nbs/platform/09_reproduce.ipynb #30fcb0a0
+# %% ../../nbs/platform/09_reproduce.ipynb #858c4d3b
 def _say(msg: str) -> None:
     print(f"kronkers reproduce: {msg}", file=sys.stderr, flush=True)
 
@@ -273,7 +273,7 @@ def run_tasks(src: Path, bindir: Path, env_name: str, tasks: Sequence[str], log:
             tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
             raise ReproduceError(f"the rebuild of task {task} failed (exit {done.returncode}; log: {log}):\n{tail}")
 
-# %% ../../nbs/platform/09_reproduce.ipynb #901ba778
+# %% ../../nbs/platform/09_reproduce.ipynb #41610a20
 def compare_run(client, run, out: Path, family_key: str, dl: Path) -> list[dict[str, Any]]:
     "Figures of the registered `run` against the rebuild's outputs `out`: its metrics, its `data.*` tags and its logged predictions."
     from kronkers_ml.core import read_json
@@ -300,7 +300,7 @@ def compare_run(client, run, out: Path, family_key: str, dl: Path) -> list[dict[
         rows += [{**r, "kind": "predictions"} for r in compare_frames(name, old, pd.read_parquet(mine))]
     return rows
 
-# %% ../../nbs/platform/09_reproduce.ipynb #ab10f067
+# %% ../../nbs/platform/09_reproduce.ipynb #3c859b15
 def report_markdown(report: Mapping[str, Any]) -> str:
     "A short Markdown page of a reproduce report: the verdict, where the rebuild came from, the figures that failed and the largest differences."
     rows = report["comparisons"]
@@ -323,7 +323,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"| {r['name']} | {fmt(r['registered'])} | {fmt(r['reproduced'])} | {fmt(r['rel_diff'])} |" for r in worst]
     return "\n".join(lines) + "\n"
 
-# %% ../../nbs/platform/09_reproduce.ipynb #36fa93cc
+# %% ../../nbs/platform/09_reproduce.ipynb #af09587a
 def reproduce(uri: str, families: Mapping[str, Any], family: str, version: str | int, repo: str | Path = ".",
               scratch: str | Path | None = None, venv: str | Path | None = None, allow_dirty: bool = False,
               keep: bool = False, log_report: bool = True) -> dict[str, Any]:
@@ -398,7 +398,7 @@ def reproduce(uri: str, families: Mapping[str, Any], family: str, version: str |
         shutil.rmtree(out, ignore_errors=True); shutil.rmtree(root / "registered", ignore_errors=True)
     return report
 
-# %% ../../nbs/platform/09_reproduce.ipynb #c5c99817
+# %% ../../nbs/platform/09_reproduce.ipynb #1e112c60
 REPRODUCE_HELP = """Re-create a registered model version from its record and compare its figures with the registered ones.
 
 The version's run names the commit (checked out as a git worktree in the scratch folder), the environment (the
@@ -428,6 +428,7 @@ def run_command(args, families: Mapping[str, Any]) -> int:
     "Run `kronkers reproduce`; prints the Markdown report; exit 0 reproduced, 1 not within tolerance, 2 not rebuilt."
     from kronkers_ml.cli import quiet_third_party, resolve_paths
     quiet_third_party()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # no download bars between the progress lines
     try:
         report = reproduce(resolve_paths(args)["tracking_uri"], families, args.family, args.version, repo=args.repo,
                            scratch=args.scratch, venv=args.venv, allow_dirty=args.allow_dirty, keep=args.keep,
