@@ -31,7 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     "The `kronkers` argument parser."
     top = argparse.ArgumentParser(prog="kronkers", description="Kronkers workbench: the model registry, API keys, the model service, backups and builds.")
-    sub = top.add_subparsers(dest="group", required=True, metavar="{models,keys,serve,reload,backup,restore,data,build}")
+    sub = top.add_subparsers(dest="group", required=True, metavar="{models,keys,serve,reload,backup,restore,data,build,reproduce}")
     models = sub.add_parser("models", help="inspect, promote and roll back registered model versions")
     msub = models.add_subparsers(dest="cmd", required=True, metavar="{list,show,promote,rollback,history,card,diff}")
     p = msub.add_parser("list", help="registered models with their latest and champion versions"); _common(p)
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_backup_commands(sub, _common)
     from kronkers_ml.platform.data import add_commands as add_data_commands       # data list|show|restore
     add_data_commands(sub, _common)
+    from kronkers_ml.platform.reproduce import add_arguments as add_reproduce_arguments  # reproduce (platform/09_reproduce)
+    add_reproduce_arguments(sub, _common)
     from kronkers_ml.platform.cluster import BUILD_HELP, add_build_arguments       # kronkers build (platform/05_cluster)
     add_build_arguments(sub.add_parser("build", help="build the pipeline, locally or on a Dask cluster (--scheduler)",
                                        description=BUILD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
@@ -224,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kronkers_ml.platform.backup import run_command; return run_command(args)
     if args.group == "data":                                          # kronkers_ml.platform.data
         from kronkers_ml.platform.data import run_command; quiet_third_party(); return run_command(args, resolve_paths(args))
+    if args.group == "reproduce":                                  # kronkers_ml.platform.reproduce
+        from kronkers_ml.families import FAMILIES; from kronkers_ml.platform.reproduce import run_command as run_reproduce
+        return run_reproduce(args, FAMILIES)
     if args.group in ("models", "serve"): quiet_third_party()
     paths = resolve_paths(args)
     try:
