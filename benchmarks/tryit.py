@@ -1,10 +1,12 @@
-"""Time from upload to result on the "try it" pages: 1 and 20 photos, a 500-stop CSV, a 90-day forecast.
+"""Time from upload to result on the "try it" pages: 1 and 20 photos, a 500-stop CSV, a route picked from the data, a 90-day forecast, a customer's products.
 
 Runs what a page runs when the reader presses its button, without the browser: the same library functions
 (`classify_photos` + the results table and CSV; `predict_stops` + `route_totals` + table and CSV;
-`forecast_from_service` + table, chart and CSV) against a real `kronkers serve` on 127.0.0.1, with a key of the
-role that may. The service serves the champions of a copy of the build's registry (the build's returns classifier is
-made champion in the copy when the gate rejected it, as the tiny build's usually is). Photos are held-out test
+`forecast_from_service` + table, chart and CSV; `predict_route` + totals, table and CSV for the newest day's longest
+route; `recommend_from_service` + the products' facts, table and CSV for the most active customer and for a new one)
+against a real `kronkers serve` on 127.0.0.1, with a key of the role that may. The service serves the champions of a
+copy of the build's registry (the build's returns classifier and recommender are made champion in the copy when the
+gate rejected them, as the tiny build's classifier usually is). Photos are held-out test
 photos of the build, either as they are (small PNGs) or enlarged to 4032 x 3024 JPEGs as a phone takes them (the
 page shrinks those before sending). The 500 stops are feature rows of the build, in 25-stop routes.
 
@@ -35,16 +37,17 @@ BIN = Path(sys.executable).parent
 
 
 def start_service(out: Path, home: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
-    "`kronkers serve` on a copy of the registry of `out`, keys of operations and procurement; (process, url, keys)."
+    "`kronkers serve` on a copy of the registry of `out`, keys of operations, procurement and marketing; (process, url, keys)."
     from kronkers_ml.platform.access import create_key, load_roles
     from kronkers_ml.platform.registry import champion_version, history, set_champion
     (home / "mlflow").mkdir(parents=True)
     shutil.copy2(out / "mlflow" / "mlflow.db", home / "mlflow" / "mlflow.db")
     uri = f"sqlite:///{home}/mlflow/mlflow.db"
-    if champion_version(uri, "returns") is None:
-        set_champion(uri, "returns", str(history(uri, "returns").iloc[0].version), "benchmark", "a served classifier to time")
+    for model in ("returns", "recommendations"):
+        if champion_version(uri, model) is None:
+            set_champion(uri, model, str(history(uri, model).iloc[0].version), "benchmark", "a served model to time")
     roles = load_roles(ROOT / "config" / "roles.yaml")
-    keys = {r: create_key(home / "service" / "keys.json", r, roles, f"benchmark {r}")[1] for r in ("operations", "procurement")}
+    keys = {r: create_key(home / "service" / "keys.json", r, roles, f"benchmark {r}")[1] for r in ("operations", "procurement", "marketing")}
     port = free_port()
     log = open(home / "service.log", "w")
     proc = subprocess.Popen([str(BIN / "kronkers"), "serve", "--port", str(port), "--out", str(home),
@@ -105,7 +108,10 @@ def main(argv=None) -> dict:
     import matplotlib.pyplot as plt
     from kronkers_ml.demand.family import demand_csv, demand_results_html, forecast_from_service, plot_forecast
     from kronkers_ml.returns.family import classify_photos, returns_csv, returns_results_html
-    from kronkers_ml.service_time.family import predict_stops, route_totals, service_time_csv, service_time_results_html
+    from kronkers_ml.recommendations.tryit import (example_customers, product_catalogue, recommend_from_service,
+                                                   recommendations_csv, recommendations_results_html, recommendations_table)
+    from kronkers_ml.service_time.family import (predict_route, predict_stops, route_totals, service_time_csv,
+                                                 service_time_results_html, stop_rows)
 
     home = Path(tempfile.mkdtemp(prefix="tryit-bench-"))
     proc, url, keys = start_service(out, home)
@@ -123,6 +129,22 @@ def main(argv=None) -> dict:
             service_time_results_html(pred, route_totals(pred)); service_time_csv(pred)
             assert len(pred) == a.stops
 
+        rows = stop_rows(out)                      # read once, when the page's form is drawn
+        day = rows["date"].max()
+        route = rows[rows["date"] == day]["route_id"].value_counts().sort_index().idxmax()
+        def route_page():
+            pred = predict_route(rows, day, route, keys["operations"], url)
+            service_time_results_html(pred, route_totals(pred)); service_time_csv(pred)
+
+        catalogue = product_catalogue(out)         # read once, when the page's form is drawn
+        customer = str(example_customers(out).customer_id.iloc[0])
+        def recommendations_page(customer_id, k=10):
+            def run():
+                table = recommendations_table(recommend_from_service(customer_id, k, keys["marketing"], url), catalogue)
+                recommendations_results_html(table); recommendations_csv(table)
+                assert len(table) == k
+            return run
+
         daily = pd.read_parquet(out / "demand" / "daily.parquet", columns=["date", "revenue"])
         def demand_page():
             fc = forecast_from_service(90, keys["procurement"], url)
@@ -136,7 +158,11 @@ def main(argv=None) -> dict:
                 cases[f"returns_{n}_{'phone_jpeg_4032x3024' if phone else 'heldout_png'}"] = {
                     "photos": n, "upload_bytes": sum(len(d) for _, d in files), **timed(returns_page(files), a.repeats)}
         cases[f"service_time_{a.stops}_stops"] = {"stops": a.stops, "upload_bytes": len(csv), **timed(service_time_page, a.repeats)}
+        cases["service_time_route_picked"] = {"stops": int(((rows["date"] == day) & (rows["route_id"] == route)).sum()),
+                                              **timed(route_page, a.repeats)}
         cases["demand_90_days"] = {"horizon": 90, **timed(demand_page, a.repeats)}
+        cases["recommendations_10_known_customer"] = {"k": 10, **timed(recommendations_page(customer), a.repeats)}
+        cases["recommendations_10_new_customer"] = {"k": 10, **timed(recommendations_page("K-NEW-0001"), a.repeats)}
     finally:
         proc.terminate()
         try: proc.wait(timeout=20)

@@ -6,7 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +89,51 @@ def running_service(args: list[str], log: Path, env: dict | None = None, timeout
         proc.terminate()
         try: proc.wait(timeout=20)
         except subprocess.TimeoutExpired: proc.kill()
+
+
+VOILA_LOGS: dict[str, Path] = {}                    # base url -> log of the Voila serving it, quoted when a page fails
+
+
+@contextmanager
+def voila(out: Path, timeout_s: float = 120, preheat: bool = True, pool_size: int = 1, service_url: str | None = None,
+          preheat_only: str | None = None):
+    """Voila serving reports/ as `make dashboards` runs it, on a free local port with `out` as the outputs folder;
+    yields (base url, token). With `preheat`, `pool_size` kernels per page have run the page before a visit (only the
+    pages whose name starts with `preheat_only`, when given: the others get a kernel per visit). `service_url`: the
+    model service the try-it pages ask."""
+    port, token = free_port(), "test-" + os.urandom(8).hex()
+    env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    if service_url: env["KRONKERS_SERVICE_URL"] = service_url
+    env.pop("MPLBACKEND", None)
+    log_path = Path(tempfile.mkdtemp(prefix="voila-")) / "voila.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(BIN / "voila"), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
+                             f"--token={token}", "--show_tracebacks=True",
+                             *(["--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else []),
+                             *([f"--VoilaKernelManager.preheat_denylist=^(?!{preheat_only})"] if preheat and preheat_only else []),
+                             "--Voila.tornado_settings={'websocket_max_message_size': 268435456}",   # as deploy/dashboards
+                             str(ROOT / "reports")],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    VOILA_LOGS[base] = log_path
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=2)
+                break
+            except urllib.error.HTTPError:   # answering: up
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"Voila did not start: {log_path.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield base, token
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=15)
+        except subprocess.TimeoutExpired: proc.kill()
+        log.close()
 
 
 def bomb_png(side: int = 12_000) -> bytes:

@@ -109,8 +109,11 @@ def files_note(files: Sequence[tuple[str, bytes]]) -> str:
     size = sum(len(d) for _, d in files)
     return f"{len(files):,} file{'s' if len(files) != 1 else ''} chosen ({size / 1e6:,.1f} MB): {names}"
 
-def tryit_form(controls: Sequence[Any], run: Callable[[str], Sequence[Any]], button: str = "Predict"):
-    "Key field, `controls`, a button; a click shows what `run(key)` returns, or the sentence of a `Refused` (or of any other error)."
+def tryit_form(controls: Sequence[Any], run: Callable[[str], Sequence[Any]], button: str = "Predict",
+               extra: Sequence[Any] = ()):
+    """Key field, `controls`, a button, then the widgets `extra`; a click shows what `run(key)` returns, or the sentence
+    of a `Refused` (or of any other error). `box.add_action(other_button, other_run)` gives another button of `extra`
+    the same key, output and sentences; it returns what that button does."""
     import ipywidgets as w
     from IPython.display import HTML
     key = w.Password(description="API key", placeholder="kk_...", style={"description_width": "initial"},
@@ -119,17 +122,29 @@ def tryit_form(controls: Sequence[Any], run: Callable[[str], Sequence[Any]], but
     key.observe(lambda change: setattr(seen, "value", key_note(change["new"])), "value")
     go = w.Button(description=button, button_style="primary", layout=w.Layout(width="auto"))
     out = w.Output()
+    buttons = [go]
 
-    def click(*_):
-        go.disabled = True
-        show_in(out, HTML(sentence_html("Asking the model service...", ok=True)))
-        try: show_in(out, *run(key.value))
-        except Refused as e: show_in(out, HTML(sentence_html(str(e))))
-        except Exception as e: show_in(out, HTML(sentence_html(f"The page could not finish this request ({type(e).__name__}: {e}).")))
-        finally: go.disabled = False
+    def action(do: Callable[[str], Sequence[Any]]):
+        def click(*_):
+            for b in buttons: b.disabled = True          # one question at a time
+            show_in(out, HTML(sentence_html("Asking the model service...", ok=True)))
+            try: show_in(out, *do(key.value))
+            except Refused as e: show_in(out, HTML(sentence_html(str(e))))
+            except Exception as e: show_in(out, HTML(sentence_html(f"The page could not finish this request ({type(e).__name__}: {e}).")))
+            finally:
+                for b in buttons: b.disabled = False
+        return click
 
+    def add_action(other, do: Callable[[str], Sequence[Any]]):
+        click = action(do)
+        buttons.append(other); other.on_click(click)
+        return click
+
+    click = action(run)
     go.on_click(click)
-    box = w.VBox([w.HBox([key, seen]), *controls, go, out])
+    box = w.VBox([w.HBox([key, seen]), *controls, go, *extra, out])
     box.key = key
     box.click = click            # what the button does, for a test without a browser
+    box.add_action = add_action
     return box
+

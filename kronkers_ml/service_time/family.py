@@ -6,8 +6,9 @@ __all__ = ['NULLABLE_FEATURES', 'ServiceTimeStop', 'SERVICE_WAYS', 'RULE_MINUTES
            'service_time_heldout', 'feature_matrix', 'predict_rows', 'stop_schema', 'predict_request_schema',
            'parse_stops_csv', 'service_time_routes', 'service_time_csv_limit', 'stops_per_route', 'service_time_value',
            'service_time_headline', 'load_predictions', 'service_mae', 'weekly_mae', 'plot_ways', 'service_explorer',
-           'stops_schema', 'example_stops', 'read_stops_upload', 'predict_stops', 'route_totals', 'service_time_csv',
-           'service_time_results_html', 'service_time_tryit']
+           'stops_schema', 'stop_rows', 'day_routes', 'route_stops', 'example_stops', 'read_stops_upload',
+           'predict_stops', 'route_totals', 'service_time_csv', 'service_time_results_html', 'predict_route',
+           'service_time_tryit']
 
 # %% ../../nbs/service_time/06_family.ipynb #200f76bd
 import csv
@@ -310,14 +311,36 @@ def stops_schema(features: Sequence[str] = FEATURES) -> pd.DataFrame:
                               "a number >= 0"})
     return pd.DataFrame(rows)
 
-def example_stops(out: str | Path) -> pd.DataFrame:
-    "One real route of the last day in the build's feature rows (`service_time.features`), as a stops CSV holds it: route_id, stop_id and the features."
+def stop_rows(out: str | Path) -> pd.DataFrame:
+    "The build's feature rows (`service_time.features`: date, features, measured `service_time_s`) with each stop's route_id."
     features = pd.read_parquet(require_output("service_time.features", out))
     routes = pd.read_parquet(require_output("service_time.raw.stops", out), columns=["stop_id", "route_id"])
-    rows = features.merge(routes, on="stop_id", how="inner", validate="one_to_one")
-    day = rows[rows["date"] == rows["date"].max()]
-    route = day[day["route_id"] == day["route_id"].value_counts().sort_index().idxmax()]     # its longest route
-    return route.sort_values("seq")[["route_id", "stop_id", *FEATURES]].reset_index(drop=True)
+    return features.merge(routes, on="stop_id", how="inner", validate="one_to_one")
+
+def day_routes(rows: pd.DataFrame) -> pd.DataFrame:
+    "Each (day, route) of `stop_rows`, newest day first, routes in id order: date, route_id, stops."
+    g = rows.groupby(["date", "route_id"]).size().rename("stops").reset_index()
+    return g.sort_values(["date", "route_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+def route_stops(rows: pd.DataFrame, day=None, route_id=None, measured: bool = False) -> pd.DataFrame:
+    """The stops of `route_id` on `day` in `stop_rows`, in stop order, as a stops CSV holds them: route_id, stop_id and
+    the features (with `measured`, also `measured_minutes`: the minutes at the door the data has, NaN where none).
+    No `day`: the last day; no `route_id`: the day's longest route (the lowest id among equals)."""
+    day = rows["date"].max() if day is None else pd.Timestamp(day)
+    on_day = rows[rows["date"] == day]
+    if not len(on_day): raise ValueError(f"no stops on {day:%Y-%m-%d} in the build's data")
+    if route_id is None: route_id = on_day["route_id"].value_counts().sort_index().idxmax()
+    route = on_day[on_day["route_id"].astype(str) == str(route_id)]
+    if not len(route): raise ValueError(f"no route {route_id} on {day:%Y-%m-%d} in the build's data")
+    route = route.sort_values("seq", kind="stable")
+    cols = ["route_id", "stop_id", *FEATURES]
+    if not measured: return route[cols].reset_index(drop=True)
+    minutes = route["service_time_s"].astype(float) / 60 if "service_time_s" in route else np.nan
+    return route[cols].assign(measured_minutes=minutes).reset_index(drop=True)
+
+def example_stops(out: str | Path) -> pd.DataFrame:
+    "One real route in the build's data as a stops CSV holds it (route_id, stop_id and the features): the last day's longest route."
+    return route_stops(stop_rows(out))
 
 # %% ../../nbs/service_time/06_family.ipynb #956814d4
 def read_stops_upload(name: str, data: bytes, features: Sequence[str] = FEATURES) -> pd.DataFrame:
@@ -350,40 +373,72 @@ def predict_stops(name: str, data: bytes, key: str, url: str | None = None) -> p
 
 # %% ../../nbs/service_time/06_family.ipynb #b4185796
 def route_totals(pred: pd.DataFrame, rule_minutes: float = RULE_MINUTES) -> pd.DataFrame:
-    "Per route of `predict_stops`' frame: stops, the model's total minutes, the 7-minute rule's, and model minus rule."
-    g = pred.groupby("route_id", sort=False)["minutes"].agg(stops="size", model_minutes="sum").reset_index()
-    return g.assign(rule_minutes=g.stops * rule_minutes, difference=lambda t: t.model_minutes - t.rule_minutes)
+    """Per route of `predict_stops`' frame: stops, the model's total minutes, the 7-minute rule's, and model minus rule;
+    where `pred` has `measured_minutes`, also their sum and the stops measured."""
+    by = pred.groupby("route_id", sort=False)
+    g = by["minutes"].agg(stops="size", model_minutes="sum").reset_index()
+    g = g.assign(rule_minutes=g.stops * rule_minutes, difference=lambda t: t.model_minutes - t.rule_minutes)
+    if "measured_minutes" not in pred: return g
+    m = by["measured_minutes"].agg(measured_minutes=lambda s: s.sum(min_count=1), measured_stops="count").reset_index(drop=True)
+    return pd.concat([g, m], axis=1)
 
 def service_time_csv(pred: pd.DataFrame) -> str:
-    "The stops of `predict_stops` as CSV: route_id, stop_id, predicted minutes."
-    return pred.assign(minutes=pred.minutes.round(2)).rename(columns={"minutes": "predicted_minutes"}).to_csv(index=False)
+    "The stops of `predict_stops` as CSV: route_id, stop_id, predicted minutes (and measured minutes where `pred` has them)."
+    return (pred.round({"minutes": 2, "measured_minutes": 2}).rename(columns={"minutes": "predicted_minutes"})
+            .to_csv(index=False))
+
+def _measured_note(t) -> str:
+    m = getattr(t, "measured_minutes", None)
+    if m is None: return ""
+    if pd.isna(m): return " No minutes were measured at its doors."
+    part = f" at the {fmt(t.measured_stops)} stops measured" if t.measured_stops < t.stops else ""
+    return f" The drivers took <b>{fmt(m)} minutes</b> (measured{part})."
 
 def service_time_results_html(pred: pd.DataFrame, totals: pd.DataFrame, rule_minutes: float = RULE_MINUTES,
                               max_stops: int = 60) -> str:
-    "A sentence per route (its total against the 7-minute rule), the totals table and the first `max_stops` stops."
+    "A sentence per route (its total against the 7-minute rule, and what was measured), the totals table and the first `max_stops` stops."
     import html as _html
     lines = "".join(
         f"<li>Route <b>{_html.escape(str(t.route_id))}</b>: {fmt(t.stops)} stops, <b>{fmt(t.model_minutes)} minutes</b> at the "
         f"doors by the model against {fmt(t.rule_minutes)} by the {fmt(rule_minutes)}-minute rule: "
-        f"{fmt(abs(t.difference))} minutes {'more' if t.difference >= 0 else 'less'} than planned.</li>"
+        f"{fmt(abs(t.difference))} minutes {'more' if t.difference >= 0 else 'less'} than planned.{_measured_note(t)}</li>"
         for t in totals.head(20).itertuples())
     more = f"<p>... and {fmt(len(totals) - 20)} more routes (all in the CSV).</p>" if len(totals) > 20 else ""
     version = f" (model version {_html.escape(str(pred.attrs['version']))})" if pred.attrs.get("version") else ""
     table = (totals.rename(columns={"route_id": "route", "model_minutes": "model (min)", "rule_minutes": f"{fmt(rule_minutes)}-minute rule (min)",
-                                    "difference": "model - rule (min)"})
-             .style.hide(axis="index").format(precision=1, thousands=",").to_html())
-    stops = (pred.head(max_stops).rename(columns={"route_id": "route", "stop_id": "stop", "minutes": "predicted minutes"})
-             .style.hide(axis="index").format(precision=1).to_html())
+                                    "difference": "model - rule (min)", "measured_minutes": "measured (min)",
+                                    "measured_stops": "stops measured"})
+             .style.hide(axis="index").format(precision=1, thousands=",", na_rep="").to_html())
+    stops = (pred.head(max_stops).rename(columns={"route_id": "route", "stop_id": "stop", "minutes": "predicted minutes",
+                                                  "measured_minutes": "measured minutes"})
+             .style.hide(axis="index").format(precision=1, na_rep="").to_html())
     rest = f"<p>The first {fmt(max_stops)} of {fmt(len(pred))} stops; the CSV has every one.</p>" if len(pred) > max_stops else ""
     return f"<p><b>{fmt(len(pred))} stops</b> predicted{version}.</p><ul>{lines}</ul>{more}{table}<h4>Each stop</h4>{stops}{rest}"
 
+# %% ../../nbs/service_time/06_family.ipynb #5e1c7a20
+def predict_route(rows: pd.DataFrame, day, route_id, key: str, url: str | None = None) -> pd.DataFrame:
+    "`predict_stops` for route `route_id` of `day` in `stop_rows` (sent as its stops CSV), with the minutes measured at each door (`measured_minutes`)."
+    stops = route_stops(rows, day, route_id, measured=True)
+    data = stops.drop(columns="measured_minutes").to_csv(index=False).encode()
+    pred = predict_stops(f"route {route_id} of {pd.Timestamp(day):%Y-%m-%d}", data, key, url)
+    version = pred.attrs.get("version")
+    pred = pred.assign(measured_minutes=stops["measured_minutes"].to_numpy(float))
+    pred.attrs["version"] = version
+    return pred
+
 # %% ../../nbs/service_time/06_family.ipynb #82b2e50e
+def _day_label(day: pd.Timestamp, routes: int) -> str:
+    return f"{day:%a %d %b %Y} ({routes} route{'s' if routes != 1 else ''})"
+
 def service_time_tryit(out: str | Path, url: str | None = None):
-    "The service-time try-it form: a stops CSV (example to download from the build in `out`) and the reader's key -> minutes per stop and per route."
+    """The service-time try-it form: a stops CSV (example to download from the build in `out`), or a day and route of
+    the build's data, and the reader's key -> minutes per stop and per route (and measured, for a route of the data)."""
     import ipywidgets as w
     from IPython.display import HTML
-    try: example = download_link(example_stops(out).to_csv(index=False), "example_stops.csv", "Download an example file (one real route)")
-    except FileNotFoundError as e: example = f"(No example file: {e})"
+    try: rows = stop_rows(out)
+    except FileNotFoundError as e: rows, missing = None, str(e)
+    example = (download_link(route_stops(rows).to_csv(index=False), "example_stops.csv", "Download an example file (one real route)")
+               if rows is not None and len(rows) else f"(No example file: {missing if rows is None else 'no stops in the data'})")
     upload = w.FileUpload(accept=".csv,text/csv", multiple=False, description="Choose a CSV", layout=w.Layout(width="auto"))
 
     def run(key: str):
@@ -395,8 +450,33 @@ def service_time_tryit(out: str | Path, url: str | None = None):
 
     chosen = w.HTML()
     upload.observe(lambda change: setattr(chosen, "value", files_note(uploaded_files(change["new"]))), "value")
-    box = tryit_form([w.HTML(example), w.HBox([upload, chosen])], run, "Predict the minutes")
-    box.upload = upload
+    table = day_routes(rows) if rows is not None else pd.DataFrame(columns=["date", "route_id", "stops"])
+    days = table.groupby("date", sort=False).size()
+    day = w.Dropdown(description="Day", options=[(_day_label(d, n), f"{d:%Y-%m-%d}") for d, n in days.items()],
+                     layout=w.Layout(width="auto"))
+    route = w.Dropdown(description="Route", layout=w.Layout(width="auto"))
+    def routes_of(d):
+        t = table[table["date"] == pd.Timestamp(d)] if d else table.iloc[:0]
+        return [(f"{r.route_id} ({r.stops} stops)", str(r.route_id)) for r in t.itertuples()]
+    def show_routes(d):
+        route.options = routes_of(d)
+        route.value = route.options[0][1] if route.options else None    # the day's first route, chosen
+    show_routes(day.value)
+    day.observe(lambda change: show_routes(change["new"]), "value")
+    pick = w.Button(description="Predict this route", button_style="primary", layout=w.Layout(width="auto"))
+
+    def run_route(key: str):
+        if not (day.value and route.value): raise Refused("No day and route to pick: the build has no stops (make build).")
+        pred = predict_route(rows, day.value, route.value, key, url)
+        return [HTML(service_time_results_html(pred, route_totals(pred))),
+                HTML(download_link(service_time_csv(pred), f"service_time_route_{route.value}_{day.value}.csv",
+                                   "Download the route's minutes, predicted and measured (CSV)"))]
+
+    box = tryit_form([w.HTML(example), w.HBox([upload, chosen])], run, "Predict the minutes",
+                     extra=[w.HTML("<b>Or pick a day and one of its routes from the data</b> (the minutes measured at "
+                                   "its doors are shown beside the model's):"), w.HBox([day, route, pick])])
+    box.upload, box.day, box.route = upload, day, route
+    box.click_route = box.add_action(pick, run_route)
     return box
 
 # %% ../../nbs/service_time/06_family.ipynb #6f02ddb0

@@ -4,66 +4,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import free_port
+from conftest import VOILA_LOGS, voila  # noqa: F401  (voila: also the benchmarks' and the try-it tests')
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PAGES = ["overview", "service_time", "demand", "monitoring", "returns", "recommendations"]
 SHOTS = ROOT / "outputs-test" / "screenshots"        # kept after the run, to look at
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WIDTH, HEIGHT = 1366, 900                           # a laptop screen
-VOILA_LOGS: dict[str, Path] = {}                    # base url -> log of the Voila serving it, quoted when a page fails
-
-
-@contextmanager
-def voila(out: Path, timeout_s: float = 120, preheat: bool = True, pool_size: int = 1):
-    """Voila serving reports/ on a free local port with `out` as the outputs folder; yields (base url, token).
-    With `preheat` (as `make dashboards` runs it), `pool_size` kernels per page have run the page before a visit."""
-    port, token = free_port(), "test-" + os.urandom(8).hex()
-    env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    env.pop("MPLBACKEND", None)
-    log_path = Path(tempfile.mkdtemp(prefix="voila-")) / "voila.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([str(BIN / "voila"), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-                             f"--token={token}", "--show_tracebacks=True",
-                             *([f"--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else []),
-                             str(ROOT / "reports")],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    VOILA_LOGS[base] = log_path
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=2)
-                break
-            except urllib.error.HTTPError:   # answering: up
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"Voila did not start: {log_path.read_text()[-3000:]}")
-                time.sleep(0.3)
-        yield base, token
-    finally:
-        proc.terminate()
-        try: proc.wait(timeout=15)
-        except subprocess.TimeoutExpired: proc.kill()
-        log.close()
 
 
 def chrome(profile: Path):

@@ -10,40 +10,35 @@ import base64
 import io
 import os
 import shutil
-import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, free_port, running_service
-from test_dashboards import VOILA_LOGS, chrome, page_problems, render, screenshot, wait_for_text
+from conftest import ROOT, running_service, voila
+from test_dashboards import chrome, page_problems, render, screenshot, wait_for_text
 from kronkers_ml.pages.dashboards import fmt
 from kronkers_ml.platform.access import create_key, load_roles, read_audit
 from kronkers_ml.platform.registry import champion_version, history, set_champion
 from kronkers_ml.returns.family import returns_heldout
 
 ROLES = ROOT / "config" / "roles.yaml"
-TRY_PAGES = ["try_returns", "try_service_time", "try_demand"]
+TRY_PAGES = ["try_returns", "try_service_time", "try_demand", "try_recommendations"]
 
 
 @pytest.fixture(scope="module")
 def service(built, tmp_path_factory):
     """`kronkers serve` on a copy of the build's registry, with keys for operations, procurement and marketing. The
-    tiny build's 3-epoch classifier is promoted only when it beats the baselines; when it did not, its version is
-    made champion here (in the copy) so that the returns page has a model to ask."""
+    tiny build's 3-epoch classifier (and its recommender) is promoted only when it beats the baselines; when it did
+    not, its version is made champion here (in the copy) so that the page has a model to ask."""
     home = tmp_path_factory.mktemp("tryit-service")
     (home / "mlflow").mkdir()
     shutil.copy2(built / "mlflow" / "mlflow.db", home / "mlflow" / "mlflow.db")
     uri = f"sqlite:///{home}/mlflow/mlflow.db"
-    if champion_version(uri, "returns") is None:
-        set_champion(uri, "returns", str(history(uri, "returns").iloc[0].version), "test", "the try-it page needs a served classifier")
+    for model in ("returns", "recommendations"):
+        if champion_version(uri, model) is None:
+            set_champion(uri, model, str(history(uri, model).iloc[0].version), "test", "the try-it page needs a served model")
     roles = load_roles(ROLES)
     keys = {r: create_key(home / "service" / "keys.json", r, roles, f"test {r}")[1] for r in ("operations", "procurement", "marketing")}
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -52,42 +47,9 @@ def service(built, tmp_path_factory):
         yield {"client": client, "keys": keys, "audit": home / "service" / "audit.jsonl", "url": str(client.base_url).rstrip("/")}
 
 
-@contextmanager
-def voila_tryit(out: Path, service_url: str, timeout_s: float = 120):
-    "Voila on reports/ as `make dashboards` runs it, the try-it pages preheated (one kernel each), the pages asking `service_url`."
-    port, token = free_port(), "test-" + os.urandom(8).hex()
-    env = {**os.environ, "KRONKERS_OUTPUTS": str(out), "KRONKERS_SERVICE_URL": service_url, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    env.pop("MPLBACKEND", None)
-    log_path = Path(tempfile.mkdtemp(prefix="voila-")) / "voila.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([str(BIN / "voila"), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}", f"--token={token}",
-                             "--show_tracebacks=True", "--preheat_kernel=True", "--pool_size=1",
-                             "--Voila.tornado_settings={'websocket_max_message_size': 268435456}",   # as deploy/dashboards
-                             "--VoilaKernelManager.preheat_denylist=^(?!try_)",      # the other pages: a kernel per visit
-                             str(ROOT / "reports")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    VOILA_LOGS[base] = log_path
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=2); break
-            except urllib.error.HTTPError: break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"Voila did not start: {log_path.read_text()[-3000:]}")
-                time.sleep(0.3)
-        yield base, token
-    finally:
-        proc.terminate()
-        try: proc.wait(timeout=15)
-        except subprocess.TimeoutExpired: proc.kill()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def browser(built, service, tmp_path_factory):
-    with voila_tryit(built, service["url"]) as (base, token):
+    with voila(built, service_url=service["url"], preheat_only="try_") as (base, token):   # the other pages: a kernel per visit
         driver = chrome(tmp_path_factory.mktemp("chromium-profile"))
         try:
             yield {"base": base, "token": token, "driver": driver, "files": tmp_path_factory.mktemp("uploads")}
@@ -159,7 +121,17 @@ def csv_download(driver, filename: str) -> pd.DataFrame:
     link = driver.find_element("css selector", f'a[download="{filename}"]')
     head, payload = link.get_attribute("href").split(",", 1)
     assert head == "data:text/csv;base64", head
-    return pd.read_csv(io.BytesIO(base64.b64decode(payload)), dtype={"stop_id": str, "route_id": str})
+    return pd.read_csv(io.BytesIO(base64.b64decode(payload)),
+                       dtype={"stop_id": str, "route_id": str, "product_id": str, "customer_id": str})
+
+
+def choose(driver, select, starts: str) -> str:
+    "Choose the option of the `<select>` element `select` whose text starts with `starts`; its text."
+    from selenium.webdriver.support.ui import Select
+    option = next((o for o in Select(select).options if o.text.startswith(starts)), None)
+    assert option is not None, (starts, [o.text for o in Select(select).options][:20])
+    Select(select).select_by_visible_text(option.text)
+    return option.text
 
 
 def audit_lines(service, endpoint: str) -> list[tuple[str, int]]:
@@ -210,7 +182,7 @@ def direct_threshold(c, keys) -> float:
     return float(c.get("/v1/models/returns", headers={"X-API-Key": keys["operations"]}).json()["serves"]["review_threshold"] or 0.9)
 
 
-def test_service_time_page_predicts_an_uploaded_route(browser, service):
+def test_service_time_page_predicts_an_uploaded_route_and_a_route_of_the_data(browser, built, service):
     driver, files, keys, c = browser["driver"], browser["files"], service["keys"], service["client"]
     driver = open_page(browser, "try_service_time")
     example = csv_download(driver, "example_stops.csv")                # the page's own example: one real route
@@ -230,6 +202,42 @@ def test_service_time_page_predicts_an_uploaded_route(browser, service):
     act(driver, None, [wrong], "Predict the minutes", "wrong_columns.csv: 33 column(s) missing: hour, weekday")
     bad = files / "bad_zone.csv"; example.assign(zone=["moon" if i == 1 else z for i, z in enumerate(example.zone)]).to_csv(bad, index=False)
     act(driver, None, [bad], "Predict the minutes", "bad_zone.csv: column 'zone', row 2: 'moon' is not one of")
+    pick_a_day_and_route(driver, built, service)
+
+
+def pick_a_day_and_route(driver, built, service):
+    """On the service-time page: a day that is not the newest, its last route; the total is the service's own answer for
+    that route's stops, and the minutes measured at its doors are the data's."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from kronkers_ml.service_time.family import day_routes, route_stops, stop_rows
+    keys, c = service["keys"], service["client"]
+    rows = stop_rows(built)
+    table = day_routes(rows)
+    days = list(dict.fromkeys(table.date))                              # newest first, as the page lists them
+    day = days[min(1, len(days) - 1)]
+    route = str(table[table.date == day].route_id.iloc[-1])
+    day_select, route_select = driver.find_elements(By.CSS_SELECTOR, ".widget-dropdown select")[:2]
+    assert day_select.find_elements(By.TAG_NAME, "option")[0].text.startswith(f"{days[0]:%a %d %b %Y}")
+    choose(driver, day_select, f"{day:%a %d %b %Y}")
+    WebDriverWait(driver, 30).until(lambda d: any(o.text.startswith(f"{route} (") for o in route_select.find_elements(By.TAG_NAME, "option")))
+    choose(driver, route_select, f"{route} (")
+    stops = route_stops(rows, day, route, measured=True)
+    direct = pd.read_csv(io.StringIO(c.post("/v1/models/service-time/predict.csv",
+                                            content=stops.drop(columns="measured_minutes").to_csv(index=False).encode(),
+                                            headers={"X-API-Key": keys["operations"], "Content-Type": "text/csv"}).text))
+    total, n = direct.service_time_s.sum() / 60, len(direct)
+    text = act(driver, None, None, "Predict this route",
+               f"Route {route}: {n:,} stops, {fmt(total)} minutes at the doors by the model against {fmt(7 * n)} by the 7-minute rule")
+    measured = stops.measured_minutes
+    assert measured.notna().any()                                     # the build's feature rows are measured visits
+    part = f" at the {measured.notna().sum()} stops measured" if measured.isna().any() else ""
+    assert f"The drivers took {fmt(measured.sum())} minutes (measured{part})" in text, text[-2500:]
+    got = csv_download(driver, f"service_time_route_{route}_{day:%Y-%m-%d}.csv")
+    assert got.stop_id.tolist() == stops.stop_id.astype(str).tolist()
+    np.testing.assert_allclose(got.predicted_minutes, (direct.service_time_s / 60).round(2), atol=0.006)
+    np.testing.assert_allclose(got.measured_minutes, measured.round(2), atol=0.006)
+    assert audit_lines(service, "POST /v1/models/service-time/predict.csv")[-1] == ("operations", 200)
 
 
 def test_demand_page_forecasts_the_chosen_horizon(browser, service):
@@ -249,3 +257,40 @@ def test_demand_page_forecasts_the_chosen_horizon(browser, service):
     assert driver.find_elements(By.CSS_SELECTOR, ".widget-output img, .jupyter-widgets-output-area img")   # the chart
     screenshot(driver, "try_demand")
     assert audit_lines(service, "GET /v1/models/demand/forecast")[:2] == [("operations", 403), ("procurement", 200)]
+
+
+def test_recommendations_page_recommends_products_for_a_customer(browser, built, service):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver, keys, c = browser["driver"], service["keys"], service["client"]
+    driver = open_page(browser, "try_recommendations")
+    lines = pd.read_parquet(built / "demand" / "transactions.parquet", columns=["customer_id", "product_id", "unit_price"])
+    often = lines.customer_id.value_counts()
+    customer = str(often.index[often == often.max()].min())            # the first example: who bought most often
+    picked = choose(driver, driver.find_element(By.CSS_SELECTOR, ".widget-dropdown select"), customer)
+    assert picked.startswith(f"{customer}: bought {often.max():,} times"), picked
+    field = driver.find_element(By.CSS_SELECTOR, "input[type=text]")
+    WebDriverWait(driver, 30).until(lambda d: field.get_attribute("value") == customer)     # the example fills the id in
+    k = driver.find_element(By.CSS_SELECTOR, "input[type=number]")
+    k.send_keys(Keys.BACKSPACE * 3, "5", Keys.TAB)
+    act(driver, keys["operations"], None, "Recommend products", "role 'operations' may not use the recommendations model")
+    text = act(driver, keys["marketing"], None, "Recommend products", f"Customer {customer}: 5 products chosen from their own purchase history")
+    direct = c.get(f"/v1/models/recommendations/{customer}", params={"k": 5}, headers={"X-API-Key": keys["marketing"]}).json()
+    assert direct["source"] == "model" and f"the model's data ends on {direct['cutoff']}" in text
+    got = csv_download(driver, f"recommendations_{customer}.csv")
+    assert got.product_id.tolist() == [i["product_id"] for i in direct["items"]] and got["rank"].tolist() == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(got.score, [i["score"] for i in direct["items"]], atol=1e-6)
+    price = lines.groupby("product_id").unit_price.median()              # what the build knows of each product
+    np.testing.assert_allclose(got.price, price[got.product_id].round(2), atol=0.006)
+    assert (got.customer_id == customer).all() and (got.source == "model").all()
+    assert len(driver.find_elements(By.CSS_SELECTOR, "table.kronkers-tryit tbody tr")) == 5
+    screenshot(driver, "try_recommendations")
+    new = "K-NEW-0001"                                                    # a customer the model has no purchases of
+    assert new not in set(lines.customer_id.dropna())
+    field.clear(); field.send_keys(new, Keys.TAB)
+    text = act(driver, None, None, "Recommend products", f"Customer {new} bought nothing the model knows of")
+    popular = c.get(f"/v1/models/recommendations/{new}", params={"k": 5}, headers={"X-API-Key": keys["marketing"]}).json()
+    assert popular["source"] == "popular" and "most popular of the recent weeks" in text
+    assert csv_download(driver, f"recommendations_{new}.csv").product_id.tolist() == [i["product_id"] for i in popular["items"]]
+    assert audit_lines(service, "GET /v1/models/recommendations/{customer_id}")[:3] == [("operations", 403), ("marketing", 200), ("marketing", 200)]
