@@ -18,9 +18,9 @@ from .models import (RANKER_FEATURES, History, als_factors, als_scores, buy_agai
 from .split import relevance, split_at, summarise
 
 # %% auto #0
-__all__ = ['lists', 'window_truth', 'window_metrics', 'buyers', 'float_list', 'tune_ease', 'tune_als', 'save_model', 'load_model',
-           'save_candidates', 'load_candidates', 'oracle_scores', 'frame_labels', 'fit_ranker', 'ranker_scores',
-           'tune_ranker', 'rolling']
+__all__ = ['lists', 'window_truth', 'window_metrics', 'buyers', 'float_list', 'validation_window', 'tune_ease', 'tune_als',
+           'save_model', 'load_model', 'save_candidates', 'load_candidates', 'oracle_scores', 'frame_labels',
+           'fit_ranker', 'ranker_scores', 'tune_ranker', 'rolling']
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #f1b5dd2e
 def lists(h: History, rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,16 +54,22 @@ def float_list(value, key: str) -> list[float]:
     return out
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #3d5c8522
-def tune_ease(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, valid_start, valid_days: int, lambdas,
-              repeat_weights, k: int = 10, half_life_days: float = 60.0, recent_days: int = 28) -> pd.DataFrame:
-    """EASE fitted before `valid_start` and scored on the `valid_days` after it, for each lambda and repeat weight:
-    one row each with its metrics, best NDCG@k first."""
+def validation_window(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, valid_start, valid_days: int,
+                      half_life_days: float = 60.0, recent_days: int = 28) -> tuple:
+    """What a candidate is tuned on: the history before `valid_start`, the rows of the customers who bought in the
+    `valid_days` after it, and what they bought (h, rows, truth); ValueError when nobody bought."""
     h = history(purchases, valid_start, customers, items, half_life_days, recent_days)
     _, valid = split_at(purchases, valid_start, valid_days)
     rows = buyers(h, valid)
     if len(rows) == 0:
         raise ValueError(f"nobody bought in the validation window from {pd.Timestamp(valid_start):%Y-%m-%d}")
-    truth, out = window_truth(h, valid, rows), []
+    return h, rows, window_truth(h, valid, rows)
+
+def tune_ease(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, valid_start, valid_days: int, lambdas,
+              repeat_weights, k: int = 10, half_life_days: float = 60.0, recent_days: int = 28) -> pd.DataFrame:
+    """EASE fitted before `valid_start` and scored on the `valid_days` after it, for each lambda and repeat weight:
+    one row each with its metrics, best NDCG@k first."""
+    (h, rows, truth), out = validation_window(purchases, customers, items, valid_start, valid_days, half_life_days, recent_days), []
     for lam in lambdas:
         b = ease_weights(h.bought, float(lam))
         for w in repeat_weights:
@@ -77,12 +83,7 @@ def tune_als(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, vali
              seed: int = 42) -> pd.DataFrame:
     """ALS fitted before `valid_start` and scored on the `valid_days` after it, for each number of factors, alpha and
     repeat weight: one row each with its metrics, best NDCG@k first."""
-    h = history(purchases, valid_start, customers, items, half_life_days, recent_days)
-    _, valid = split_at(purchases, valid_start, valid_days)
-    rows = buyers(h, valid)
-    if len(rows) == 0:
-        raise ValueError(f"nobody bought in the validation window from {pd.Timestamp(valid_start):%Y-%m-%d}")
-    truth, out = window_truth(h, valid, rows), []
+    (h, rows, truth), out = validation_window(purchases, customers, items, valid_start, valid_days, half_life_days, recent_days), []
     for f in factors:
         for a in alphas:
             fac = als_factors(h, int(f), float(a), seed=seed)
