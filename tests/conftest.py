@@ -62,6 +62,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120, what: str = "the server",
+            ready=lambda r: r.status_code == 200) -> None:
+    """Wait until `url` answers (`ready` of the response: 200 by default); AssertionError with the end of `log` when
+    the process `proc` exits first or `timeout_s` passes."""
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited: {Path(log).read_text()[-3000:]}")
+        try:
+            if ready(httpx.get(url, timeout=2)): return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} was not up in {timeout_s:.0f} s: {Path(log).read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running_service(args: list[str], log: Path, env: dict | None = None, timeout_s: float = 60):
     "`kronkers serve ARGS` on a free port, logging to the file `log`; yields an httpx client once /ready is 200."
@@ -72,17 +90,7 @@ def running_service(args: list[str], log: Path, env: dict | None = None, timeout
                                 stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"service exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200: break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"service did not become ready in {timeout_s:.0f} s: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        wait_up(f"{base}/ready", proc, log, timeout_s, "the service")
         with httpx.Client(base_url=base, timeout=30) as client:
             yield client
     finally:

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, free_port, product_at, running_service
+from conftest import ROOT, free_port, product_at, running_service, wait_up
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -140,17 +140,7 @@ def _process(cmd: list[str], ready_url: str, log: Path, timeout_s: float = 60):
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"{cmd[0]} exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(ready_url, timeout=1).status_code == 200: break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{cmd[0]} was not ready in {timeout_s:.0f} s: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        wait_up(ready_url, proc, log, timeout_s, cmd[0])
         yield proc
     finally:
         proc.terminate()

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
-import httpx
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, free_port, running_service
+from conftest import BIN, ROOT, free_port, running_service, wait_up
 from kronkers_ml.families import FAMILIES
 from kronkers_ml.metrics import mae
 from kronkers_ml.platform.access import create_key, load_roles
@@ -51,17 +49,7 @@ def tracking_server(postgres, tmp_path_factory):
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited: {(where / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200: break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server not up in 120 s: {(where / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_up(f"{base}/health", proc, where / "server.log", 120, "mlflow server")
         yield {"uri": base, "artifacts": artifacts, "where": where}
     finally:
         os.killpg(proc.pid, 15)                    # its state is in PostgreSQL and the folder: nothing to lose
