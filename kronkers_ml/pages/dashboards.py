@@ -27,9 +27,9 @@ from ..products import PRODUCTS, how_to_build, product_path
 __all__ = ['OUTPUTS_ENV', 'BUILD_HINT', 'PALETTE', 'FIG_WIDTH', 'QUALITY_COLUMNS', 'ALERT_COLUMNS', 'DRIFT_COLUMNS',
            'STATUS_RULE', 'LIVE_ONLY', 'repo_root', 'outputs_dir', 'require_output', 'fmt', 'apply_style', 'thousands',
            'date_axis', 'FamilyPage', 'families_with_outputs', 'champion_info', 'fmt_age', 'registry_state', 'not_live',
-           'live_model_note', 'build_banner', 'as_text', 'load_quality', 'load_alerts', 'drift_history',
-           'family_status', 'profiles_index', 'profile_drifted', 'monitoring_status', 'overview', 'badge', 'live_page',
-           'show_in', 'quality_html']
+           'live_model_note', 'build_banner', 'card_html', 'champion_card', 'as_text', 'load_quality', 'load_alerts',
+           'drift_history', 'family_status', 'profiles_index', 'profile_drifted', 'monitoring_status', 'overview',
+           'badge', 'live_page', 'show_in', 'quality_html']
 
 # %% ../../nbs/pages/02_dashboards.ipynb #04f0c7d5
 OUTPUTS_ENV = "KRONKERS_OUTPUTS"
@@ -200,6 +200,60 @@ def build_banner(out: str | Path, now: datetime | None = None) -> str:
     return (f'<div style="border:2px solid {PALETTE["red"]};background:#fff5f5;border-radius:8px;padding:10px 16px;'
             f'margin:8px 0;max-width:1180px"><b style="color:{PALETTE["red"]}">The last build failed</b> '
             f"(finished {when(s['finished'])}).{skipped}<ul style=\"margin:4px 0\">{failed}</ul>{stale}</div>")
+
+# %% ../../nbs/pages/02_dashboards.ipynb #c4rd0002
+def card_html(markdown: str, figures: Mapping[str, bytes] | None = None) -> str:
+    """A model card's Markdown (`kronkers_ml.platform.cards`) as HTML for a page: without its title (the caller gives one),
+    headings three levels down, its figures inline as PNG data, long values wrapped."""
+    import base64
+    import html
+    import re
+    import mistune
+    text = re.sub(r"\A# [^\n]*\n", "", markdown)
+    text = re.sub(r"^(#{1,3}) ", lambda m: "#" * (len(m.group(1)) + 3) + " ", text, flags=re.M)
+    body = mistune.create_markdown(escape=True, plugins=["table"])(text)
+    for name, png in (figures or {}).items():
+        data = base64.b64encode(png).decode("ascii")
+        body = body.replace(f'src="{html.escape(name)}"', f'src="data:image/png;base64,{data}" style="max-width:100%"')
+    return f'<div style="overflow-wrap:anywhere;font-size:0.9em">{body}</div>'
+
+def _card_note(text: str) -> str:
+    return f'<p style="margin:6px 0"><b>Model card:</b> {text}</p>'
+
+def champion_card(out: str | Path, model_name: str) -> str:
+    """HTML for a family page: the model card of `model_name`'s champion in a collapsed `<details>` ("Model card of the
+    champion (version N)"): the card kept with the version, else made from its record (nothing is written). A sentence
+    when there is no registry, no champion, or the card cannot be read; never raises."""
+    import html
+    name = html.escape(model_name)
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(out) / "mlflow" / "mlflow.db").exists():
+        return _card_note(f"none yet: <code>{name}</code> is not in the model registry.")
+    version = None
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            from kronkers_ml.platform.cards import make_card, stored_card
+            from kronkers_ml.platform.registry import champion_version
+            from kronkers_ml.platform.tracking import tracking_uri
+            uri = tracking_uri(out)
+            version = champion_version(uri, model_name)
+            if version is None:
+                return _card_note(f"none: <code>{name}</code> has no champion in the model registry yet.")
+            card = stored_card(uri, model_name, version, figures=True)
+            kept = card is not None
+            card = card or make_card(uri, model_name, version)
+    except Exception as e:                      # a card never stops a page
+        which = f"version {version} of <code>{name}</code>" if version else f"the champion of <code>{name}</code>"
+        return _card_note(f"the card of {which} could not be read ({html.escape(type(e).__name__)}: "
+                          f"{html.escape(str(e).splitlines()[0] if str(e) else '')}).")
+    source = ("as kept with the version in the model registry" if kept else
+              f"made from the version's record in the model registry (<code>kronkers models card {name} {version}</code> "
+              f"keeps it with the version)")
+    return (f'<details style="margin:8px 0;max-width:1180px"><summary style="cursor:pointer"><b>Model card of the champion '
+            f"(version {version})</b>: what it is, how it was judged, on what data and with which settings</summary>"
+            f'<p style="font-size:0.9em;color:#57606a">Version {version} of <code>{name}</code>, {source}.</p>'
+            f"{card_html(card['markdown'], card['figures'])}</details>")
+
 
 # %% ../../nbs/pages/02_dashboards.ipynb #5d032010
 QUALITY_COLUMNS = ["family", "dataset", "constraint", "column", "expected", "observed", "passed"]

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['CARD_TAG', 'LOWER_IS_BETTER', 'HIGHER_IS_BETTER', 'notebook_figures', 'card_markdown', 'metric_direction',
-           'compare_metrics', 'differing', 'diff_markdown', 'write_card', 'read_card', 'diff_versions']
+           'compare_metrics', 'differing', 'diff_markdown', 'make_card', 'write_card', 'stored_card', 'read_card',
+           'diff_versions']
 
 # %% ../../nbs/platform/07_cards.ipynb #b6b64dad
 import base64
@@ -134,39 +135,57 @@ def diff_markdown(ra: Mapping[str, Any], pa: Mapping[str, str], rb: Mapping[str,
     return "\n".join(out)
 
 # %% ../../nbs/platform/07_cards.ipynb #5336e0b4
-def write_card(uri: str, name: str, version: str | int) -> dict[str, Any]:
-    """Make the card of `name` version `version` from what its run logged, log it (and its figures) to the run under
-    `model-card/v<version>/` and tag the version `model_card`; returns the card's path and text."""
+def make_card(uri: str, name: str, version: str | int) -> dict[str, Any]:
+    """The card of `name` version `version` made now from what its run logged: its Markdown and its figures (file name ->
+    PNG bytes, from the executed notebooks logged with the run). Nothing is written."""
     from kronkers_ml.platform.registry import _client, show_version
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")    # no progress bars around a card
     client, rec = _client(uri), show_version(uri, name, version)
-    run = client.get_run(rec["run_id"])
-    folder = f"model-card/v{rec['version']}"
+    params = dict(client.get_run(rec["run_id"]).data.params) if rec["run_id"] else {}
+    figures: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as d:
-        figures = []
-        inputs = [a.path for a in client.list_artifacts(rec["run_id"], "inputs") if a.path.endswith(".ipynb")]
+        inputs = [a.path for a in client.list_artifacts(rec["run_id"], "inputs") if a.path.endswith(".ipynb")] if rec["run_id"] else []
         for art in inputs:
             local = client.download_artifacts(rec["run_id"], art, d)
-            for i, png in enumerate(notebook_figures(local), 1):
-                fname = f"{Path(art).stem}-{i}.png"
-                Path(d, "card").mkdir(exist_ok=True); Path(d, "card", fname).write_bytes(png); figures.append(fname)
-        text = card_markdown(rec, dict(run.data.params), figures)
-        Path(d, "card").mkdir(exist_ok=True); Path(d, "card", "card.md").write_text(text)
-        client.log_artifacts(rec["run_id"], str(Path(d, "card")), folder)
-    client.set_model_version_tag(name, rec["version"], CARD_TAG, f"{folder}/card.md")
-    return {"model": name, "version": rec["version"], "run_id": rec["run_id"], "path": f"{folder}/card.md",
-            "figures": figures, "markdown": text}
+            for i, png in enumerate(notebook_figures(local), 1): figures[f"{Path(art).stem}-{i}.png"] = png
+    return {"model": name, "version": rec["version"], "run_id": rec["run_id"],
+            "markdown": card_markdown(rec, params, list(figures)), "figures": figures}
 
-def read_card(uri: str, name: str, version: str | int, refresh: bool = False) -> dict[str, Any]:
-    "The stored card of a version (written first when it has none, or with `refresh`)."
+def write_card(uri: str, name: str, version: str | int) -> dict[str, Any]:
+    """Make the card of `name` version `version` from what its run logged, log it (and its figures) to the run under
+    `model-card/v<version>/` and tag the version `model_card`; returns the card's path and text."""
+    from kronkers_ml.platform.registry import _client
+    card, client = make_card(uri, name, version), _client(uri)
+    folder = f"model-card/v{card['version']}"
+    with tempfile.TemporaryDirectory() as d:
+        for fname, png in card["figures"].items(): Path(d, fname).write_bytes(png)
+        Path(d, "card.md").write_text(card["markdown"])
+        client.log_artifacts(card["run_id"], d, folder)
+    client.set_model_version_tag(name, card["version"], CARD_TAG, f"{folder}/card.md")
+    return {**card, "path": f"{folder}/card.md", "figures": list(card["figures"])}
+
+def stored_card(uri: str, name: str, version: str | int, figures: bool = False) -> dict[str, Any] | None:
+    """The card kept with a version (with `figures`, also its PNG files: name -> bytes); None when the version has none.
+    Nothing is written."""
     from kronkers_ml.platform.registry import _client
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = _client(uri)
     mv = client.get_model_version(name, str(version))
-    if refresh or CARD_TAG not in mv.tags: return write_card(uri, name, version)
+    if CARD_TAG not in mv.tags: return None
+    path = mv.tags[CARD_TAG]
     with tempfile.TemporaryDirectory() as d:
-        text = Path(client.download_artifacts(mv.run_id, mv.tags[CARD_TAG], d)).read_text()
-    return {"model": name, "version": str(mv.version), "run_id": mv.run_id, "path": mv.tags[CARD_TAG], "markdown": text}
+        if figures:
+            local = Path(client.download_artifacts(mv.run_id, str(Path(path).parent), d))
+            text, pngs = (local / Path(path).name).read_text(), {p.name: p.read_bytes() for p in sorted(local.glob("*.png"))}
+        else:
+            text, pngs = Path(client.download_artifacts(mv.run_id, path, d)).read_text(), {}
+    return {"model": name, "version": str(mv.version), "run_id": mv.run_id, "path": path, "markdown": text, "figures": pngs}
+
+def read_card(uri: str, name: str, version: str | int, refresh: bool = False) -> dict[str, Any]:
+    "The stored card of a version (written first when it has none, or with `refresh`)."
+    card = None if refresh else stored_card(uri, name, version)
+    return write_card(uri, name, version) if card is None else card
+
 
 # %% ../../nbs/platform/07_cards.ipynb #e7ff4022
 def diff_versions(uri: str, name: str, a: str | int, b: str | int, families: Mapping[str, Any]) -> str:

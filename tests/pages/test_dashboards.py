@@ -116,7 +116,8 @@ def key_figures(out: Path) -> dict[str, list[str]]:
         "overview": [big(minutes), big(nok), f"version {champion}",
                      "driver minutes per route per day"],
         "service_time": [f"{st['data']['rows_test']:,} deliveries", f"{model_min:,.2f} min", f"{rule_min:,.2f} min",
-                         f"{minutes:,.1f} driver minutes per route per day"],
+                         f"{minutes:,.1f} driver minutes per route per day",
+                         f"Model card of the champion (version {champion})"],      # collapsed: its summary line
         "demand": [f"{dm['model']['mae']:,.0f} NOK", f"{dm['baselines']['seasonal_naive']['mae']:,.0f} NOK",
                    f"{dm['model']['coverage_80'] * 100:,.0f}%"],
         "monitoring": [f"{q['n_constraints'] - q['n_failed']:,} of {q['n_constraints']:,} rules pass" for q in quality.values()],
