@@ -221,3 +221,70 @@ def test_damaged_archives_and_a_non_empty_folder_are_refused(backed_up):
     assert done.returncode == 2 and "is not an empty folder" in done.stderr
     assert os.listdir(base / "busy") == ["notes.txt"]
     assert not [p.name for p in base.iterdir() if ".restore-" in p.name]   # no half-restored folder beside them
+
+
+@pytest.fixture
+def postgres():
+    "A throw-away PostgreSQL server with the databases `mlflow` and `restored` (skipped where PostgreSQL is not installed)."
+    from kronkers_ml.platform.cluster import PostgresMissing, local_postgres
+    try:
+        with local_postgres(["mlflow", "restored"]) as pg:
+            yield pg
+    except PostgresMissing as e:
+        pytest.skip(f"PostgreSQL is needed for a backup of a store on PostgreSQL: {e}")
+
+
+def test_a_store_on_postgresql_is_dumped_and_restored_into_an_empty_database(postgres, tmp_path):
+    """An MLflow store on a throw-away PostgreSQL server with one registered model and its champion: `kronkers backup`
+    puts its pg_dump in the archive with its checksum in the manifest; `kronkers restore --database` loads it into an
+    empty database and points its artifact paths at the restored folder; the model, its champion and its files are found
+    again there. A PostgreSQL archive without --database, and a database that is not empty, are refused."""
+    import hashlib
+    import tarfile
+    import mlflow
+    from mlflow import MlflowClient
+    from kronkers_ml.platform.registry import champion_version, register_version, set_champion
+    from kronkers_ml.platform.tracking import use_store
+    pg = postgres
+    try:
+        uri, artifacts = pg.url("mlflow"), tmp_path / "src" / "mlflow" / "artifacts"
+        use_store(uri, "toy", str(artifacts))
+        with mlflow.start_run() as run:
+            mlflow.log_dict({"weights": [1, 2, 3]}, "model/weights.json")
+        version = register_version(uri, "toy", f"runs:/{run.info.run_id}/model", run.info.run_id)
+        set_champion(uri, "toy", version, "test", "first")
+        mlflow.set_tracking_uri(None); mlflow.set_registry_uri(None)
+
+        state = tmp_path / "src" / "state"; state.mkdir()
+        (state / "keys.json").write_text('{"keys": []}\n')
+        archive = tmp_path / "pg.tar.gz"
+        done = _kronkers("backup", "--to", str(archive), "--tracking-uri", uri, *_opts(tmp_path / "src", state))
+        assert json.loads(done.stdout)["store_counts"]["model_versions"] == 1
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+            dump = tar.extractfile("mlflow/mlflow.pgdump").read()
+        assert manifest["store"] == "postgresql" and "mlflow/mlflow.db" not in manifest["files"]
+        assert manifest["files"]["mlflow/mlflow.pgdump"] == {"sha256": hashlib.sha256(dump).hexdigest(), "size": len(dump),
+                                                              "mode": 0o600}
+        assert dump.startswith(b"PGDMP")                                        # pg_dump's custom format
+        assert f"mlflow/artifacts/{run.info.run_id}/artifacts/model/weights.json" in manifest["files"]
+
+        shutil.move(tmp_path / "src", tmp_path / "gone")                     # the artifacts' original place is no more
+        refused = _kronkers("restore", str(archive), "--to", str(tmp_path / "r1"), check=False)
+        assert refused.returncode == 2 and "holds a PostgreSQL dump" in refused.stderr and "--database" in refused.stderr
+        assert not (tmp_path / "r1").exists()
+
+        to, target = tmp_path / "restored", pg.url("restored")
+        done = _kronkers("restore", str(archive), "--to", str(to), "--database", target)
+        assert json.loads(done.stdout)["serve_with"].startswith(f"MLFLOW_TRACKING_URI={target} kronkers serve --out {to}")
+        assert champion_version(target, "toy") == version                        # the registered model found again
+        mv = MlflowClient(target, target).get_model_version("toy", version)
+        run_dir = Path(MlflowClient(target).get_run(mv.run_id).info.artifact_uri.removeprefix("file://"))
+        assert run_dir.is_relative_to(to / "mlflow" / "artifacts"), run_dir
+        assert json.loads((run_dir / "model" / "weights.json").read_text()) == {"weights": [1, 2, 3]}
+        assert (to / "mlflow" / "mlflow.pgdump").read_bytes() == dump          # the checked dump stays with the files
+
+        again = _kronkers("restore", str(archive), "--to", str(tmp_path / "r2"), "--database", target, check=False)
+        assert again.returncode == 2 and "is not empty" in again.stderr and not (tmp_path / "r2").exists()
+    finally:
+        mlflow.set_tracking_uri(None); mlflow.set_registry_uri(None)
