@@ -18,7 +18,6 @@ __all__ = ['GetDemandData', 'CheckDemandData', 'ProfileDemand', 'BuildDailyReven
 class GetDemandData(Settings):
     "Settings of get-demand-data (nbs/pipeline/demand/demand_data.ipynb)."
     transactions: str = setting("", "demand.transactions", "a transaction log; '': generated")
-    out: str = setting("outputs", "out")
     data_store: str = setting("", "data_store", "the data store of real inputs: a folder or fsspec URL; '': <out>/data-store")
     seed: int = shared("seed")
     start: str = setting("2023-01-01", "demand.start")

@@ -20,7 +20,6 @@ class GetReturnsData(Settings):
     seed: int = shared("seed")
     fashion_mnist_dir: str = setting("/usr/share/datasets/fashion-mnist", "returns.fashion_mnist_dir")
     data_dir: str = setting("", "returns.data_dir", "a folder of labelled photos; '': Fashion-MNIST")
-    out: str = setting("outputs", "out")
     data_store: str = setting("", "data_store", "the data store of real inputs: a folder or fsspec URL; '': <out>/data-store")
     train_per_class: int = setting(500, "returns.train_per_class", "0: all")
     test_per_class: int = setting(0, "returns.test_per_class", "0: the whole held-out split")

@@ -19,7 +19,6 @@ __all__ = ['GetServiceData', 'CheckServiceData', 'CleanGeofences', 'TrainService
 class GetServiceData(Settings):
     "Settings of get-service-data (nbs/pipeline/service_time/service_time_data.ipynb)."
     data_dir: str = setting("", "service_time.data_dir", "a folder of real tables; '': generated")
-    out: str = setting("outputs", "out")
     data_store: str = setting("", "data_store", "the data store of real inputs: a folder or fsspec URL; '': <out>/data-store")
     seed: int = shared("seed")
     n_customers: int = setting(6000, "service_time.n_customers")
