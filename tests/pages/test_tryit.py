@@ -217,11 +217,15 @@ def pick_a_day_and_route(driver, built, service):
     days = list(dict.fromkeys(table.date))                              # newest first, as the page lists them
     day = days[min(1, len(days) - 1)]
     route = str(table[table.date == day].route_id.iloc[-1])
-    day_select, route_select = driver.find_elements(By.CSS_SELECTOR, ".widget-dropdown select")[:2]
+    from selenium.common.exceptions import StaleElementReferenceException
+    selects = lambda: driver.find_elements(By.CSS_SELECTOR, ".widget-dropdown select")[:2]   # found again: a new day redraws the routes
+    day_select = selects()[0]
     assert day_select.find_elements(By.TAG_NAME, "option")[0].text.startswith(f"{days[0]:%a %d %b %Y}")
     choose(driver, day_select, f"{day:%a %d %b %Y}")
-    WebDriverWait(driver, 30).until(lambda d: any(o.text.startswith(f"{route} (") for o in route_select.find_elements(By.TAG_NAME, "option")))
-    choose(driver, route_select, f"{route} (")
+    WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: any(o.text.startswith(f"{route} (") for o in selects()[1].find_elements(By.TAG_NAME, "option")))
+    WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: choose(driver, selects()[1], f"{route} ("))
     stops = route_stops(rows, day, route, measured=True)
     direct = pd.read_csv(io.StringIO(c.post("/v1/models/service-time/predict.csv",
                                             content=stops.drop(columns="measured_minutes").to_csv(index=False).encode(),
