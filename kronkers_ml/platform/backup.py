@@ -349,33 +349,22 @@ def extract_checked(archive: str | Path, dest: str | Path) -> dict[str, Any]:
 def rewrite_roots(db: str | Path, roots: Mapping[str, str]) -> None:
     """Point the artifact paths recorded in the SQLite store `db` (see `kronkers_ml.platform.tracking.STORE_PATH_COLUMNS`)
     from each old root to its new one ({old: new}), in one transaction."""
-    from kronkers_ml.platform.tracking import STORE_PATH_COLUMNS
+    from kronkers_ml.platform.tracking import path_rewrites
     con = sqlite3.connect(db)
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         with con:
-            for old, new in roots.items():
-                for prefix, target in ((f"file://{old}", f"file://{new}"), (old, new)):
-                    for table, col in STORE_PATH_COLUMNS:
-                        if table not in tables: continue
-                        con.execute(f"UPDATE {table} SET {col} = ? || substr({col}, ?) WHERE {col} = ? OR substr({col}, 1, ?) = ?",
-                                    (target, len(prefix) + 1, prefix, len(prefix) + 1, prefix + "/"))
+            for sql, args in path_rewrites(roots, tables): con.execute(sql, args)
     finally:
         con.close()
 
 def rewrite_roots_postgres(url: str, roots: Mapping[str, str]) -> None:
     "`rewrite_roots` for the MLflow store in the PostgreSQL database `url`, in one transaction."
     import psycopg
-    from kronkers_ml.platform.tracking import STORE_PATH_COLUMNS
+    from kronkers_ml.platform.tracking import path_rewrites
     with psycopg.connect(url) as con:            # one transaction, committed when the block ends without an error
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
-        for old, new in roots.items():
-            for prefix, target in ((f"file://{old}", f"file://{new}"), (old, new)):
-                for table, col in STORE_PATH_COLUMNS:
-                    if table not in tables: continue
-                    con.execute(f"UPDATE {table} SET {col} = %s::text || substr({col}, %s::int) "
-                                f"WHERE {col} = %s::text OR substr({col}, 1, %s::int) = %s::text",
-                                (target, len(prefix) + 1, prefix, len(prefix) + 1, prefix + "/"))
+        for sql, args in path_rewrites(roots, tables, text="%s::text", number="%s::int"): con.execute(sql, args)
 
 
 # %% ../../nbs/platform/06_backup.ipynb #88a4a0ba
