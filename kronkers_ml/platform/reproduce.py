@@ -129,22 +129,16 @@ def _get(env: Mapping, key: str) -> Any:
         node = node[part]
     return node
 
-def _flat(env: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in env.items():
-        if isinstance(v, Mapping): out.update(_flat(v, f"{prefix}{k}."))
-        else: out[f"{prefix}{k}"] = v
-    return out
-
 def restore_training_data(run, to: str | Path, record: Mapping[str, Any]) -> dict[str, str]:
     """Bring back from the data store the outside data the MLflow `run` trained on (its `data.version` tag) into the
     folder `to`; returns {env key: restored path} for the recorded settings (`record`) that named that data, to put in
     the env file. Empty when the run used generated data (re-made from its settings and seed)."""
     from kronkers_ml.platform.data import record_from_tags, restore_version
+    from kronkers_ml.platform.tracking import flatten
     rec = record_from_tags(run.data.tags)
     if rec is None or rec["kind"] == "generated": return {}
     same = lambda v: isinstance(v, str) and v != "" and (v == rec["source"] or str(Path(v).resolve()) == rec["source"])
-    keys = [k for k, v in _flat(record.get("env", {})).items() if same(v)]
+    keys = [k for k, v in flatten(record.get("env", {})).items() if same(v)]
     if not keys:
         raise ReproduceError(f"run {run.info.run_id} trained on data version {rec['version']} read from {rec['source']}, "
                              f"which no recorded setting names")
