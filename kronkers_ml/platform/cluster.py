@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['RUNS_FILE', 'RUNNING_DIR', 'LOGS_DIR', 'CLUSTER_ENV', 'BUILD_HELP', 'append_line', 'read_runs', 'env_overrides',
            'load_dag', 'select_tasks', 'plan_build', 'product_paths', 'clean_lost_run', 'task_command', 'task_cluster',
-           'study_name', 'run_trials', 'trials_on_cluster', 'run_task', 'BuildFailed', 'build_on_cluster',
-           'add_build_arguments', 'local_build_command', 'run_build', 'local_cluster', 'PostgresMissing',
-           'postgres_bin', 'LocalPostgres', 'local_postgres']
+           'study_name', 'worker_address', 'run_trials', 'trials_on_cluster', 'run_task', 'BuildFailed',
+           'build_on_cluster', 'add_build_arguments', 'local_build_command', 'run_build', 'local_cluster',
+           'PostgresMissing', 'postgres_bin', 'LocalPostgres', 'local_postgres']
 
 # %% ../../nbs/platform/05_cluster.ipynb #9310e002
 import json
@@ -185,6 +185,15 @@ def task_cluster(environ: dict | None = None) -> dict | None:
 def study_name(task: str, build: str | None = None) -> str:
     "The name of a task's Optuna study in a shared storage: the task and its cluster build (else the time now)."
     return f"{task}-{build or datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+
+# %% ../../nbs/platform/05_cluster.ipynb #db4840d4
+def worker_address() -> str:
+    "The address of the Dask worker running this code, or `local:<host>` outside a worker."
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"local:{socket.gethostname()}"
 
 # %% ../../nbs/platform/05_cluster.ipynb #81f5f8aa
 def _started_trials(study) -> int:

@@ -12,13 +12,15 @@ import hashlib
 import importlib
 import io
 import os
+import socket
 import stat
 import sys
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -32,13 +34,16 @@ from ..core import write_atomic, write_json
 
 # %% auto #0
 __all__ = ['COLUMNS', 'HEADER', 'DEFAULT_LOADER', 'DEFAULT_JOB', 'DEFAULT_MODEL_NAME', 'DEFAULT_MAX_PIXELS',
-           'DEFAULT_MAX_FILE_BYTES', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_LOCKED', 'EXIT_PUSH_FAILED',
-           'SIGNATURES', 'LATENCY_BUCKETS', 'Classifier', 'one_line', 'name_field', 'format_rows', 'repair_results',
-           'init_results', 'read_results', 'done_pairs', 'scan_inbox', 'InboxError', 'open_entry', 'read_entry',
-           'file_digest', 'pending_files', 'ImageError', 'sniff_format', 'check_pixels', 'decode_image', 'read_item',
-           'utc_now', 'classify_items', 'LockHeld', 'lock_path', 'results_lock', 'write_all', 'append_durably',
-           'run_batch', 'classify_inbox', 'metrics_registry', 'push_metrics', 'load_model', 'load_champion',
-           'summary_line', 'default_threads', 'set_threads', 'build_parser', 'main']
+           'DEFAULT_MAX_FILE_BYTES', 'DEFAULT_SHARD_SIZE', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_LOCKED',
+           'EXIT_PUSH_FAILED', 'SIGNATURES', 'LATENCY_BUCKETS', 'MMAP_THRESHOLD', 'MAX_SHARD_ATTEMPTS', 'Classifier',
+           'one_line', 'name_field', 'format_rows', 'repair_results', 'init_results', 'read_results', 'read_rows',
+           'ResultsTail', 'done_pairs', 'scan_inbox', 'InboxError', 'open_entry', 'read_entry', 'file_digest',
+           'pending_files', 'ImageError', 'sniff_format', 'check_pixels', 'decode_image', 'read_item', 'utc_now',
+           'classify_items', 'LockHeld', 'lock_path', 'results_lock', 'write_all', 'append_durably', 'append_lock_path',
+           'append_lock', 'append_new_rows', 'new_counts', 'count_rows', 'add_counts', 'classify_files', 'run_batch',
+           'classify_inbox', 'metrics_registry', 'push_metrics', 'load_model', 'load_registered', 'load_champion',
+           'summary_line', 'default_threads', 'set_threads', 'ModelSource', 'relax_malloc_trim', 'worker_model',
+           'classify_shard', 'ShardsFailed', 'classify_on_cluster', 'build_parser', 'main']
 
 # %% ../../nbs/returns/03_batch.ipynb #3691d2b5
 COLUMNS = ["file", "sha256", "category", "confidence", "needs_review", "model_version", "processed_at", "status",
@@ -49,6 +54,7 @@ DEFAULT_JOB = "kronkers_returns_batch"
 DEFAULT_MODEL_NAME = "returns"            # the registered model whose champion classifies by default
 DEFAULT_MAX_PIXELS = 16_000_000           # declared width x height above which a photo is refused before decoding
 DEFAULT_MAX_FILE_BYTES = 50_000_000       # a larger file is refused before it is read
+DEFAULT_SHARD_SIZE = 50                   # photos a worker classifies per task on a cluster
 # exit codes of the console script
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_PUSH_FAILED = 0, 1, 2, 3, 4
 
@@ -135,12 +141,41 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return frame.assign(confidence=pd.to_numeric(frame.confidence.replace("", np.nan)),
                         needs_review=frame.needs_review.eq("True"))
 
+def read_rows(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The complete rows of the results file after byte `offset` (the start of a line; 0: the whole file, without its
+    header) as dicts of strings keyed by COLUMNS, and the offset after the last complete line."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].decode("utf-8", "surrogateescape").split("\n")[:-1]
+    if offset == 0 and lines and lines[0] + "\n" == HEADER: lines = lines[1:]
+    return [dict(zip(COLUMNS, row)) for row in csv.reader(lines)], offset + end
+
+class ResultsTail:
+    """The (file, sha256) pairs of a results file, read incrementally: each `refresh()` parses only the complete lines
+    appended since the previous one (the whole file again once it was replaced or cut shorter than what was read).
+    The writers of a run on a cluster append to one file; each refreshes its tail under the append lock before it
+    writes, so a photo another writer has written by then is not written twice."""
+    def __init__(self, path: str | Path):
+        self.path, self.done, self.offset, self._inode = Path(path), {}, 0, None
+
+    def refresh(self) -> dict[str, set[str]]:
+        "Read the complete lines appended since the last call; returns {file: {sha256, ...}}."
+        st = os.stat(self.path)
+        if st.st_ino != self._inode or st.st_size < self.offset:
+            self.done, self.offset, self._inode = {}, 0, st.st_ino
+        rows, self.offset = read_rows(self.path, self.offset)
+        for row in rows: self.done.setdefault(row["file"], set()).add(row.get("sha256", ""))
+        return self.done
+
+    def has(self, file: str, sha256: str) -> bool:
+        "Whether the results held a row for this content of `file` at the last refresh."
+        return sha256 in self.done.get(file, ())
+
 def done_pairs(path: str | Path) -> dict[str, set[str]]:
     "For every file in the results, the SHA-256s of the contents it has a row for."
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["file", "sha256"])
-    done: dict[str, set[str]] = {}
-    for name, digest in zip(frame.file, frame.sha256): done.setdefault(name, set()).add(digest)
-    return done
+    return ResultsTail(path).refresh()
 
 # %% ../../nbs/returns/03_batch.ipynb #651d076f
 def scan_inbox(root: str | Path, exclude: Sequence[str | Path] = ()) -> list[str]:
@@ -337,54 +372,129 @@ def append_durably(fd: int, text: str) -> None:
     write_all(fd, text)
     os.fdatasync(fd)
 
+def append_lock_path(results: str | Path) -> Path:
+    "The lock file that writers of the results file take for each append."
+    results = Path(results)
+    return results.with_name(results.name + ".append.lock")
+
+@contextmanager
+def append_lock(results: str | Path) -> Iterator[None]:
+    "Hold an exclusive flock on `<results>.append.lock` for the block, waiting for it: one writer appends at a time."
+    fd = os.open(append_lock_path(results), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+def append_new_rows(fd: int, results: str | Path, rows: Sequence[dict], tail: ResultsTail) -> list[dict]:
+    """Under the append lock: cut an incomplete last line a killed writer left (`repair_results`), read what the
+    other writers have appended (`tail`), and append with one write the rows whose file and SHA-256 have no row yet.
+    Returns the rows written; the caller flushes them (`os.fdatasync(fd)`)."""
+    with append_lock(results):
+        repair_results(results)
+        tail.refresh()
+        new = [r for r in rows if not tail.has(r["file"], r["sha256"])]
+        if new:
+            write_all(fd, format_rows(new))
+            tail.refresh()
+    return new
+
 # %% ../../nbs/returns/03_batch.ipynb #24c80306
-def run_batch(input_dir: str | Path, output: str | Path, model: Classifier, batch_size: int = 10,
-              review_threshold: float = 0.9, progress: bool | None = False,
-              max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> dict:
-    "Classify the inbox files without a row in `output` and append their rows, one durable write per batch."
-    if int(batch_size) < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not 0.0 <= float(review_threshold) <= 1.0:
-        raise ValueError(f"review_threshold must be between 0 and 1, got {review_threshold}")
-    started = time.perf_counter()
-    output = Path(output)
-    repaired = repair_results(output)
-    init_results(output)
-    files = scan_inbox(input_dir, exclude=[output, lock_path(output)])
-    todo = pending_files(input_dir, files, done_pairs(output))
-    counts, categories, batch_seconds = Counter(), Counter(), []
+def new_counts() -> dict:
+    "Empty counts of rows written: ok, errors, needs_review, low_confidence, skipped, categories, batch_seconds."
+    return {"ok": 0, "errors": 0, "needs_review": 0, "low_confidence": 0, "skipped": 0, "categories": Counter(),
+            "batch_seconds": []}
+
+def count_rows(counts: dict, rows: Sequence[dict]) -> dict:
+    "Add written rows (as `classify_items` makes them, or as `read_rows` reads them) into `counts`; returns `counts`."
+    for r in rows:
+        review = r["needs_review"] in (True, "True")
+        counts["ok" if r["status"] == "ok" else "errors"] += 1
+        counts["needs_review"] += review
+        if r["status"] == "ok":
+            counts["categories"][r["category"]] += 1
+            counts["low_confidence"] += review
+    return counts
+
+def add_counts(total: dict, part: dict) -> dict:
+    "Add the counts `part` (of a batch, a shard) into `total`; returns `total`."
+    for key, value in part.items():
+        if key in total: total[key] = total[key] + (Counter(value) if key == "categories" else value)
+    return total
+
+def classify_files(input_dir: str | Path, output: str | Path, model: Classifier, names: Sequence[str],
+                   tail: ResultsTail, batch_size: int = 10, review_threshold: float = 0.9,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+                   bar=None) -> dict:
+    """Classify the inbox files `names` batch by batch into the results file `output` (which exists): a file whose
+    current content has a row by then (`tail`) is skipped; each batch's new rows go to the file with one write
+    (`append_new_rows`), flushed to disk while the next batch is read and classified. Returns the counts."""
+    counts = new_counts()
     fd = os.open(output, os.O_WRONLY | os.O_APPEND)
     try:
-        with ThreadPoolExecutor(max_workers=1) as flusher, \
-             tqdm(total=len(todo), unit="img", desc="returns", disable=not progress if progress is not None else None,
-                  file=sys.stderr) as bar:
+        with ThreadPoolExecutor(max_workers=1) as flusher:
             flushing = None
-            for start in range(0, len(todo), int(batch_size)):
+            tail.refresh()
+            for start in range(0, len(names), int(batch_size)):
                 t0 = time.perf_counter()
-                items = [read_item(input_dir, name, max_pixels, max_bytes) for name in todo[start:start + int(batch_size)]]
-                rows = classify_items(model, items, float(review_threshold), utc_now())
-                text = format_rows(rows)
+                items = [read_item(input_dir, name, max_pixels, max_bytes) for name in names[start:start + int(batch_size)]]
+                fresh = [it for it in items if not tail.has(it["file"], it["sha256"])]
+                rows = classify_items(model, fresh, float(review_threshold), utc_now())
                 if flushing is not None: flushing.result()      # the previous batch is on disk before this one is written
-                write_all(fd, text)
+                written = append_new_rows(fd, output, rows, tail)
                 flushing = flusher.submit(os.fdatasync, fd)
-                batch_seconds.append(time.perf_counter() - t0)
-                for r in rows:
-                    counts[r["status"]] += 1
-                    counts["needs_review"] += bool(r["needs_review"])
-                    if r["status"] == "ok":
-                        categories[r["category"]] += 1
-                        counts["low_confidence"] += bool(r["needs_review"])
-                bar.update(len(rows))
+                counts["batch_seconds"].append(time.perf_counter() - t0)
+                counts["skipped"] += len(items) - len(written)
+                count_rows(counts, written)
+                if bar is not None: bar.update(len(items))
             if flushing is not None: flushing.result()
     finally:
         os.close(fd)
-    return {"input": str(input_dir), "output": str(output), "model_version": model.version,
-            "files_seen": len(files), "already_done": len(files) - len(todo), "processed": counts["ok"] + counts["error"],
-            "ok": counts["ok"], "errors": counts["error"], "needs_review": counts["needs_review"],
+    return counts
+
+def run_batch(input_dir: str | Path, output: str | Path, model: Classifier, batch_size: int = 10,
+              review_threshold: float = 0.9, progress: bool | None = False,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+              scheduler: str | None = None, source: ModelSource | None = None, own_worker: str | None = None,
+              shard_size: int = DEFAULT_SHARD_SIZE, threads: int | None = None) -> dict:
+    """Classify the inbox files without a row in `output` and append their rows, one durable write per batch. With
+    `scheduler` (a Dask scheduler's address), in shards on that cluster's workers (`classify_on_cluster`), each
+    worker loading the model from `source`."""
+    if int(batch_size) < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 0.0 <= float(review_threshold) <= 1.0:
+        raise ValueError(f"review_threshold must be between 0 and 1, got {review_threshold}")
+    if scheduler and source is None: raise ValueError("a run on a cluster needs the model's source for its workers")
+    started = time.perf_counter()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with append_lock(output):
+        repaired = repair_results(output)
+        init_results(output)
+    files = scan_inbox(input_dir, exclude=[output, lock_path(output), append_lock_path(output)])
+    tail = ResultsTail(output)
+    todo = pending_files(input_dir, files, tail.refresh())
+    with tqdm(total=len(todo), unit="img", desc="returns", disable=not progress if progress is not None else None,
+              file=sys.stderr) as bar:
+        if scheduler and todo:
+            counts, shards = classify_on_cluster(input_dir, output, model, source, todo, scheduler, tail, own_worker,
+                                                 shard_size, batch_size, review_threshold, max_pixels, max_bytes,
+                                                 threads, bar)
+        else:
+            counts, shards = classify_files(input_dir, output, model, todo, tail, batch_size, review_threshold,
+                                            max_pixels, max_bytes, bar), None
+    categories = counts["categories"]
+    summary = {"input": str(input_dir), "output": str(output), "model_version": model.version,
+            "files_seen": len(files), "already_done": len(files) - len(todo) + counts["skipped"],
+            "processed": counts["ok"] + counts["errors"],
+            "ok": counts["ok"], "errors": counts["errors"], "needs_review": counts["needs_review"],
             "low_confidence": counts["low_confidence"], "review_threshold": float(review_threshold),
             "categories": {c: categories.get(c, 0) for c in (getattr(model, "categories", None) or sorted(categories))}
                           | dict(categories),
-            "batch_size": int(batch_size), "max_pixels": max_pixels, "batch_seconds": batch_seconds, "repaired_bytes": repaired,
-            "seconds": time.perf_counter() - started, "finished_at": utc_now()}
+            "batch_size": int(batch_size), "max_pixels": max_pixels, "batch_seconds": counts["batch_seconds"],
+            "repaired_bytes": repaired, "seconds": time.perf_counter() - started, "finished_at": utc_now()}
+    if scheduler: summary.update(scheduler=scheduler, shard_size=int(shard_size), shards=shards or [])
+    return summary
 
 def classify_inbox(input_dir: str | Path, output: str | Path, model: Classifier, **kwargs) -> dict:
     "`run_batch` under the results file's lock (raises LockHeld when another run holds it)."
@@ -429,18 +539,24 @@ def load_model(path: str | Path, loader: str = DEFAULT_LOADER) -> Classifier:
     if lacking: raise TypeError(f"{loader} returned a {type(model).__name__} without {lacking}")
     return model
 
+def load_registered(uri: str, name: str, version: str) -> tuple[Classifier, dict]:
+    "Version `version` of the registered model `name` in the MLflow store at `uri`, as the model service loads it, with its facts."
+    from kronkers_ml.platform.registry import load_version
+    from kronkers_ml.returns.family import returns_serve
+    return returns_serve(load_version(uri, name, version))
+
 def load_champion(uri: str, name: str = DEFAULT_MODEL_NAME) -> tuple[Classifier, dict]:
     """The classifier that the `champion` alias of `name` points at in the registry at `uri` (as the model service
     loads it), with the facts of the version: registry name and version, and its review threshold (or None)."""
-    from kronkers_ml.platform.registry import champion_version, load_version
-    from kronkers_ml.returns.family import returns_serve
+    from kronkers_ml.platform.registry import champion_version
     version = champion_version(uri, name)
     if version is None:
         raise LookupError(f"model '{name}' has no champion in the registry {uri}: build the pipeline (its gate promotes "
                           f"a version that beats the baselines) or promote a version by hand with "
                           f"`kronkers models promote {name} VERSION --out OUTPUTS`; `--model FILE` classifies with a file")
-    model, info = returns_serve(load_version(uri, name, version))
-    return model, {"registry_model": name, "registry_version": version, "review_threshold": info.get("review_threshold")}
+    model, info = load_registered(uri, name, version)
+    return model, {"registry_model": name, "registry_version": version, "registry_uri": uri,
+                   "review_threshold": info.get("review_threshold")}
 
 def summary_line(s: dict) -> str:
     "The closing line of a run."
@@ -470,6 +586,173 @@ def set_threads(n: int) -> int:
     except RuntimeError: pass                      # already set, or parallel work already started in this process
     return int(n)
 
+# %% ../../nbs/returns/03_batch.ipynb #966a56e3
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a worker loads the run's model from: the model file `path` read by `loader` (`--model`, the pipeline's
+    just-trained model), or version `version` of the registered model `name` in the MLflow store at `uri` (the
+    champion the run resolved, so every worker classifies with the same version)."""
+    path: str | None = None
+    loader: str = DEFAULT_LOADER
+    uri: str | None = None
+    name: str | None = None
+    version: str | None = None
+
+    def load(self) -> Classifier:
+        "Load the model."
+        if self.path is not None: return load_model(self.path, self.loader)
+        if not (self.uri and self.name and self.version): raise ValueError(f"{self}: give a path, or a uri, name and version")
+        return load_registered(self.uri, self.name, self.version)[0]
+
+MMAP_THRESHOLD = 32 << 20          # glibc's largest mmap threshold (64-bit); the trim threshold is twice it, as glibc sets it
+
+def relax_malloc_trim(environ: dict | None = None) -> bool:
+    """In a process started with `MALLOC_TRIM_THRESHOLD_` set (a Dask worker: its nanny sets 65536 to give memory back
+    to the system), set glibc's mmap threshold to 32 MiB and its trim threshold to 64 MiB with `mallopt`. The variable
+    also pins the mmap threshold at 128 KiB, so every activation above that is mapped and unmapped again on each batch:
+    the model classified at half speed in a worker (benchmarks/returns_batch_cluster.py). Returns whether it changed them."""
+    env = os.environ if environ is None else environ
+    if not env.get("MALLOC_TRIM_THRESHOLD_"): return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False                                 # not glibc: nothing to change
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+
+_WORKER_MODEL: dict = {}          # this process's model {source: classifier}: a worker loads it for its first shard
+_WORKER_TAILS: dict = {}          # this process's ResultsTail of each results file
+
+def worker_model(source: ModelSource, version: str, threads: int | None = None) -> Classifier:
+    """The model of `source`, loaded once per process (a Dask worker keeps it for its later shards) with `threads`
+    torch threads (default `default_threads()`; a Dask worker's OMP_NUM_THREADS is 1) and glibc's allocator as
+    without Dask (`relax_malloc_trim`).
+    ValueError when it is not `version`, the version the run classifies with."""
+    model = _WORKER_MODEL.get(source)
+    if model is None:
+        relax_malloc_trim()
+        set_threads(threads or default_threads())
+        _WORKER_MODEL.clear()
+        model = _WORKER_MODEL[source] = source.load()
+    if model.version != version:
+        raise ValueError(f"{source}: this worker loaded model version {model.version}, but the run classifies with "
+                         f"{version}; the workers must read the same model file or store as the run")
+    return model
+
+def classify_shard(input_dir: str, output: str, names: Sequence[str], source: ModelSource, version: str,
+                   batch_size: int = 10, review_threshold: float = 0.9, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   max_bytes: int | None = DEFAULT_MAX_FILE_BYTES, threads: int | None = None) -> dict:
+    """Classify one shard of the inbox in this process (a Dask worker): `classify_files` with the process's model
+    (`worker_model`) and its tail of the shared results file. Returns the counts, with the worker's address, host and
+    pid, the photos and the start and end."""
+    from kronkers_ml.platform.cluster import worker_address
+    start, t0 = utc_now(), time.perf_counter()
+    model = worker_model(source, version, threads)
+    key = str(Path(output).resolve())
+    tail = _WORKER_TAILS.setdefault(key, ResultsTail(key))
+    counts = classify_files(input_dir, output, model, names, tail, batch_size, review_threshold, max_pixels, max_bytes)
+    return {**counts, "worker": worker_address(), "host": socket.gethostname(), "pid": os.getpid(),
+            "photos": len(names), "start": start, "end": utc_now(), "seconds": round(time.perf_counter() - t0, 3)}
+
+# %% ../../nbs/returns/03_batch.ipynb #8c4b9188
+class ShardsFailed(RuntimeError):
+    "Shards of a run on a cluster that failed for good; their photos stay pending for the next run. The message names them."
+
+MAX_SHARD_ATTEMPTS = 3           # a shard whose worker is lost this many times fails (as Dask's allowed-failures)
+
+def classify_on_cluster(input_dir: str | Path, output: str | Path, model: Classifier, source: ModelSource,
+                        names: Sequence[str], scheduler: str, tail: ResultsTail, own_worker: str | None = None,
+                        shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 10, review_threshold: float = 0.9,
+                        max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+                        threads: int | None = None, bar=None, poll_s: float = 0.5) -> tuple[dict, list[dict]]:
+    """Classify `names` in shards of `shard_size` on the workers of the Dask cluster at `scheduler`: one shard at a time
+    on each worker that runs no other task, but `own_worker` (the worker whose thread this process holds: with it, this process classifies
+    shards too, a batch at a time, with `model`; so does a run whose cluster has no worker left). A shard whose worker
+    leaves the cluster goes back to the head of the queue. Returns the counts of the rows the run appended (read back
+    from the file: a lost worker's rows count too) and one record per shard run (status `ok`, `lost` or `failed`);
+    raises ShardsFailed after the other shards when a shard failed for good."""
+    from uuid import uuid4
+    from distributed import Client, wait
+    from distributed.client import FIRST_COMPLETED
+    if int(shard_size) < 1: raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    run = uuid4().hex[:8]
+    queue = deque((i, list(names[s:s + int(shard_size)]), 1) for i, s in enumerate(range(0, len(names), int(shard_size))))
+    opts = dict(source=source, version=model.version, batch_size=int(batch_size), review_threshold=float(review_threshold),
+                max_pixels=max_pixels, max_bytes=max_bytes, threads=threads)
+    paths = (str(Path(input_dir).resolve()), str(Path(output).resolve()))    # as every worker sees them
+    tail.refresh(); begin = tail.offset                          # the run's rows are those after this offset
+    totals, log, failed, running = new_counts(), [], [], {}    # running: future -> (shard, names, attempt, worker)
+    here, mine = own_worker or f"local:{socket.gethostname()}", None     # mine: this process's shard, names left, ...
+    with Client(scheduler, timeout="60s") as client:
+        def live() -> set:
+            return set(client.scheduler_info(n_workers=-1)["workers"]) - {own_worker}
+        def lost(i, part, attempt, w, why):
+            log.append({"shard": i, "photos": len(part), "worker": w, "attempt": attempt, "status": "lost", "error": why})
+            if attempt < MAX_SHARD_ATTEMPTS: queue.appendleft((i, part, attempt + 1))
+            else: failed.append((i, part, f"its worker was lost {attempt} times ({why})"))
+        def collect(futures):
+            for fut in futures:
+                i, part, attempt, w = running.pop(fut)
+                try:
+                    got = fut.result()
+                except Exception as e:
+                    if w not in live(): lost(i, part, attempt, w, f"worker left the cluster: {type(e).__name__}")
+                    else:
+                        failed.append((i, part, f"{type(e).__name__}: {e}"))
+                        log.append({"shard": i, "photos": len(part), "worker": w, "attempt": attempt, "status": "failed",
+                                    "error": f"{type(e).__name__}: {e}"})
+                    continue
+                add_counts(totals, got)
+                log.append({"shard": i, "attempt": attempt, "status": "ok", "written": got["ok"] + got["errors"],
+                            **{k: got[k] for k in ("worker", "host", "pid", "photos", "skipped", "start", "end", "seconds")}})
+                if bar is not None: bar.update(len(part))
+        workers, checked = live(), time.monotonic()
+        while queue or running or mine:
+            if time.monotonic() - checked >= poll_s:
+                workers, checked = live(), time.monotonic()
+                for fut, (i, part, attempt, w) in list(running.items()):
+                    if w not in workers and not fut.done():          # its worker is gone: the shard goes elsewhere
+                        running.pop(fut); client.cancel(fut)
+                        lost(i, part, attempt, w, "worker left the cluster during the shard")
+            collect([f for f in running if f.done()])
+            free = workers - {w for *_, w in running.values()}
+            if queue and free:                                   # one shard at a time on every worker not busy
+                taken = client.processing(list(free))            # with another task (a build's other tasks)
+                free = {w for w in free if not taken.get(w)}
+            for w in sorted(free):
+                if not queue: break
+                i, part, attempt = queue.popleft()
+                fut = client.submit(classify_shard, *paths, part, **opts, workers=[w],
+                                    allow_other_workers=False, pure=False, key=f"kronkers-returns-shard-{run}-{i}-{attempt}")
+                running[fut] = (i, part, attempt, w)
+            if mine is None and queue and (own_worker or not workers):
+                i, part, attempt = queue.popleft()
+                mine = [i, part, new_counts(), utc_now(), time.perf_counter(), attempt, len(part)]
+            if mine is not None:                                 # one batch of this process's shard
+                add_counts(mine[2], classify_files(input_dir, output, model, mine[1][:int(batch_size)], tail, batch_size,
+                                                   review_threshold, max_pixels, max_bytes, bar))
+                mine[1] = mine[1][int(batch_size):]
+                if not mine[1]:
+                    i, _, got, start, t0, attempt, photos = mine
+                    add_counts(totals, got); mine = None
+                    log.append({"shard": i, "attempt": attempt, "status": "ok", "written": got["ok"] + got["errors"],
+                                "worker": here, "host": socket.gethostname(), "pid": os.getpid(), "photos": photos,
+                                "skipped": got["skipped"], "start": start, "end": utc_now(),
+                                "seconds": round(time.perf_counter() - t0, 3)})
+            elif running:
+                try: wait(list(running), timeout=poll_s, return_when=FIRST_COMPLETED)
+                except TimeoutError: pass
+            elif queue:
+                time.sleep(poll_s)                               # every worker busy with other tasks
+    if failed:
+        raise ShardsFailed(f"{len(failed)} shard(s) failed; their {sum(len(p) for _, p, _ in failed)} photos stay pending "
+                           "for the next run: " + "; ".join(f"shard {i} ({p[0]} ... {p[-1]}): {why}" for i, p, why in failed))
+    appended, _ = read_rows(output, begin)
+    counts = count_rows(new_counts(), appended)
+    counts.update(batch_seconds=totals["batch_seconds"], skipped=max(len(names) - len(appended), 0))
+    return counts, log
+
 # %% ../../nbs/returns/03_batch.ipynb #74f8542e
 def build_parser() -> argparse.ArgumentParser:
     "The `kronkers-returns-batch` argument parser."
@@ -480,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "confidence, needs_review, model_version, processed_at, status (ok/error), error. Safe to kill "
                     "and re-run: the next run continues where the last complete batch ended. By default the photos "
                     "are classified by the registry's champion of the 'returns' model.",
-        epilog="exit codes: 0 done; 1 failed (bad input folder, results file or model, no champion); 2 usage; "
+        epilog="exit codes: 0 done; 1 failed (bad input folder, results file or model, no champion, a shard that "
+               "failed on the cluster: its photos stay pending); 2 usage; "
                "3 another run holds the results file's lock; 4 results written but the metrics push failed")
     p.add_argument("--input", required=True, metavar="DIR", help="inbox folder with the day's photos")
     p.add_argument("--output", required=True, metavar="CSV", help="results file, created if missing, appended to")
@@ -514,6 +798,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "unset: nothing is pushed)")
     p.add_argument("--job-name", default=DEFAULT_JOB, help="Pushgateway job label (default: %(default)s)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the run's summary as JSON here")
+    p.add_argument("--scheduler", default=os.environ.get("KRONKERS_RETURNS_SCHEDULER") or None, metavar="ADDRESS",
+                   help="classify in shards on the workers of this Dask scheduler (tcp://host:8786); they must share "
+                        "the inbox, the results file's folder and the model (file or store) at the same paths "
+                        "(default: $KRONKERS_RETURNS_SCHEDULER, else the cluster of the `kronkers build --scheduler` "
+                        "running this, else none: one process)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                   help="with --scheduler: photos a worker classifies per task (default: %(default)s)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show the progress bar (default: only on a terminal)")
@@ -539,6 +830,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--review-threshold must be between 0 and 1, got {args.review_threshold}")
     if args.threads is not None and args.threads < 1: parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.max_pixels < 1 or args.max_file_bytes < 1: parser.error("--max-pixels and --max-file-bytes must be positive")
+    if args.shard_size < 1: parser.error(f"--shard-size must be at least 1, got {args.shard_size}")
+    from kronkers_ml.platform.cluster import task_cluster
+    build = task_cluster()
+    scheduler = args.scheduler or (build and build["scheduler"]) or None
+    own_worker = build["worker"] if build and build["scheduler"] == scheduler else None
     say = lambda msg: print(f"kronkers-returns-batch: {msg}", file=sys.stderr)
     _quiet_third_party()
     try:
@@ -551,13 +847,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model, facts = load_champion(args.tracking_uri or tracking_uri(args.out), args.model_name)
             threshold = args.review_threshold
             if threshold is None: threshold = facts.get("review_threshold") or 0.9
+            source = (ModelSource(path=str(Path(args.model).resolve()), loader=args.loader) if args.model is not None else
+                      ModelSource(uri=facts["registry_uri"], name=facts["registry_model"], version=facts["registry_version"]))
             summary = run_batch(args.input, args.output, model, args.batch_size, threshold, args.progress,
-                                max_pixels=args.max_pixels, max_bytes=args.max_file_bytes)
+                                max_pixels=args.max_pixels, max_bytes=args.max_file_bytes, scheduler=scheduler,
+                                source=source, own_worker=own_worker, shard_size=args.shard_size, threads=args.threads)
             summary.update(registry_model=facts.get("registry_model"), registry_version=facts.get("registry_version"),
                            model_file=None if args.model is None else str(args.model), threads=threads)
     except LockHeld as e:
         say(str(e))
         return EXIT_LOCKED
+    except ShardsFailed as e:
+        say(f"failed: {e}")
+        return EXIT_FAILED
     except (OSError, ValueError, TypeError, ImportError, AttributeError, LookupError) as e:
         say(f"failed: {e}")
         return EXIT_FAILED

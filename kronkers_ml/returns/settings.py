@@ -80,4 +80,5 @@ class RegisterReturns(Settings):
 class ClassifyReturns(Settings):
     "Settings of classify-returns (nbs/pipeline/returns/classify_returns.ipynb): the batch job's run in the pipeline."
     batch_size: int = setting(10, "returns_batch.batch_size")
+    shard_size: int = setting(50, "returns_batch.shard_size", "photos per worker task on a cluster build")
     review_threshold: float = setting(0.9, "returns.review_threshold")

@@ -57,6 +57,7 @@ def job(model_file, inbox: Path, results: Path, *extra: str) -> list[str]:
 def job_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("KRONKERS_PUSHGATEWAY_URL", None)
+    env.pop("KRONKERS_RETURNS_SCHEDULER", None)
     return env
 
 
@@ -74,7 +75,8 @@ def test_help_lists_every_option():
     done = subprocess.run([str(BIN / "kronkers-returns-batch"), "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     for option in ("--input", "--output", "--model", "--loader", "--batch-size", "--review-threshold",
-                   "--pushgateway", "--job-name", "--summary-json", "--no-progress", "exit codes"):
+                   "--pushgateway", "--job-name", "--summary-json", "--no-progress", "--scheduler", "--shard-size",
+                   "exit codes"):
         assert option in done.stdout, option
 
 
@@ -425,3 +427,83 @@ def test_threads_are_set_explicitly_and_reported(model_file, tmp_path):
     assert done.returncode == EXIT_OK and json.loads((tmp_path / "s2.json").read_text())["threads"] == 2
     bad = run_job(model_file, inbox, results, "--threads", "0")
     assert bad.returncode == 2 and "--threads must be at least 1" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    "A real Dask scheduler and two `dask worker` processes (one thread each) on 127.0.0.1, for the sharded runs."
+    from kronkers_ml.platform.cluster import local_cluster
+    with local_cluster(2, env={**job_env(), "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                       logs=tmp_path_factory.mktemp("dask")) as address:
+        yield address
+
+
+def worker_pids(address: str) -> dict[str, int]:
+    "{worker address: pid} of the cluster's worker processes."
+    from distributed import Client
+    with Client(address, timeout="60s") as client:
+        return client.run(os.getpid)
+
+
+def comparable(results: Path) -> pd.DataFrame:
+    "The results without the time a row was written, in the order of the files."
+    return read_results(results).drop(columns="processed_at").sort_values("file").reset_index(drop=True)
+
+
+def sharded(model_file, inbox, results, address, summary, *extra) -> list[str]:
+    return job(model_file, inbox, results, "--batch-size", "5", "--threads", "1", "--scheduler", address,
+               "--summary-json", str(summary), *extra)
+
+
+def test_shards_run_on_both_workers_with_the_results_of_one_process(model_file, cluster, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = make_inbox(inbox, 60) + ["broken.png"]
+    (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a whole PNG")
+    one = run_job(model_file, inbox, tmp_path / "one.csv", "--batch-size", "5", "--threads", "1")
+    assert one.returncode == EXIT_OK, one.stderr
+    results, summary = tmp_path / "sharded.csv", tmp_path / "summary.json"
+    done = subprocess.run(sharded(model_file, inbox, results, cluster, summary, "--shard-size", "10"), env=job_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "61 processed (60 ok, 1 errors)" in done.stdout
+    shards = json.loads(summary.read_text())["shards"]
+    pids = worker_pids(cluster)
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    assert all(s["status"] == "ok" for s in shards), shards
+    assert {s["pid"] for s in shards} == set(pids.values())                  # both worker processes classified
+    assert {s["worker"] for s in shards} == set(pids)
+    assert sorted(s["shard"] for s in shards) == list(range(7)) and sum(s["written"] for s in shards) == 61
+    assert sorted(read_results(results).file) == sorted(names)
+    pd.testing.assert_frame_equal(comparable(results), comparable(tmp_path / "one.csv"))   # same labels, same confidence
+    before = results.read_bytes()
+    again = subprocess.run(sharded(model_file, inbox, results, cluster, summary), env=job_env(), capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == EXIT_OK and "0 processed" in again.stdout and "61 already done" in again.stdout
+    assert results.read_bytes() == before
+
+
+def test_a_worker_killed_mid_run_leaves_every_photo_exactly_once(model_file, cluster, tmp_path):
+    inbox, results, summary = tmp_path / "inbox", tmp_path / "results.csv", tmp_path / "summary.json"
+    inbox.mkdir()
+    names = make_inbox(inbox, 150)
+    pids = worker_pids(cluster)
+    run = subprocess.Popen(sharded(model_file, inbox, results, cluster, summary, "--shard-size", "25"), env=job_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while data_rows(results) < 10 and run.poll() is None:          # both workers are classifying
+        time.sleep(0.005)
+    victim, pid = sorted(pids.items())[0]
+    os.kill(pid, signal.SIGKILL)
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == EXIT_OK, err
+    table = read_results(results)
+    assert sorted(table.file) == sorted(names) and table.file.is_unique and (table.status == "ok").all()
+    shards = json.loads(summary.read_text())["shards"]
+    lost = [s for s in shards if s["status"] == "lost"]
+    assert lost and {s["worker"] for s in lost} == {victim}, shards
+    ok = [s for s in shards if s["status"] == "ok"]
+    assert sorted(s["shard"] for s in ok) == list(range(6))                # every shard finished once
+    assert "150 processed (150 ok, 0 errors)" in out and "0 already done" in out   # the lost worker's rows count
+    one = run_job(model_file, inbox, tmp_path / "one.csv", "--batch-size", "5", "--threads", "1")
+    assert one.returncode == EXIT_OK, one.stderr
+    pd.testing.assert_frame_equal(comparable(results), comparable(tmp_path / "one.csv"))
