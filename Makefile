@@ -118,6 +118,7 @@ benchmarks: $(STAMP) ## speed and memory measurements, written to benchmarks/res
 	$(BIN)/python benchmarks/returns_training.py
 	$(BIN)/python benchmarks/data_store.py
 	$(BIN)/python benchmarks/recommendations.py
+	$(BIN)/python benchmarks/recommendations_monitoring.py
 
 lock: ## re-resolve the dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/python -m pip install --quiet --upgrade pip

@@ -85,6 +85,10 @@ PRODUCTS: dict[str, Product] = {
     "recommendations.history":      _T("recommendations/history.parquet", "register-recommendations"),
     "recommendations.history_spec": _T("recommendations/history.json", "register-recommendations"),
     "recommendations.registration": _T("recommendations/registration.json", "register-recommendations"),
+    "recommendations.hit_rate":     _T("recommendations/hit_rate.json", "profile-recommendations"),
+    "profiles.recommendations.baskets_train": _T("profiles/recommendations/baskets_train", "profile-recommendations"),
+    "profiles.recommendations.baskets": _T("profiles/recommendations/baskets", "profile-recommendations"),
+    "profiles.recommendations.index": _T("profiles/recommendations/index.json", "profile-recommendations"),
     "recommendations.campaign":     _T("recommendations/campaign.parquet", "plan-campaign"),
     "recommendations.campaign_summary": _T("recommendations/campaign.json", "plan-campaign"),
     # returns

@@ -207,7 +207,16 @@ def monitor_dashboard() -> dashboard.Dashboard:
                                             "the normal for the window's weeks (see the monitoring page)."))
             .with_panel(_series("Model MASE over the newest window", "none",
                                 _query(f"max by (family) (kronkers_model_window_mase{f})", "{{family}}"),
-                                description="Demand: the forecast's error over the seasonal naive's.")))
+                                description="Demand: the forecast's error over the seasonal naive's."))
+            .with_panel(_series("Hit rate of recommendations over the newest window", "percentunit",
+                                _query(f"max by (family) (kronkers_model_window_hit_rate{f})", "{{family}}"),
+                                description="Of the customers who bought in the newest window after the model's cut-off "
+                                            "(as long as its test window), the share who bought one of the products it "
+                                            "recommends them. Against the hit rate at evaluation (see the monitoring page)."))
+            .with_panel(_series("Customers the hit rate is measured on", "none",
+                                _query(f"max by (family) (kronkers_model_window_customers{f})", "{{family}}"),
+                                description="Customers who bought in the newest window; the monitor judges the hit rate "
+                                            "from 30 of them (config/monitoring.yaml).")))
 
 
 BOARDS = {"service.json": service_dashboard, "returns-batch.json": batch_dashboard, "monitor.json": monitor_dashboard}

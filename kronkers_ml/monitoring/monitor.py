@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -28,9 +29,9 @@ from ..settings import load_env
 from ..products import PRODUCTS, how_to_build, product, product_path, resolve
 
 # %% auto #0
-__all__ = ['THRESHOLD_DEFAULTS', 'read_env', 'load_monitoring_config', 'check_drift', 'seasonal_normal', 'lagged_frame',
-           'check_performance', 'alert_records', 'append_jsonl', 'write_gauges', 'post_webhook', 'retrain_commands',
-           'retrain', 'monitor', 'main']
+__all__ = ['THRESHOLD_DEFAULTS', 'read_env', 'load_monitoring_config', 'family_hook', 'check_drift', 'seasonal_normal',
+           'lagged_frame', 'check_performance', 'alert_records', 'append_jsonl', 'write_gauges', 'post_webhook',
+           'retrain_commands', 'retrain', 'monitor', 'main']
 
 # %% ../../nbs/monitoring/04_monitor.ipynb #46da6543
 THRESHOLD_DEFAULTS = {"drift_p_value": 1e-6, "drift_hellinger": 0.3, "drift_min_features": 1, "perf_window_days": 14,
@@ -57,15 +58,27 @@ def load_monitoring_config(path: str | Path) -> dict:
         if not ({"drift", "performance"} & set(spec or {})):
             raise ValueError(f"{path}: family '{family}' has neither a 'drift' nor a 'performance' block")
         for key, need in (("drift", ("reference", "current")), ("performance", ("predictions", "truth", "prediction", "date_column"))):
-            missing = [k for k in need if key in spec and k not in spec[key]]
+            missing = [k for k in need if key in spec and k not in spec[key] and not (key == "performance" and "check" in spec[key])]
             if missing: raise ValueError(f"{path}: {family}.{key} lacks {missing}")
         spec.setdefault("retrain_tasks", [])
     return config
 
 # %% ../../nbs/monitoring/04_monitor.ipynb #02d12919
+def family_hook(path: str):
+    "The function a family's block names by its dotted path (`kronkers_ml.recommendations.monitor.check_hit_rate`)."
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"monitoring configuration: cannot import {path!r}: {e}") from None
+
 def check_drift(out: str | Path, family: str, spec: dict, thresholds: dict, current: pd.DataFrame | None = None) -> dict:
-    "Drift of the family's current profile against its reference: scores per column, drifted columns, breach."
+    """Drift of the family's current profile against its reference: scores per column, drifted columns, breach. A batch
+    `current` is profiled first, after the block's `features` function (dotted path; called with the batch, `out` and
+    the thresholds) where it names one: recommendations turn transaction lines into baskets."""
     columns = spec.get("columns")
+    if current is not None and spec.get("features"):
+        current = family_hook(spec["features"])(current, out, thresholds)
     if current is not None:
         log_dataset(current, out, family, spec["current"], spec.get("date_column"), columns,
                     date=None if spec.get("date_column") in current else pd.Timestamp.now().normalize())
@@ -170,7 +183,10 @@ def check_performance(out: str | Path, spec: dict, thresholds: dict, predictions
     set its own `window_days`, `tolerance`, `min_rows` and `spread_z` (else the env's `perf_*`). With `scale_series` the
     error is judged as MASE: the window's MAE over the seasonal-naive in-sample MAE of that series before the window,
     against the `training_mase_key` figure. A classifier (`metric: error_rate`) is judged on its share of wrong
-    categories against 1 - the `training_accuracy_key` figure."""
+    categories against 1 - the `training_accuracy_key` figure. A block with `check` (a dotted path) is judged by that
+    function instead, called with `out`, the block, the thresholds and `predictions` (recommendations: the hit rate)."""
+    if spec.get("check"):
+        return family_hook(spec["check"])(out, spec, thresholds, predictions)
     if predictions is None:
         path = resolve(spec["predictions"], out)
         if not path.exists():
@@ -235,9 +251,9 @@ def alert_records(family: str, drift: dict, performance: dict, at: str) -> list[
     if performance.get("breach"):
         metric = performance.get("metric", "mae")
         recs.append({"at": at, "family": family, "kind": "performance", "name": metric, "value": performance[metric],
-                     "mae": performance["mae"],
+                     "mae": performance.get("mae"),
                      "threshold": performance["limit"], "expected": performance.get("expected"),
-                     "seasonal_factor": (performance.get("seasonal") or {}).get("factor"), "baseline_mae": performance["baseline_mae"],
+                     "seasonal_factor": (performance.get("seasonal") or {}).get("factor"), "baseline_mae": performance.get("baseline_mae"),
                      "window_end": str(performance["window_end"]), "reason": performance["reason"]})
     return recs
 
@@ -257,13 +273,18 @@ def write_gauges(results: dict, out: str | Path, pushgateway_url: str = "") -> s
     pval = Gauge("kronkers_drift_pvalue", "drift p-value (or Hellinger distance) per feature", ["family", "column"], registry=reg)
     mae = Gauge("kronkers_model_window_mae", "model MAE over the newest window with ground truth", ["family"], registry=reg)
     mase = Gauge("kronkers_model_window_mase", "model MASE over the newest window (families judged by MASE)", ["family"], registry=reg)
+    hit = Gauge("kronkers_model_window_hit_rate", "share of the newest window's customers who bought one of their recommended products",
+                ["family"], registry=reg)
+    customers = Gauge("kronkers_model_window_customers", "customers the newest window's hit rate is measured on", ["family"], registry=reg)
     for family, res in results.items():
         breach.labels(family, "drift").set(int(bool(res["drift"].get("breach"))))
         breach.labels(family, "performance").set(int(bool(res["performance"].get("breach"))))
         for s in res["drift"].get("scores", []):
             v = s["statistic"] if s["algorithm"] == "hellinger" else s["pvalue"]
             if v is not None: pval.labels(family, s["column"]).set(float(v))
-        if res["performance"].get("checked"): mae.labels(family).set(res["performance"]["mae"])
+        if res["performance"].get("checked") and res["performance"].get("mae") is not None: mae.labels(family).set(res["performance"]["mae"])
+        if res["performance"].get("customers"):
+            hit.labels(family).set(res["performance"]["hit_rate"]); customers.labels(family).set(res["performance"]["customers"])
         if res["performance"].get("mase") is not None: mase.labels(family).set(res["performance"]["mase"])
     if pushgateway_url:
         push_to_gateway(pushgateway_url, job="kronkers_monitor", registry=reg)
@@ -321,7 +342,8 @@ def monitor(env_file: str | Path = "env.yaml", families: Sequence[str] | None = 
     for fam in families:
         spec = config[fam]
         drift = check_drift(out, fam, spec["drift"], th, current) if "drift" in spec else {"checked": False, "breach": False}
-        perf = check_performance(out, spec["performance"], th, predictions) if "performance" in spec else {"checked": False, "breach": False}
+        truth = current if predictions is None and (spec.get("performance") or {}).get("from_current") else predictions
+        perf = check_performance(out, spec["performance"], th, truth) if "performance" in spec else {"checked": False, "breach": False}
         recs = alert_records(fam, drift, perf, at)
         results[fam] = {"drift": drift, "performance": perf, "alerts": len(recs), "retrain": []}
         records += recs
@@ -351,7 +373,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="products folder (default: the env file's `out`)")
     p.add_argument("--config", help="monitoring configuration (default: the env file's monitoring.config)")
     p.add_argument("--family", action="append", help="check only this family (repeatable; default: all configured)")
-    p.add_argument("--current", help="a batch (csv or parquet) to profile and compare with the reference (with one --family)")
+    p.add_argument("--current", help="a batch (csv or parquet) to profile and compare with the reference (with one --family; "
+                   "recommendations: new clean transaction lines, whose baskets are profiled and whose purchases give the hit rate)")
     p.add_argument("--predictions", help="predictions with ground truth to judge instead of the configured file (with one --family)")
     p.add_argument("--no-retrain", action="store_true", help="report and alert only; do not rebuild anything")
     return p
@@ -369,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for fam, res in summary["families"].items():
         d, p = res["drift"], res["performance"]
         print(f"{fam}: drift {'BREACH ' + ', '.join(d['drifted']) if d['breach'] else ('ok' if d['checked'] else 'not checked: ' + d.get('reason', ''))}; "
-              f"performance {'BREACH ' + p['reason'] if p['breach'] else ('ok' if p['checked'] else 'not checked: ' + p.get('reason', ''))}")
+              f"performance {'BREACH ' + p['reason'] if p['breach'] else ('ok' + (' (' + p['reason'] + ')' if 'hit_rate' in p else '') if p['checked'] else 'not checked: ' + p.get('reason', ''))}")
         for r in res["retrain"]:
             print(f"  retrain {r['task']}: {'ok' if r['returncode'] == 0 else 'FAILED'}")
             failed |= r["returncode"] != 0

@@ -12,7 +12,7 @@ from ..operations.settings import SegmentCustomers
 from ..settings import Settings, setting, shared
 
 # %% auto #0
-__all__ = ['TrainRecommendations', 'EvaluateRecommendations', 'RegisterRecommendations', 'PlanCampaign']
+__all__ = ['TrainRecommendations', 'EvaluateRecommendations', 'RegisterRecommendations', 'PlanCampaign', 'ProfileRecommendations']
 
 # %% ../../nbs/recommendations/00_settings.ipynb #b971d95f
 @dataclass(frozen=True)
@@ -97,3 +97,16 @@ class PlanCampaign(Settings):
                 raise ValueError(f"{self.key(name)}: must be at least 1, got {getattr(self, name)}")
         if not 0 < self.level < 1:
             raise ValueError(f"{self.key('level')}: must be between 0 and 1, got {self.level}")
+
+@dataclass(frozen=True)
+class ProfileRecommendations(Settings):
+    "Settings of profile-recommendations (nbs/pipeline/recommendations/profile_recommendations.ipynb): the drift monitor's baskets."
+    k: int = setting(TrainRecommendations.k, "recommendations.k", "the hit rate counts the model's top k")
+    reference_days: int = setting(91, "recommendations.basket_reference_days", "days before the cut-off whose baskets are the drift reference")
+    repeat_days: int = setting(182, "recommendations.basket_repeat_days", "a basket's product is a repeat when the customer bought it within this many days")
+    new_days: int = setting(28, "recommendations.basket_new_days", "a product is new for this many days after its first sale")
+
+    def check(self) -> None:
+        for name in ("k", "reference_days", "repeat_days", "new_days"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self.key(name)}: must be at least 1, got {getattr(self, name)}")

@@ -216,7 +216,11 @@ def stack(built, tmp_path_factory):
                              "performance": {"breach": False, "checked": True, "mae": 118.0, "mase": None}},
             "demand": {"drift": {"breach": False, "scores": [
                            {"column": "unit_price", "algorithm": "hellinger", "pvalue": None, "statistic": 0.03}]},
-                       "performance": {"breach": False, "checked": True, "mae": 2100.0, "mase": 0.8}}}
+                       "performance": {"breach": False, "checked": True, "mae": 2100.0, "mase": 0.8}},
+            "recommendations": {"drift": {"breach": False, "scores": [
+                                    {"column": "repeat_share", "algorithm": "ks", "pvalue": 0.3, "statistic": 0.05}]},
+                                "performance": {"breach": False, "checked": True, "mae": None, "metric": "hit_rate",
+                                                "hit_rate": 0.89, "customers": 354}}}
         write_gauges(results, tmp, f"http://{gateway}")
 
     with _process([PUSHGATEWAY, f"--web.listen-address={gateway}"], f"http://{gateway}/-/ready", tmp / "pushgateway.log"):
@@ -329,7 +333,8 @@ def test_prometheus_scrapes_the_service_and_the_gateway_with_the_pushers_job_lab
     breach = {(s["metric"]["family"], s["metric"]["kind"]): s["value"][1]
               for s in instant(scraped, 'kronkers_monitor_breach{job="kronkers_monitor"}')}
     assert breach == {("service_time", "drift"): "1", ("service_time", "performance"): "0",
-                      ("demand", "drift"): "0", ("demand", "performance"): "0"}
+                      ("demand", "drift"): "0", ("demand", "performance"): "0",
+                      ("recommendations", "drift"): "0", ("recommendations", "performance"): "0"}
     calls = {(s["metric"]["endpoint"], s["metric"]["status"]): float(s["value"][1])
              for s in instant(scraped, 'sum by (endpoint, status) (kronkers_requests_total{endpoint=~"/v1/.*"})')}
     assert calls == {("/v1/models/service-time/predict.csv", "200"): ROUNDS, ("/v1/models/demand/forecast", "200"): ROUNDS,
