@@ -242,7 +242,8 @@ def fit_lightgbm_dask(frame: pd.DataFrame, params: dict, num_boost_round: int, s
     with Client(scheduler, timeout="60s") as client:      # the default client: lightgbm.dask waits through it
         workers = free_workers(client, own_worker)
         if not workers:
-            raise ValueError(f"no Dask worker at {scheduler} to fit on but this task's own ({own_worker})")
+            raise ValueError(f"no Dask worker at {scheduler} to fit on but this task's own ({own_worker}): add workers, "
+                             "or set cluster.dask_lgbm_min_rows to 0 for a local fit")
         bounds = np.linspace(0, len(data), min(len(workers), len(data)) + 1).astype(int)
         parts = [client.scatter(data.iloc[a:b], workers=[w], direct=True) for w, a, b in zip(workers, bounds[:-1], bounds[1:])]
         ddf = dd.from_delayed(parts, meta=data.iloc[:0])
