@@ -52,17 +52,10 @@ def max_rel_diff(a, b) -> float:
     return float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1.0)))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", choices=["default", "test"], default="default", help="which env file's parameters")
-    parser.add_argument("--n-jobs", type=int, default=-1, help="processes for the parallel run (-1: every core)")
-    parser.add_argument("--skip-build", action="store_true", help="do not time the pipeline branch")
-    parser.add_argument("--output", type=Path, default=None, help="JSON file to write (default benchmarks/results/)")
-    args = parser.parse_args(argv)
-    env_file = "env.yaml" if args.env == "default" else "env.test.yaml"
-    output = args.output or ROOT / "benchmarks" / "results" / f"demand_backtest_{args.env}.json"
+def backtest_inputs(env_file: str) -> dict:
+    """The backtest-demand task's inputs from an env file's parameters: the log (loaded or generated), the daily
+    series, the folds' origins (validation then test) and the candidates; with the seconds the data took."""
     p, seed = demand_params(env_file)
-
     t0 = time.perf_counter()
     if p.get("transactions"):
         log = load_transactions(p["transactions"])
@@ -81,7 +74,23 @@ def main(argv: list[str] | None = None) -> dict:
     cands = {c: {} for c in names}
     cands.update({k: v for k, v in {"sarima": {k: int(p[k]) for k in ("max_p", "max_q", "max_P", "max_Q")},
                                     "lightgbm": {"seed": seed, "horizon": horizon}}.items() if k in cands})
-    common = dict(daily=daily, origins=origins, horizon=horizon, candidates=cands, ma_window=int(p["ma_window"]))
+    return {"log": log, "daily": daily, "data_s": data_s, "names": names,
+            "common": dict(daily=daily, origins=origins, horizon=horizon, candidates=cands, ma_window=int(p["ma_window"]))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", choices=["default", "test"], default="default", help="which env file's parameters")
+    parser.add_argument("--n-jobs", type=int, default=-1, help="processes for the parallel run (-1: every core)")
+    parser.add_argument("--skip-build", action="store_true", help="do not time the pipeline branch")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file to write (default benchmarks/results/)")
+    args = parser.parse_args(argv)
+    env_file = "env.yaml" if args.env == "default" else "env.test.yaml"
+    output = args.output or ROOT / "benchmarks" / "results" / f"demand_backtest_{args.env}.json"
+
+    inputs = backtest_inputs(env_file)
+    log, daily, data_s, names, common = (inputs[k] for k in ("log", "daily", "data_s", "names", "common"))
+    origins, horizon = common["origins"], common["horizon"]
     t0 = time.perf_counter()
     serial, serial_folds = run_backtest(**common, n_jobs=1)
     serial_s = time.perf_counter() - t0

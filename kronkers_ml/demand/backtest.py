@@ -5,6 +5,7 @@
 # %% ../../nbs/demand/06_backtest.ipynb #ca5ab1cd
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -41,7 +42,7 @@ def validation_origins(first_test_origin, n_valid: int, horizon: int, step: int)
 
 # %% ../../nbs/demand/06_backtest.ipynb #c8a238d8
 def run_fold(daily: pd.DataFrame, origin, horizon: int, candidates: dict, ma_window: int = 28) -> dict:
-    "Forecasts of every candidate and baseline for the `horizon` days after `origin`, the actuals, and the fit times (CPU seconds)."
+    "Forecasts of every candidate and baseline for the `horizon` days after `origin`, the actuals, the fit times (CPU seconds) and the pid of the process that ran the fold."
     origin = pd.Timestamp(origin)
     daily = with_closures(daily)
     end = origin + pd.Timedelta(days=horizon)
@@ -61,16 +62,18 @@ def run_fold(daily: pd.DataFrame, origin, horizon: int, candidates: dict, ma_win
             out[name], errors[name] = np.nan, f"{type(exc).__name__}: {exc}"
         fit_s[name] = time.process_time() - t0
     out["moving_average"] = moving_average_forecast(history["revenue"], horizon, ma_window)
-    return {"forecasts": out, "origin": origin, "history_days": len(history), "fit_s": fit_s, "errors": errors}
+    return {"forecasts": out, "origin": origin, "history_days": len(history), "fit_s": fit_s, "errors": errors, "pid": os.getpid()}
 
 def run_backtest(daily: pd.DataFrame, origins, horizon: int, candidates: dict, ma_window: int = 28,
                  n_jobs: int = -1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Run every fold (in parallel over `n_jobs` processes): the long forecast table and one row per fold."
+    """Run every fold (in parallel over `n_jobs` processes; inside `kronkers_ml.platform.cluster.joblib_on_cluster`, on
+    a Dask cluster's workers, with the same results): the long forecast table and one row per fold (`pid`: the
+    process that ran it)."""
     require_columns(daily, ["date", "revenue", "is_holiday"], "run_backtest")
     daily = with_closures(daily)
     folds = Parallel(n_jobs=n_jobs)(delayed(run_fold)(daily, o, horizon, candidates, ma_window) for o in origins)
     forecasts = pd.concat([f["forecasts"] for f in folds], ignore_index=True)
-    table = pd.DataFrame([{"origin": f["origin"], "history_days": f["history_days"],
+    table = pd.DataFrame([{"origin": f["origin"], "history_days": f["history_days"], "pid": f["pid"],
                            **{f"fit_s_{k}": v for k, v in f["fit_s"].items()},
                            "errors": "; ".join(f"{k}: {v}" for k, v in f["errors"].items())} for f in folds])
     return forecasts, table

@@ -46,11 +46,13 @@ def demand_params(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {**spec["params"], **spec.get("fitted", {})}
 
 def fit_demand_model(daily: pd.DataFrame, choice: Mapping[str, Any] | Sequence[int],
-                     seasonal_order: Sequence[int] | None = None, country: str = "NO") -> tuple[Any, dict[str, Any]]:
+                     seasonal_order: Sequence[int] | None = None, country: str = "NO",
+                     n_jobs: int = 1) -> tuple[Any, dict[str, Any]]:
     """Fit the chosen demand model on every day of `daily`: `choice` is metrics.json's `model` block, or a SARIMA order
     with `seasonal_order`. Returns the series it forecasts from (with closures) and the spec to save with it. Without
     interval quantiles in `choice`, they are calibrated on a short backtest of the last folds of `daily`. `country`: the
-    public-holiday calendar of the days it forecasts (`demand.country`, in daily.json), kept in the spec."""
+    public-holiday calendar of the days it forecasts (`demand.country`, in daily.json), kept in the spec. `n_jobs`: the
+    processes of SARIMA's order search (`fit_sarima_open`; the same model with any number)."""
     from kronkers_ml.demand.backtest import calibrate_intervals
     from kronkers_ml.core import frame_sha256
     from kronkers_ml.demand.models import closed_weekdays, closes_on_holidays, fit_sarima_open, with_closures
@@ -58,7 +60,7 @@ def fit_demand_model(daily: pd.DataFrame, choice: Mapping[str, Any] | Sequence[i
     series = with_closures(daily).reset_index(drop=True)
     fitted = {}
     if c["name"] == "sarima":
-        res, _ = fit_sarima_open(series, **c["params"])
+        res, _ = fit_sarima_open(series, n_jobs=n_jobs, **c["params"])
         fitted = {"order": [int(v) for v in res.model.order], "seasonal_order": [int(v) for v in res.model.seasonal_order]}
     intervals = c["intervals"] or calibrate_intervals(series, c["name"], {**c["params"], **fitted})
     spec = {"model": c["name"], "params": c["params"], "fitted": fitted, "intervals": intervals, "country": str(country),

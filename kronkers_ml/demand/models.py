@@ -292,11 +292,18 @@ def sarima_open_design(history: pd.DataFrame, terms: list[str], max_days: int = 
     X = pd.DataFrame(h[terms].to_numpy(dtype=float), index=y.index, columns=terms)
     return y, X.loc[:, X.nunique() > 1]
 
-def fit_sarima_open(history: pd.DataFrame, max_days: int = YEARLY_MIN_DAYS, **params):
-    "SARIMA on log open revenue with the supported regressors, the order by AIC over the search (or fixed by `order`): (results, regressor names)."
+def fit_sarima_open(history: pd.DataFrame, max_days: int = YEARLY_MIN_DAYS, n_jobs: int = 1, **params):
+    """SARIMA on log open revenue with the supported regressors, the order by AIC over the search (or fixed by
+    `order`): (results, regressor names). With `n_jobs` other than 1 the search's fits run in parallel
+    (`select_sarima_order`; on a cluster's workers inside `joblib_on_cluster`) and the best order is fitted again
+    here: the same model as the search one after the other."""
     y, X = sarima_open_design(history, supported_terms(history), max_days)
+    orders = _sarima_orders(params)
+    if n_jobs != 1 and len(orders) > 1:
+        ranked = select_sarima_order(y, X if X.shape[1] else None, orders, n_jobs)   # best first; ties in search order
+        orders = [(tuple(r.order), tuple(r.seasonal_order)) for r in ranked[np.isfinite(ranked["aic"])].head(1).itertuples()]
     best, best_aic = None, np.inf
-    for order, seasonal in _sarima_orders(params):
+    for order, seasonal in orders:
         try:
             res = fit_sarima(y, X if X.shape[1] else None, order, seasonal)
         except (ValueError, np.linalg.LinAlgError):

@@ -75,6 +75,7 @@ class BacktestDemand(Settings):
 class ForecastDemand(Settings):
     "Settings of forecast-demand (nbs/pipeline/demand/forecast_demand.ipynb)."
     horizon: int = setting(28, "demand.horizon")
+    n_jobs: int = setting(-1, "demand.n_jobs", "-1: every core")
 
 @dataclass(frozen=True)
 class RegisterDemand(Settings):

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['RUNS_FILE', 'RUNNING_DIR', 'LOGS_DIR', 'CLUSTER_ENV', 'BUILD_HELP', 'append_line', 'read_runs', 'env_overrides',
            'load_dag', 'select_tasks', 'plan_build', 'product_paths', 'clean_lost_run', 'task_command', 'task_cluster',
-           'study_name', 'worker_address', 'run_trials', 'trials_on_cluster', 'run_task', 'BuildFailed',
-           'build_on_cluster', 'add_build_arguments', 'local_build_command', 'run_build', 'local_cluster',
-           'PostgresMissing', 'postgres_bin', 'LocalPostgres', 'local_postgres']
+           'study_name', 'worker_address', 'run_trials', 'trials_on_cluster', 'free_workers', 'joblib_on_cluster',
+           'run_task', 'BuildFailed', 'build_on_cluster', 'add_build_arguments', 'local_build_command', 'run_build',
+           'local_cluster', 'PostgresMissing', 'postgres_bin', 'LocalPostgres', 'local_postgres']
 
 # %% ../../nbs/platform/05_cluster.ipynb #9310e002
 import json
@@ -255,6 +255,32 @@ def trials_on_cluster(scheduler: str, storage: str, seed: int = 0, own_worker: s
                 else: f.cancel(); ran[w] = 0
         return ran
     return optimize
+
+# %% ../../nbs/platform/05_cluster.ipynb #0e909b2c
+def free_workers(client, own_worker: str | None = None) -> list[str]:
+    "The addresses of the cluster's workers but `own_worker` (the worker whose one thread runs this task and waits for it)."
+    return sorted(a for a in client.scheduler_info()["workers"] if a != own_worker)
+
+@contextmanager
+def joblib_on_cluster(cluster: dict | None = None):
+    """joblib's Dask backend for the `Parallel` calls inside, on the cluster of the cluster build running this task
+    (`task_cluster()`; or `cluster`, a {scheduler, worker} dict with `worker` optional): their work runs on every
+    worker but the task's own. Outside a cluster build, or with no other worker, nothing changes (joblib's own
+    processes or threads). Yields the worker addresses the work may use ([]: here, as without a cluster)."""
+    cluster = task_cluster() if cluster is None else cluster
+    if not cluster:
+        yield []
+        return
+    import joblib
+    from distributed import Client
+    with Client(cluster["scheduler"], timeout="60s", set_as_default=False) as client:
+        workers = free_workers(client, cluster.get("worker"))
+        if not workers:
+            yield []
+            return
+        # loose restrictions: the work may be stolen by an idle worker (the task's own never is: its thread is busy)
+        with joblib.parallel_backend("dask", client=client, workers=workers, allow_other_workers=True):
+            yield workers
 
 # %% ../../nbs/platform/05_cluster.ipynb #f48d48e7
 def run_task(name: str, project: str, entry_point: str, env_args: Sequence[str], env_file: str | None,

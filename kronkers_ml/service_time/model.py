@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['BASELINES', 'TimeSplit', 'time_split', 'FittedBaselines', 'fit_baselines', 'predict_baselines', 'base_lgb_params',
            'make_dataset', 'suggest_lgb_params', 'TuningResult', 'lgb_objective', 'tune_lightgbm', 'scale_rounds',
-           'fit_lightgbm', 'predict_lightgbm', 'feature_importance', 'save_model', 'load_model']
+           'fit_lightgbm', 'predict_lightgbm', 'feature_importance', 'save_model', 'load_model', 'lightgbm_on_dask',
+           'fit_lightgbm_dask']
 
 # %% ../../nbs/service_time/05_model.ipynb #8345fb98
 from collections.abc import Sequence
@@ -212,3 +213,42 @@ def load_model(path: str | Path) -> lgb.Booster:
     if not Path(path).is_file():
         raise ValueError(f"no model file at {path}")
     return lgb.Booster(model_file=str(path))
+
+# %% ../../nbs/service_time/05_model.ipynb #79e84700
+def lightgbm_on_dask(rows: int, min_rows: int, cluster: dict | None) -> bool:
+    """Whether a final fit of `rows` rows runs on the Dask cluster: in a cluster build (`cluster`, from
+    `kronkers_ml.platform.cluster.task_cluster()`) when `min_rows` (`cluster.dask_lgbm_min_rows`) is above 0 and
+    the rows reach it."""
+    return bool(cluster) and min_rows > 0 and rows >= min_rows
+
+def fit_lightgbm_dask(frame: pd.DataFrame, params: dict, num_boost_round: int, scheduler: str, seed: int = 0,
+                      features: Sequence[str] = FEATURES, categorical: Sequence[str] = CATEGORICAL_FEATURES,
+                      target: str = "service_time_s", own_worker: str | None = None) -> lgb.Booster:
+    """`fit_lightgbm` on the workers of the Dask cluster at `scheduler` with `lightgbm.dask.DaskLGBMRegressor`: one
+    slice of `frame`'s rows on each worker but `own_worker` (the worker whose thread waits for this task). Returns the
+    plain booster (`to_local()`); not the same numbers as a local fit (bins and bagging per worker)."""
+    import warnings
+    import dask.dataframe as dd
+    from distributed import Client
+    from lightgbm.dask import DaskLGBMRegressor
+    from kronkers_ml.platform.cluster import free_workers
+    if num_boost_round < 1:
+        raise ValueError(f"num_boost_round must be >= 1, got {num_boost_round}")
+    require_columns(frame, [*features, target], "frame")
+    if frame[target].isna().any():
+        raise ValueError(f"frame.{target} has NaN")
+    data = frame[[*features, target]].reset_index(drop=True)
+    p = {**params, **{k: seed for k in ("seed", "bagging_seed", "feature_fraction_seed", "data_random_seed")}, "verbose": -1}
+    with Client(scheduler, timeout="60s") as client:      # the default client: lightgbm.dask waits through it
+        workers = free_workers(client, own_worker)
+        if not workers:
+            raise ValueError(f"no Dask worker at {scheduler} to fit on but this task's own ({own_worker}): add workers, "
+                             "or set cluster.dask_lgbm_min_rows to 0 for a local fit")
+        bounds = np.linspace(0, len(data), min(len(workers), len(data)) + 1).astype(int)
+        parts = [client.scatter(data.iloc[a:b], workers=[w], direct=True) for w, a, b in zip(workers, bounds[:-1], bounds[1:])]
+        ddf = dd.from_delayed(parts, meta=data.iloc[:0])
+        model = DaskLGBMRegressor(client=client, n_estimators=num_boost_round, **p)
+        with warnings.catch_warnings():      # each worker trains on its own threads (its nthreads), not num_threads
+            warnings.filterwarnings("ignore", message="Parameter (num_threads|n_jobs) will be ignored")
+            model.fit(ddf[list(features)], ddf[target], categorical_feature=list(categorical))
+        return model.to_local().booster_

@@ -65,10 +65,14 @@ class TrainServiceTime(Settings):
     test_months: int = setting(3, "service_time.test_months")
     study_storage: str = setting("", "cluster.study_storage",
                                  "'': the study in memory; a database URL: on a cluster build, trials on every worker")
+    dask_lgbm_min_rows: int = setting(0, "cluster.dask_lgbm_min_rows",
+                                      "0: never; else on a cluster build, a final fit of at least this many rows runs on the workers")
 
     def check(self):
         for name in ("n_trials", "valid_months", "test_months"):
             if getattr(self, name) < 1: raise ValueError(f"{self.key(name)}: at least 1, got {getattr(self, name)}")
+        if self.dask_lgbm_min_rows < 0:
+            raise ValueError(f"{self.key('dask_lgbm_min_rows')}: 0 (never) or more, got {self.dask_lgbm_min_rows}")
 
 @dataclass(frozen=True)
 class EvaluateServiceTime(Settings):
