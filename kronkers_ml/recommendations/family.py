@@ -98,7 +98,7 @@ with contextlib.redirect_stderr(io.StringIO()):
             customers = pd.Index(sorted(past["customer_id"].unique()))
             self.h = history(past, model["cutoff"], customers, model["items"], float(spec["half_life_days"]),
                              int(spec["recent_days"]))
-            self.ranker, self.segments = ranker, segments
+            self.ranker, self.segments, self.catalogue = ranker, segments, self.h.catalogue
             if self.kind == "lambdarank":
                 # the products' features once; each customer's own purchases as one slice of a frame sorted by customer
                 self.items_features = item_features(self.h, past, int(spec["season_days"]))
@@ -140,7 +140,7 @@ with contextlib.redirect_stderr(io.StringIO()):
                 scores[known] = self.scores(rows[known])
             if (~known).any():
                 scores[~known] = popularity_scores(self.h, np.zeros(int((~known).sum()), dtype=int))
-            top = top_k(scores, int(k), self.h.catalogue) if len(ids) else np.zeros((0, 1), dtype=int)
+            top = top_k(scores, int(k), self.catalogue) if len(ids) else np.zeros((0, 1), dtype=int)
             return ids, known, scores, top
 
         def recommend_many(self, customer_ids, k: int = 10) -> pd.DataFrame:
@@ -259,8 +259,8 @@ def recommendations_routes(app: FastAPI, settings: ServiceSettings) -> None:
         model = served_model(request, "recommendations")
         rec = await run_in_threadpool(model.model.recommend, customer_id, k)
         request.app.state.metrics.predictions.labels("recommendations").inc(len(rec["items"]))
-        return {"model": model.name, "version": model.version, "customer_id": customer_id, "k": k,
-                "cutoff": model.info.get("cutoff"), **rec}
+        return {"model": model.name, "version": model.version, "kind": model.info.get("kind"), "customer_id": customer_id,
+                "k": k, "cutoff": model.info.get("cutoff"), **rec}
 
     @app.get("/v1/campaigns/recommendations.csv", tags=["recommendations"], response_class=PlainTextResponse)
     async def export_recommendations(

@@ -172,8 +172,10 @@ RANKER_FEATURES = ("ease", "ease_rank", "own_weight", "own_days", "own_last_days
 
 def known_purchases(h: History, purchases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     "(purchases before `h.cutoff` of `h`'s customers and products, their customer and item indexes, their age in days)."
-    p = purchases[(purchases["date"] < h.cutoff) & purchases["customer_id"].isin(h.customers) & purchases["product_id"].isin(h.items)]
-    return p, h.customers.get_indexer(p["customer_id"]), h.items.get_indexer(p["product_id"]), (h.cutoff - p["date"]).dt.days.to_numpy()
+    ci, ii = h.customers.get_indexer(purchases["customer_id"]), h.items.get_indexer(purchases["product_id"])
+    keep = (purchases["date"] < h.cutoff).to_numpy() & (ci >= 0) & (ii >= 0)
+    p = purchases[keep]
+    return p, ci[keep], ii[keep], (h.cutoff - p["date"]).dt.days.to_numpy()
 
 def unit_prices(p: pd.DataFrame) -> np.ndarray:
     "Each purchase's price per unit (NaN without a `revenue` column)."
@@ -207,9 +209,9 @@ def candidate_frame(h: History, purchases: pd.DataFrame, rows: np.ndarray, b: np
     p, ci, ii, age = known_purchases(h, purchases)
     ease = np.asarray(h.bought[rows] @ b)
     own = h.weight[rows].toarray()
-    cand = np.zeros((len(rows), n_items), dtype=bool)
+    cand, catalogue = np.zeros((len(rows), n_items), dtype=bool), h.catalogue
     for s in (ease_scores(h, rows, b, repeat_weight), buy_again_scores(h, rows), popularity_scores(h, rows)):
-        top = top_k(s, n_candidates, h.catalogue)
+        top = top_k(s, n_candidates, catalogue)
         r = np.repeat(np.arange(len(rows)), top.shape[1])
         cand[r[top.ravel() >= 0], top.ravel()[top.ravel() >= 0]] = True
     r, c = np.nonzero(cand)
@@ -228,7 +230,7 @@ def candidate_frame(h: History, purchases: pd.DataFrame, rows: np.ndarray, b: np
     seg_code = {n: i for i, n in enumerate(SEGMENT_LADDER)}
     seg = (segments.reindex(h.customers[rows]).map(seg_code).fillna(-1).to_numpy(dtype=float) if segments is not None
            else np.full(len(rows), -1.0))
-    ease_rank = np.argsort(np.argsort(-np.where(h.catalogue, ease, -np.inf), axis=1, kind="stable"), axis=1, kind="stable")
+    ease_rank = np.argsort(np.argsort(-np.where(catalogue, ease, -np.inf), axis=1, kind="stable"), axis=1, kind="stable")
     it = {name: items[name].to_numpy()[c] for name in items.columns}
     return pd.DataFrame({
         "row": r, "item": c, "ease": ease[r, c], "ease_rank": ease_rank[r, c].astype(float), "own_weight": own[r, c],

@@ -134,6 +134,7 @@ def test_a_known_customer_gets_the_library_ranking(service):
         scores = registered_scores(service["built"], _before(service), h, np.array([row]))
         expected = [h.items[i] for i in top_k(scores, 10, h.catalogue)[0] if i >= 0]
         assert body["source"] == "model" and body["customer_id"] == customer and body["k"] == 10
+        assert body["kind"] == service["spec"]["kind"]
         assert len(body["items"]) == 10 and [i["product_id"] for i in body["items"]] == expected
         got = [i["score"] for i in body["items"]]
         assert got == sorted(got, reverse=True)
