@@ -1,6 +1,7 @@
 """Recommendations: training time on the default data, and the latency and throughput of
 GET /v1/models/recommendations/{customer_id}?k=10 at concurrency 1 and 8 against a real `kronkers serve` of the
-build's champion; and the time of one batch export of every customer (GET /v1/campaigns/recommendations.csv).
+build's champion; the time of one batch export of every customer (GET /v1/campaigns/recommendations.csv); and,
+side by side in-process, the served class as EASE and as the re-ranker (when the build registered the re-ranker).
 
     nice .venv/bin/python benchmarks/recommendations.py                     # builds env.yaml's recommendations into a temporary folder
     nice .venv/bin/python benchmarks/recommendations.py --out outputs       # an existing build: serve its champion, no training time
@@ -43,6 +44,39 @@ def export_seconds(base: str, headers: dict, k: int) -> dict:
             "customers_per_s": round(customers / seconds, 1)}
 
 
+def model_seconds(out: Path, customers, k: int, singles: int = 200, batch: int = 1000) -> dict:
+    """In-process seconds of the served class on the build's products, as EASE and (when the build registered it) as
+    the re-ranker, side by side: setting up, one customer at a time (`singles` customers) and `batch` at once."""
+    import pandas as pd
+    from kronkers_ml.core import read_json
+    from kronkers_ml.products import product_path
+    from kronkers_ml.recommendations.evaluate import load_model, load_ranker, load_segments
+    from kronkers_ml.recommendations.family import RecommendationsModel
+    model = load_model(product_path("recommendations.model", out))
+    past = pd.read_parquet(product_path("recommendations.history", out))
+    spec = read_json(product_path("recommendations.history_spec", out))
+    kinds = {"ease": lambda: RecommendationsModel().setup(model, past, {**spec, "kind": "ease"})}
+    if spec.get("kind") == "lambdarank":
+        ranker, segments = load_ranker(product_path("recommendations.ranker", out)), load_segments(product_path("recommendations.segments", out))
+        kinds["lambdarank"] = lambda: RecommendationsModel().setup(model, past, spec, ranker, segments)
+    res = {}
+    for name, make in kinds.items():
+        t0 = time.perf_counter()
+        m = make()
+        setup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for c in customers[:singles]:
+            m.recommend(c, k)
+        single_ms = (time.perf_counter() - t0) / min(singles, len(customers)) * 1000
+        t0 = time.perf_counter()
+        m.recommend_many(list(customers[:batch]), k)
+        batch_s = time.perf_counter() - t0
+        res[name] = {"setup_s": round(setup_s, 2), "single_ms": round(single_ms, 2), f"batch_{batch}_s": round(batch_s, 3)}
+    if "lambdarank" in res:
+        res["ratio_lambdarank_to_ease"] = {key: round(res["lambdarank"][key] / res["ease"][key], 2) for key in res["ease"]}
+    return res
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="an existing build (with the recommendations champion); default: build one")
@@ -78,8 +112,11 @@ def main(argv=None) -> dict:
         raise SystemExit(f"no champion of recommendations in {uri}: build the pipeline first")
     metrics = json.loads(product_path("recommendations.metrics", out).read_text())
     customers = pd.read_parquet(product_path("recommendations.history", out), columns=["customer_id"])["customer_id"].astype(str).unique()
-    result |= {"version": version, "customers": int(len(customers)), "products": int(metrics["data"]["catalogue"]),
+    result |= {"version": version, "kind": metrics["model"].get("kind", metrics["model"].get("name")),
+               "customers": int(len(customers)), "products": int(metrics["data"]["catalogue"]),
                "ndcg_at_10": metrics["model"].get("ndcg_at_10")}
+    result["model"] = model_seconds(out, customers, args.k)      # the served class in-process: EASE against the re-ranker
+    print(json.dumps(result["model"]), flush=True)
 
     key = create_key(tmp / "keys.json", "marketing", load_roles(ROOT / "config" / "roles.yaml"), "benchmark")[1]
     headers = {"X-API-Key": key}

@@ -55,6 +55,19 @@ def product_at(out: Path, key: str) -> Path:
     return product_path(key, out)
 
 
+def registered_scores(out: Path, purchases, h, rows):
+    """Scores (customers of `rows` x items) of the recommendations model registered by the build in `out`, from the
+    library's functions (not the served class): EASE, or the re-ranker on `purchases` (with order and revenue)."""
+    from kronkers_ml.recommendations.evaluate import load_model, load_ranker, load_segments, reranked_scores
+    from kronkers_ml.recommendations.models import ease_scores
+    m = load_model(product_at(out, "recommendations.model"))
+    spec = json.loads(product_at(out, "recommendations.history_spec").read_text())
+    if spec.get("kind", "ease") == "ease":
+        return ease_scores(h, rows, m["b"], m["repeat_weight"])
+    return reranked_scores(h, purchases, rows, m["b"], m["repeat_weight"], load_ranker(product_at(out, "recommendations.ranker")),
+                           spec["n_candidates"], load_segments(product_at(out, "recommendations.segments")), spec["season_days"])
+
+
 def free_port() -> int:
     "A TCP port free on 127.0.0.1 now."
     with socket.socket() as s:

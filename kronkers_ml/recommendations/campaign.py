@@ -8,11 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .evaluate import reranked_scores
 from .models import History, ease_scores, top_k
 
 # %% auto #0
-__all__ = ['campaign_products', 'hit_rates', 'basket_values', 'pick_customers', 'plan_customers', 'plan_by', 'stock_check',
-           'request_plan']
+__all__ = ['campaign_products', 'hit_rates', 'model_scores', 'basket_values', 'pick_customers', 'plan_customers', 'plan_by',
+           'stock_check', 'request_plan']
 
 # %% ../../nbs/recommendations/05_campaign.ipynb #9a2ee71c
 def campaign_products(lines: pd.DataFrame, products: str = "", category: str = "", recent_days: int = 28,
@@ -43,11 +44,13 @@ def campaign_products(lines: pd.DataFrame, products: str = "", category: str = "
                     "(the log has no categories)")
 
 # %% ../../nbs/recommendations/05_campaign.ipynb #ae552643
-def hit_rates(h: History, b: np.ndarray, repeat_weight: float, test: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+def hit_rates(h: History, b: np.ndarray, repeat_weight: float, test: pd.DataFrame, k: int = 10,
+              scores: np.ndarray | None = None) -> pd.DataFrame:
     """Per product of `h.items`: recommended (customers with it in their top `k` from history `h`), hits (of them, who
-    bought it in the window `test`) and hit_rate (NaN where never recommended)."""
+    bought it in the window `test`) and hit_rate (NaN where never recommended). `scores`: the registered model's of
+    every customer of `h` (`model_scores`); default EASE's."""
     rows = np.arange(len(h.customers))
-    top = top_k(ease_scores(h, rows, b, repeat_weight), k, h.catalogue)
+    top = top_k(ease_scores(h, rows, b, repeat_weight) if scores is None else scores, k, h.catalogue)
     listed = np.zeros((len(rows), len(h.items)), dtype=bool)
     r, c = np.nonzero(top >= 0)
     listed[r, top[r, c]] = True
@@ -57,6 +60,19 @@ def hit_rates(h: History, b: np.ndarray, repeat_weight: float, test: pd.DataFram
     rec, hits = listed.sum(axis=0), (listed & bought).sum(axis=0)
     return pd.DataFrame({"product_id": h.items.astype(str), "recommended": rec, "hits": hits,
                          "hit_rate": np.where(rec > 0, hits / np.maximum(rec, 1), np.nan)})
+
+# %% ../../nbs/recommendations/05_campaign.ipynb #7249d3e5
+def model_scores(h: History, purchases: pd.DataFrame, b: np.ndarray, repeat_weight: float, ranker=None,
+                 n_candidates: int = 30, segments: pd.Series | None = None, season_days: int = 28,
+                 batch: int = 2000) -> np.ndarray | None:
+    """The re-ranker's scores (`reranked_scores`, `batch` customers at a time) of every customer of `h`, when the
+    registered model is the re-ranker (a `ranker` given); None for EASE, which `hit_rates` and `pick_customers` score."""
+    if ranker is None:
+        return None
+    rows = np.arange(len(h.customers))
+    parts = [reranked_scores(h, purchases, rows[i:i + batch], b, repeat_weight, ranker, n_candidates, segments, season_days)
+             for i in range(0, len(rows), batch)]
+    return np.vstack(parts) if parts else np.zeros((0, len(h.items)))
 
 # %% ../../nbs/recommendations/05_campaign.ipynb #0bdd2fa0
 def basket_values(lines: pd.DataFrame, products, cutoff) -> pd.DataFrame:
@@ -73,15 +89,17 @@ def basket_values(lines: pd.DataFrame, products, cutoff) -> pd.DataFrame:
     return out.assign(value=out["units"] * out["price"]).reset_index(drop=True)
 
 # %% ../../nbs/recommendations/05_campaign.ipynb #be435e25
-def pick_customers(h: History, b: np.ndarray, repeat_weight: float, products, n: int) -> pd.DataFrame:
-    "The `n` customers of `h` with the highest score for any of `products`: customer_id, product_id (their best), score."
+def pick_customers(h: History, b: np.ndarray, repeat_weight: float, products, n: int,
+                   scores: np.ndarray | None = None) -> pd.DataFrame:
+    """The `n` customers of `h` with the highest score for any of `products`: customer_id, product_id (their best),
+    score. `scores`: the registered model's of every customer of `h` (`model_scores`); default EASE's."""
     if int(n) < 1:
         raise ValueError(f"campaign.n_customers: must be at least 1, got {n}")
     cols = h.items.get_indexer(list(products))
     if (cols < 0).any():
         raise ValueError(f"campaign: product(s) {', '.join(np.asarray(products)[cols < 0][:5])} are not in the model")
     rows = np.arange(len(h.customers))
-    s = ease_scores(h, rows, b, repeat_weight)[:, cols]
+    s = (ease_scores(h, rows, b, repeat_weight) if scores is None else scores)[:, cols]
     best = s.argmax(axis=1)
     out = pd.DataFrame({"customer_id": h.customers.astype(str), "product_id": np.asarray(h.items)[cols][best],
                         "score": s[rows, best]})
@@ -175,7 +193,10 @@ def request_plan(model, summary: dict, segments: pd.Series, forecast: pd.DataFra
     if unknown:
         raise ValueError(f"products: unknown product id(s) {', '.join(map(str, unknown[:5]))}")
     rates = table[["product_id", "recommended", "hits", "hit_rate"]]
-    picked = pick_customers(model.h, model.model["b"], model.model["repeat_weight"], products, n_customers)
+    rows = np.arange(len(model.h.customers))        # the re-ranker scores its customers a batch at a time; EASE its own way
+    scores = (np.vstack([model.scores(rows[i:i + 2000]) for i in range(0, len(rows), 2000)])
+              if getattr(model, "kind", "ease") == "lambdarank" and len(rows) else None)
+    picked = pick_customers(model.h, model.model["b"], model.model["repeat_weight"], products, n_customers, scores)
     plan = plan_customers(picked, rates, table[["product_id", "units", "price", "value"]].loc[table["product_id"].isin(picked["product_id"])], segments)
     by = plan_by(plan, rates, "segment", draws, level, seed)
     total = plan_by(plan, rates, None, draws, level, seed).iloc[0].drop("group")

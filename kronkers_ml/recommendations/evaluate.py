@@ -13,14 +13,14 @@ import pandas as pd
 
 from ..core import write_atomic
 from .models import (RANKER_FEATURES, History, als_factors, als_scores, buy_again_scores,
-                                                candidate_frame, ease_scores, ease_weights, history, popularity_scores,
+                                                candidate_frame, ease_scores, ease_weights, history, item_features, popularity_scores,
                                                 rfm_segments, segment_popularity_scores, top_k)
 from .split import relevance, split_at, summarise
 
 # %% auto #0
-__all__ = ['lists', 'window_truth', 'window_metrics', 'buyers', 'float_list', 'validation_window', 'tune_ease', 'tune_als',
-           'save_model', 'load_model', 'save_candidates', 'load_candidates', 'oracle_scores', 'frame_labels',
-           'fit_ranker', 'ranker_scores', 'tune_ranker', 'rolling']
+__all__ = ['SERVED_KINDS', 'lists', 'window_truth', 'window_metrics', 'buyers', 'float_list', 'validation_window', 'tune_ease',
+           'tune_als', 'save_model', 'load_model', 'save_candidates', 'load_ranker', 'load_candidates', 'load_segments',
+           'oracle_scores', 'frame_labels', 'fit_ranker', 'ranker_scores', 'reranked_scores', 'tune_ranker', 'rolling']
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #f1b5dd2e
 def lists(h: History, rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,12 +115,20 @@ def save_candidates(als_path, ranker_path, factors: tuple[np.ndarray, np.ndarray
     write_atomic(als_path, write_als)
     write_atomic(ranker_path, lambda tmp: ranker.booster_.save_model(str(tmp)))
 
+def load_ranker(path):
+    "The re-ranker `save_candidates` wrote (a LightGBM Booster)."
+    import lightgbm as lgb
+    return lgb.Booster(model_file=str(path))
+
 def load_candidates(als_path, ranker_path) -> dict:
     "What `save_candidates` wrote: `als` (customer factors, item factors), `customers`, `items` (Index) and `ranker` (a LightGBM Booster)."
-    import lightgbm as lgb
     with np.load(als_path) as z:
         out = {"als": (z["user"], z["item"]), "customers": pd.Index(z["customers"].astype(str)), "items": pd.Index(z["items"].astype(str))}
-    return out | {"ranker": lgb.Booster(model_file=str(ranker_path))}
+    return out | {"ranker": load_ranker(ranker_path)}
+
+def load_segments(path) -> pd.Series:
+    "The RFM segments train-recommendations saved (`segments.parquet`): segment name by customer id."
+    return pd.read_parquet(path).set_index("customer_id")["segment_name"].astype(str)
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #68f5ae61
 def oracle_scores(probabilities: pd.DataFrame, customers: pd.Index, items: pd.Index, rows: np.ndarray) -> np.ndarray:
@@ -148,12 +156,28 @@ def fit_ranker(frame: pd.DataFrame, labels: np.ndarray, params: dict, seed: int 
     return model.fit(f[list(RANKER_FEATURES)], labels[keep], group=f.groupby("row", sort=True).size().to_numpy())
 
 def ranker_scores(model, frame: pd.DataFrame, n_rows: int, popularity: np.ndarray) -> np.ndarray:
-    """Scores customers x items (`model`: an LGBMRanker or its Booster): the ranker's on the candidates (shifted above everything else), a small popularity
-    score elsewhere (so discovery lists stay full)."""
+    """Scores customers x items (`model`: an LGBMRanker or its Booster): the ranker's on the candidates, mapped into
+    (1, 2) by the logistic function so that they sit above everything else and do not depend on which other customers
+    are scored with them; a small popularity score elsewhere (so discovery lists stay full)."""
+    from scipy.special import expit
     out = np.tile(1e-6 * popularity / max(popularity.max(), 1e-12), (n_rows, 1))
     if len(frame):
-        s = np.asarray(model.predict(frame[list(RANKER_FEATURES)]))
-        out[frame["row"].to_numpy(), frame["item"].to_numpy()] = 1.0 + s - s.min()
+        s = np.asarray(model.predict(frame[list(RANKER_FEATURES)], num_threads=1))   # a request's few rows: threads only wait
+        out[frame["row"].to_numpy(), frame["item"].to_numpy()] = 1.0 + expit(s)
+    return out
+
+SERVED_KINDS = ("ease", "lambdarank")   # the candidates the registered model can be (ALS is measured, not served)
+
+def reranked_scores(h: History, purchases: pd.DataFrame, rows: np.ndarray, b: np.ndarray, repeat_weight: float, ranker,
+                    n_candidates: int = 30, segments: pd.Series | None = None, season_days: int = 28,
+                    items: pd.DataFrame | None = None) -> np.ndarray:
+    """The re-ranker as it is served, customers of `rows` x items: `ranker_scores` of the `candidate_frame` of each
+    customer with purchases before `h.cutoff`, and the popular products for a customer without (the cold start)."""
+    known = np.asarray(h.bought[rows].sum(axis=1)).ravel() > 0
+    out = popularity_scores(h, rows)
+    if known.any():
+        frame = candidate_frame(h, purchases, rows[known], b, repeat_weight, n_candidates, segments, season_days, items)
+        out[known] = ranker_scores(ranker, frame, int(known.sum()), h.popularity)
     return out
 
 # %% ../../nbs/recommendations/03_evaluate.ipynb #1776adfe
@@ -223,8 +247,7 @@ def rolling(purchases: pd.DataFrame, customers: pd.Index, items: pd.Index, cutof
             frame = candidate_frame(hf, purchases, fit_rows, ease_weights(hf.bought, lam), repeat_weight, n_candidates,
                                     rfm_segments(purchases, start, seed=seed, **(segments_kw or {})), days)
             ranker = fit_ranker(frame, frame_labels(frame, window_truth(hf, before, fit_rows)[0]), ranker_params, seed)
-            test_frame = candidate_frame(h, purchases, rows, b, repeat_weight, n_candidates, segs, days)
-            scores["lambdarank"] = ranker_scores(ranker, test_frame, len(rows), h.popularity)
+            scores["lambdarank"] = reranked_scores(h, purchases, rows, b, repeat_weight, ranker, n_candidates, segs, days)
         for name, s in scores.items():
             m = window_metrics(h, truth, s, rows, k)
             out.append({"cutoff": cutoff, "method": name, f"ndcg_at_{k}": m[f"ndcg_at_{k}"],

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 # %% auto #0
 __all__ = ['SEGMENT_LADDER', 'RANKER_FEATURES', 'History', 'history', 'top_k', 'popularity_scores', 'buy_again_scores',
            'segment_popularity_scores', 'ease_weights', 'ease_scores', 'als_factors', 'als_scores', 'rfm_at',
-           'rfm_segments', 'candidate_frame']
+           'rfm_segments', 'known_purchases', 'unit_prices', 'item_features', 'candidate_frame']
 
 # %% ../../nbs/recommendations/02_models.ipynb #a783f3df
 class History(NamedTuple):
@@ -170,20 +170,48 @@ RANKER_FEATURES = ("ease", "ease_rank", "own_weight", "own_days", "own_last_days
                    "item_recent", "item_trend", "item_buyers", "item_last_year", "item_age_days", "item_price",
                    "price_ratio", "cust_items", "cust_orders", "cust_last_days", "segment")
 
+def known_purchases(h: History, purchases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    "(purchases before `h.cutoff` of `h`'s customers and products, their customer and item indexes, their age in days)."
+    ci, ii = h.customers.get_indexer(purchases["customer_id"]), h.items.get_indexer(purchases["product_id"])
+    keep = (purchases["date"] < h.cutoff).to_numpy() & (ci >= 0) & (ii >= 0)
+    p = purchases[keep]
+    return p, ci[keep], ii[keep], (h.cutoff - p["date"]).dt.days.to_numpy()
+
+def unit_prices(p: pd.DataFrame) -> np.ndarray:
+    "Each purchase's price per unit (NaN without a `revenue` column)."
+    rev = p["revenue"].to_numpy(dtype=float) if "revenue" in p else np.full(len(p), np.nan)
+    return rev / np.maximum(p["quantity"].to_numpy(dtype=float), 1)
+
+def item_features(h: History, purchases: pd.DataFrame, season_days: int = 28) -> pd.DataFrame:
+    """The re-ranker's product features (one row per item of `h`), from every purchase before `h.cutoff`: buyers in the
+    recent days and in the recent days before those, in the `season_days` after the cut-off a year ago; age and price."""
+    p, ci, ii, age = known_purchases(h, purchases)
+    n_items = len(h.items)
+    def buyers(lo, hi):
+        m = (age >= lo) & (age < hi)
+        return np.bincount(np.unique(ci[m].astype(np.int64) * n_items + ii[m]) % n_items, minlength=n_items).astype(float)
+    recent = np.floor(h.popularity)
+    return pd.DataFrame({"item_recent": recent, "item_trend": (recent + 1) / (buyers(29, 57) + 1),
+                         "item_buyers": np.asarray(h.bought.sum(axis=0)).ravel(),
+                         "item_last_year": buyers(365 - season_days, 366),
+                         "item_age_days": pd.Series(age).groupby(ii).max().reindex(range(n_items)).to_numpy(dtype=float),
+                         "item_price": pd.Series(unit_prices(p)).groupby(ii).median().reindex(range(n_items)).to_numpy(dtype=float)})
+
 def candidate_frame(h: History, purchases: pd.DataFrame, rows: np.ndarray, b: np.ndarray, repeat_weight: float = 0.0,
-                    n_candidates: int = 30, segments: pd.Series | None = None, season_days: int = 28) -> pd.DataFrame:
+                    n_candidates: int = 30, segments: pd.Series | None = None, season_days: int = 28,
+                    items: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per candidate pair (`row`: index into `rows`, `item`: item index) of the customers of `rows`, ordered by
     row, with the `RANKER_FEATURES` from the purchases before `h.cutoff` only (`segments`: customer id -> segment name,
-    computed before the cut-off; `season_days`: the days after the cut-off whose buyers a year earlier are counted)."""
-    cutoff, n_items = h.cutoff, len(h.items)
-    p = purchases[(purchases["date"] < cutoff) & purchases["customer_id"].isin(h.customers) & purchases["product_id"].isin(h.items)]
-    ci, ii = h.customers.get_indexer(p["customer_id"]), h.items.get_indexer(p["product_id"])
-    age = (cutoff - p["date"]).dt.days.to_numpy()
+    computed before the cut-off; `season_days`: the days after the cut-off whose buyers a year earlier are counted).
+    `items`: the `item_features` of every purchase, computed once; then `purchases` need only hold those of `rows`."""
+    n_items = len(h.items)
+    items = item_features(h, purchases, season_days) if items is None else items
+    p, ci, ii, age = known_purchases(h, purchases)
     ease = np.asarray(h.bought[rows] @ b)
     own = h.weight[rows].toarray()
-    cand = np.zeros((len(rows), n_items), dtype=bool)
+    cand, catalogue = np.zeros((len(rows), n_items), dtype=bool), h.catalogue
     for s in (ease_scores(h, rows, b, repeat_weight), buy_again_scores(h, rows), popularity_scores(h, rows)):
-        top = top_k(s, n_candidates, h.catalogue)
+        top = top_k(s, n_candidates, catalogue)
         r = np.repeat(np.arange(len(rows)), top.shape[1])
         cand[r[top.ravel() >= 0], top.ravel()[top.ravel() >= 0]] = True
     r, c = np.nonzero(cand)
@@ -195,28 +223,18 @@ def candidate_frame(h: History, purchases: pd.DataFrame, rows: np.ndarray, b: np
     own_days = days.reindex(key).to_numpy(dtype=float)
     own_last = last.reindex(key).to_numpy(dtype=float)
     cycle = ((first - last) / (days - 1).where(days > 1)).reindex(key).to_numpy(dtype=float)
-    # the products: buyers in the recent days, in the recent days before those, in the coming days a year ago; age, price
-    def buyers(lo, hi):
-        m = (age >= lo) & (age < hi)
-        return np.bincount(np.unique(ci[m].astype(np.int64) * n_items + ii[m]) % n_items, minlength=n_items).astype(float)
-    recent, before = np.floor(h.popularity), buyers(29, 57)
-    last_year = buyers(365 - season_days, 366)
-    item_age = pd.Series(age).groupby(ii).max().reindex(range(n_items)).to_numpy(dtype=float)
-    rev = p["revenue"].to_numpy(dtype=float) if "revenue" in p else np.full(len(p), np.nan)
-    unit = rev / np.maximum(p["quantity"].to_numpy(dtype=float), 1)
-    item_price = pd.Series(unit).groupby(ii).median().reindex(range(n_items)).to_numpy(dtype=float)
-    cust_price = pd.Series(unit).groupby(ci).median().reindex(rows).to_numpy(dtype=float)
+    # the customer: the price paid, orders, days since the last purchase, segment
+    cust_price = pd.Series(unit_prices(p)).groupby(ci).median().reindex(rows).to_numpy(dtype=float)
     cust_orders = (p["order"] if "order" in p else p["date"]).groupby(ci).nunique().reindex(rows).fillna(0).to_numpy(dtype=float)
     cust_last = pd.Series(age).groupby(ci).min().reindex(rows).to_numpy(dtype=float)
     seg_code = {n: i for i, n in enumerate(SEGMENT_LADDER)}
     seg = (segments.reindex(h.customers[rows]).map(seg_code).fillna(-1).to_numpy(dtype=float) if segments is not None
            else np.full(len(rows), -1.0))
-    ease_rank = np.argsort(np.argsort(-np.where(h.catalogue, ease, -np.inf), axis=1, kind="stable"), axis=1, kind="stable")
+    ease_rank = np.argsort(np.argsort(-np.where(catalogue, ease, -np.inf), axis=1, kind="stable"), axis=1, kind="stable")
+    it = {name: items[name].to_numpy()[c] for name in items.columns}
     return pd.DataFrame({
         "row": r, "item": c, "ease": ease[r, c], "ease_rank": ease_rank[r, c].astype(float), "own_weight": own[r, c],
         "own_days": np.nan_to_num(own_days), "own_last_days": own_last, "own_cycle_days": cycle, "own_due": own_last / cycle,
-        "item_recent": recent[c], "item_trend": (recent[c] + 1) / (before[c] + 1),
-        "item_buyers": np.asarray(h.bought.sum(axis=0)).ravel()[c], "item_last_year": last_year[c],
-        "item_age_days": item_age[c], "item_price": item_price[c], "price_ratio": item_price[c] / cust_price[r],
+        **it, "price_ratio": it["item_price"] / cust_price[r],
         "cust_items": np.asarray(h.bought[rows].sum(axis=1)).ravel()[r], "cust_orders": cust_orders[r],
-        "cust_last_days": cust_last[r], "segment": seg[r]})
+        "cust_last_days": cust_last[r], "segment": seg[r]})[["row", "item", *RANKER_FEATURES]]

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, error_outputs, image_outputs, product_at, running_service
+from conftest import ROOT, error_outputs, image_outputs, product_at, registered_scores, running_service
 from kronkers_ml.recommendations.campaign import pick_customers, plan_by, plan_customers
 from kronkers_ml.recommendations.evaluate import load_model
-from kronkers_ml.recommendations.models import ease_scores, history
+from kronkers_ml.recommendations.models import history
 from kronkers_ml.recommendations.split import purchases
 
 CAMPAIGN = yaml.safe_load((ROOT / "env.test.yaml").read_text())["campaign"]
@@ -52,16 +52,17 @@ def test_totals_and_segments_add_up_to_the_contacted_customers(plan, summary):
 
 
 def test_contacted_customers_have_the_highest_scores(built, plan, summary):
-    "Rescored from the saved model and the log: nobody left out scores above anybody contacted."
+    """Rescored from the saved model (the registered kind: the re-ranker on the tiny build) and the log: nobody left out
+    scores above anybody contacted."""
     model = load_model(product_at(built, "recommendations.model"))
-    bought = purchases(pd.read_parquet(product_at(built, "demand.transactions")))
+    bought = purchases(pd.read_parquet(product_at(built, "demand.transactions")), values=True)
     training = json.loads(product_at(built, "recommendations.training").read_text())
     customers = pd.Index(sorted(bought.customer_id.unique()))
     s = training["settings"]
     h = history(bought, pd.Timestamp(training["split"]["last_day"]) + pd.Timedelta(days=1), customers, model["items"],
                 s["half_life_days"], s["recent_days"])
     cols = model["items"].get_indexer(summary["campaign"]["products"])
-    best = ease_scores(h, np.arange(len(customers)), model["b"], model["repeat_weight"])[:, cols].max(axis=1)
+    best = registered_scores(built, bought, h, np.arange(len(customers)))[:, cols].max(axis=1)   # the registered model's
     contacted = customers.isin(plan["customer_id"])
     assert best[~contacted].max() <= best[contacted].min() + 1e-12
 

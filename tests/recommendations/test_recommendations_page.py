@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from conftest import ROOT, product_at
+from conftest import ROOT, product_at, registered_scores
 from kronkers_ml.recommendations.evaluate import load_model
-from kronkers_ml.recommendations.models import ease_scores, history, top_k
+from kronkers_ml.recommendations.models import history, top_k
 from kronkers_ml.recommendations.split import purchases
 from pages.test_reports import run_report
 
@@ -32,7 +32,7 @@ def _hit_rate(built, metrics) -> float:
         if row < 0:                                           # no history: the popular list (counted the same way)
             scores = np.tile(h.popularity, (1, 1)).astype(float)
         else:
-            scores = ease_scores(h, np.array([row]), m["b"], m["repeat_weight"])
+            scores = registered_scores(built, past, h, np.array([row]))
         top = {h.items[i] for i in top_k(scores, k, h.catalogue)[0] if i >= 0}
         hits.append(bool(top & set(bought)))
     return float(np.mean(hits))

@@ -12,7 +12,8 @@ import yaml
 from conftest import ROOT, error_outputs, image_outputs, product_at
 from kronkers_ml.demand.data import clean_transactions
 from kronkers_ml.demand.generator import purchase_probabilities, simulate_transactions
-from kronkers_ml.recommendations.evaluate import load_model
+from kronkers_ml.recommendations.evaluate import load_model, load_ranker, load_segments
+from kronkers_ml.recommendations.family import RecommendationsModel
 from kronkers_ml.recommendations.models import candidate_frame, ease_weights, history, rfm_segments
 from kronkers_ml.recommendations.split import purchases
 
@@ -49,12 +50,17 @@ def test_metrics_have_the_family_shape(metrics):
     blocks = {"model": metrics["model"], "oracle": metrics["oracle"], **metrics["baselines"], **candidates}
     assert set(metrics["baselines"]) == set(METHODS)
     assert metrics["candidates"]["chosen_on_validation"] in CANDIDATES
-    assert metrics["candidates"]["ease"][f"ndcg_at_{k}"] == metrics["model"][f"ndcg_at_{k}"]
-    # the rolling cut-offs end with the test window's, where EASE refitted scores what the model scored
+    # the registered model is the candidate chosen on validation (ALS, which cannot be served, would leave it to EASE)
+    name = metrics["model"]["name"]
+    assert name == metrics["params"]["kind"] == {"als": "ease"}.get(metrics["candidates"]["chosen_on_validation"],
+                                                                    metrics["candidates"]["chosen_on_validation"])
+    assert metrics["candidates"][name][f"ndcg_at_{k}"] == metrics["model"][f"ndcg_at_{k}"]
+    assert set(metrics["challengers"]) == set(CANDIDATES) - {name}
+    # the rolling cut-offs end with the test window's, where the model refitted scores what the model scored
     rolling = metrics["rolling"]
     assert len(rolling["cutoffs"]) == SETTINGS["rolling_cutoffs"] + 1 and rolling["cutoffs"][-1] == metrics["data"]["test_from"]
     last = {r["method"]: r for r in rolling["per_cutoff"] if r["cutoff"] == metrics["data"]["test_from"]}
-    assert last["ease"][f"ndcg_at_{k}"] == pytest.approx(metrics["model"][f"ndcg_at_{k}"], abs=1e-6)
+    assert last[name][f"ndcg_at_{k}"] == pytest.approx(metrics["model"][f"ndcg_at_{k}"], abs=1e-6)
     assert set(rolling["methods"]) == {"ease", "lambdarank", *METHODS}
     for name, block in blocks.items():
         for key in (f"ndcg_at_{k}", f"recall_at_{k}", f"map_at_{k}", f"discovery_ndcg_at_{k}", "coverage"):
@@ -120,6 +126,22 @@ def test_segments_and_candidate_features_see_nothing_of_the_test_window(built, m
     frames = [candidate_frame(h, log, rows, model["b"], model["repeat_weight"], 5, segs, SETTINGS["test_days"])
               for log, segs in ((before, clean), (pd.concat([before, scramble(after)]), leaky))]
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_the_served_model_sees_nothing_of_the_test_window(built, metrics):
+    """The registered model, given every purchase up to the end of the log with the test window scrambled, answers
+    exactly what it answers from the purchases before the window (what the service holds)."""
+    test_from = pd.Timestamp(metrics["data"]["test_from"])
+    lines = purchases(pd.read_parquet(product_at(built, "demand.transactions")), values=True)
+    before, after = lines[lines.date < test_from], lines[lines.date >= test_from]
+    spec = json.loads(product_at(built, "recommendations.history_spec").read_text())
+    parts = (load_model(product_at(built, "recommendations.model")), spec, load_ranker(product_at(built, "recommendations.ranker")),
+             load_segments(product_at(built, "recommendations.segments")))
+    served = [RecommendationsModel().setup(parts[0], log, *parts[1:]) for log in (before, pd.concat([before, scramble(after)]))]
+    customers = list(after.customer_id.drop_duplicates()[:100]) + ["no-such-customer"]
+    answers = [m.recommend_many(customers, 10) for m in served]
+    pd.testing.assert_frame_equal(answers[0], answers[1])
+    assert served[0].kind == metrics["model"]["name"] and set(answers[0]["source"]) == {"model", "popular"}
 
 
 def test_oracle_covers_what_the_test_window_sold(built, bought, metrics):

@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, running_service
+from conftest import ROOT, registered_scores, running_service
 from kronkers_ml.families import FAMILIES
 from kronkers_ml.platform.access import create_key, load_roles, read_audit
 from kronkers_ml.platform.registry import champion_version, register_and_gate
 from kronkers_ml.platform.tracking import artifact_root, log_training_run, use_store
 from kronkers_ml.products import product_path
 from kronkers_ml.recommendations.evaluate import load_model, save_model
-from kronkers_ml.recommendations.family import log_recommendations_model, recommendations_heldout
-from kronkers_ml.recommendations.models import ease_scores, history, popularity_scores, top_k
+from kronkers_ml.recommendations.family import log_recommendations_model, recommendations_heldout, save_history
+from kronkers_ml.recommendations.models import history, popularity_scores, top_k
 from kronkers_ml.recommendations.split import purchases
 
 ROLES = ROOT / "config" / "roles.yaml"
@@ -28,25 +28,27 @@ ROUTE = "/v1/models/recommendations/{}"
 
 @pytest.fixture(scope="module")
 def reg(built, tmp_path_factory) -> dict:
-    "A fresh store: v1 = EASE with no item weights and no buy-again term (the popularity list), v2 = the trained model."
+    """A fresh store: v1 = EASE with no item weights and no buy-again term (the popularity list), v2 = the model the
+    build registered (the candidate chosen on validation)."""
     out = tmp_path_factory.mktemp("recs-registry")
     uri = f"sqlite:///{out}/mlflow/mlflow.db"
     use_store(uri, "recommendations", artifact_root(out))
     metrics = json.loads(product_path("recommendations.metrics", built).read_text())
-    bought = purchases(pd.read_parquet(product_path("demand.transactions", built)))
+    bought = purchases(pd.read_parquet(product_path("demand.transactions", built)), values=True)
     heldout = recommendations_heldout(bought, metrics)
     trained, hist = product_path("recommendations.model", built), product_path("recommendations.history", built)
     m = load_model(trained)
     weak = out / "weak" / "model.npz"
     weak.parent.mkdir()
     save_model(weak, np.zeros_like(m["b"]), m["items"], m["lam"], 0.0, m["cutoff"])
+    weak_hist = save_history(bought, weak, weak.with_name("history.parquet"), heldout.half_life_days, heldout.recent_days)["history"]
 
-    def register(model_path):
-        run = log_training_run("recommendations", {"seed": 7}, metrics, lambda: log_recommendations_model(model_path, hist))
+    def register(model_path, history_path):
+        run = log_training_run("recommendations", {"seed": 7}, metrics, lambda: log_recommendations_model(model_path, history_path))
         return register_and_gate(uri, FAMILIES["recommendations"], run["model_uri"], run["run_id"], metrics, heldout)
 
-    first, second = register(weak), register(trained)
-    return {"out": out, "uri": uri, "metrics": metrics, "bought": bought, "model": m, "first": first, "second": second,
+    first, second = register(weak, weak_hist), register(trained, hist)
+    return {"out": out, "built": built, "uri": uri, "metrics": metrics, "bought": bought, "model": m, "first": first, "second": second,
             "spec": json.loads(product_path("recommendations.history_spec", built).read_text())}
 
 
@@ -72,7 +74,7 @@ def test_the_gate_refuses_a_model_no_better_than_a_baseline_and_promotes_the_tra
     assert first["candidate"] == pytest.approx(metrics["baselines"]["popularity"]["ndcg_at_10"], rel=1e-9)
     assert first["champion_version_after"] is None
     assert second["candidate"] == pytest.approx(metrics["model"]["ndcg_at_10"], rel=1e-9)
-    assert second["candidate"] > max(b["ndcg_at_10"] for b in metrics["baselines"].values()), "the tiny build's EASE must beat its baselines"
+    assert second["candidate"] > max(b["ndcg_at_10"] for b in metrics["baselines"].values()), "the tiny build's model must beat its baselines"
     assert second["decision"] == "promoted" and champion_version(reg["uri"], "recommendations") == second["version"]
 
 
@@ -93,10 +95,15 @@ def _get(service, customer, role="marketing", **params):
     return service["client"].get(ROUTE.format(customer), params=params, headers=headers)
 
 
+def _before(service) -> pd.DataFrame:
+    "The purchases before the model's cut-off."
+    b = service["bought"]
+    return b[b["date"] < service["model"]["cutoff"]]
+
+
 def _library(service):
     "The served history as the library builds it: purchases before the model's cut-off."
-    m, spec, b = service["model"], service["spec"], service["bought"]
-    before = b[b["date"] < m["cutoff"]]
+    m, spec, before = service["model"], service["spec"], _before(service)
     return history(before, m["cutoff"], pd.Index(sorted(before["customer_id"].unique())), m["items"],
                    spec["half_life_days"], spec["recent_days"])
 
@@ -113,19 +120,24 @@ def test_marketing_and_admin_may_others_are_refused_and_every_call_is_audited(se
 
 
 def test_a_known_customer_gets_the_library_ranking(service):
+    """The registered model's ranking (the re-ranker on the tiny build, where it is chosen on validation), computed
+    here from the library's functions: k products, best first."""
     h = _library(service)
-    m = service["model"]
-    row = int(np.argmax(np.asarray(h.bought.sum(axis=1)).ravel()))          # the customer with most products
-    customer = h.customers[row]
-    r = _get(service, customer, k=10)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    scores = ease_scores(h, np.array([row]), m["b"], m["repeat_weight"])
-    expected = [h.items[i] for i in top_k(scores, 10, h.catalogue)[0] if i >= 0]
-    assert body["source"] == "model" and body["customer_id"] == customer and body["k"] == 10
-    assert [i["product_id"] for i in body["items"]] == expected
-    got = [i["score"] for i in body["items"]]
-    assert got == sorted(got, reverse=True)
+    assert service["spec"]["kind"] == service["metrics"]["model"]["name"] == service["metrics"]["params"]["kind"]
+    counts = np.asarray(h.bought.sum(axis=1)).ravel()
+    fewest = np.flatnonzero(counts > 0)[np.argmin(counts[counts > 0])]
+    for row in (int(np.argmax(counts)), int(fewest)):                          # the most products, and the fewest
+        customer = h.customers[row]
+        r = _get(service, customer, k=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        scores = registered_scores(service["built"], _before(service), h, np.array([row]))
+        expected = [h.items[i] for i in top_k(scores, 10, h.catalogue)[0] if i >= 0]
+        assert body["source"] == "model" and body["customer_id"] == customer and body["k"] == 10
+        assert body["kind"] == service["spec"]["kind"]
+        assert len(body["items"]) == 10 and [i["product_id"] for i in body["items"]] == expected
+        got = [i["score"] for i in body["items"]]
+        assert got == sorted(got, reverse=True)
 
 
 def test_an_unknown_customer_gets_the_popular_products_and_is_told(service):
