@@ -39,11 +39,11 @@ __all__ = ['COLUMNS', 'HEADER', 'DEFAULT_LOADER', 'DEFAULT_JOB', 'DEFAULT_MODEL_
            'one_line', 'name_field', 'format_rows', 'repair_results', 'init_results', 'read_results', 'read_rows',
            'ResultsTail', 'done_pairs', 'scan_inbox', 'InboxError', 'open_entry', 'read_entry', 'file_digest',
            'pending_files', 'ImageError', 'sniff_format', 'check_pixels', 'decode_image', 'read_item', 'utc_now',
-           'classify_items', 'LockHeld', 'lock_path', 'results_lock', 'write_all', 'append_durably', 'append_lock_path',
-           'append_lock', 'append_new_rows', 'new_counts', 'count_rows', 'add_counts', 'classify_files', 'run_batch',
-           'classify_inbox', 'metrics_registry', 'push_metrics', 'load_model', 'load_registered', 'load_champion',
-           'summary_line', 'default_threads', 'set_threads', 'ModelSource', 'relax_malloc_trim', 'worker_model',
-           'classify_shard', 'ShardsFailed', 'classify_on_cluster', 'build_parser', 'main']
+           'classify_items', 'LockHeld', 'lock_path', 'results_lock', 'write_all', 'append_durably', 'append_lock',
+           'append_new_rows', 'new_counts', 'count_rows', 'add_counts', 'classify_files', 'run_batch', 'classify_inbox',
+           'metrics_registry', 'push_metrics', 'load_model', 'load_registered', 'load_champion', 'summary_line',
+           'default_threads', 'set_threads', 'ModelSource', 'relax_malloc_trim', 'worker_model', 'classify_shard',
+           'ShardsFailed', 'classify_on_cluster', 'build_parser', 'main']
 
 # %% ../../nbs/returns/03_batch.ipynb #3691d2b5
 COLUMNS = ["file", "sha256", "category", "confidence", "needs_review", "model_version", "processed_at", "status",
@@ -337,10 +337,10 @@ def classify_items(model: Classifier, items: Sequence[dict], review_threshold: f
 class LockHeld(RuntimeError):
     "Another run holds the results file's lock."
 
-def lock_path(results: str | Path) -> Path:
-    "The lock file beside the results file."
+def lock_path(results: str | Path, kind: str = "") -> Path:
+    "The lock file beside the results file: `<results>.lock` for a run, `<results>.<kind>.lock` for another kind."
     results = Path(results)
-    return results.with_name(results.name + ".lock")
+    return results.with_name(results.name + (f".{kind}" if kind else "") + ".lock")
 
 @contextmanager
 def results_lock(results: str | Path) -> Iterator[Path]:
@@ -372,15 +372,10 @@ def append_durably(fd: int, text: str) -> None:
     write_all(fd, text)
     os.fdatasync(fd)
 
-def append_lock_path(results: str | Path) -> Path:
-    "The lock file that writers of the results file take for each append."
-    results = Path(results)
-    return results.with_name(results.name + ".append.lock")
-
 @contextmanager
 def append_lock(results: str | Path) -> Iterator[None]:
     "Hold an exclusive flock on `<results>.append.lock` for the block, waiting for it: one writer appends at a time."
-    fd = os.open(append_lock_path(results), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path(results, "append"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -471,7 +466,7 @@ def run_batch(input_dir: str | Path, output: str | Path, model: Classifier, batc
     with append_lock(output):
         repaired = repair_results(output)
         init_results(output)
-    files = scan_inbox(input_dir, exclude=[output, lock_path(output), append_lock_path(output)])
+    files = scan_inbox(input_dir, exclude=[output, lock_path(output), lock_path(output, "append")])
     tail = ResultsTail(output)
     todo = pending_files(input_dir, files, tail.refresh())
     with tqdm(total=len(todo), unit="img", desc="returns", disable=not progress if progress is not None else None,
