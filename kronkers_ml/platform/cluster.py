@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['RUNS_FILE', 'RUNNING_DIR', 'LOGS_DIR', 'CLUSTER_ENV', 'BUILD_HELP', 'append_line', 'read_runs', 'env_overrides',
            'load_dag', 'select_tasks', 'plan_build', 'product_paths', 'clean_lost_run', 'task_command', 'task_cluster',
-           'study_name', 'worker_address', 'run_trials', 'trials_on_cluster', 'free_workers', 'joblib_on_cluster',
+           'study_name', 'worker_address', 'free_workers', 'run_trials', 'trials_on_cluster', 'joblib_on_cluster',
            'run_task', 'BuildFailed', 'build_on_cluster', 'add_build_arguments', 'local_build_command', 'run_build',
            'local_cluster', 'PostgresMissing', 'postgres_bin', 'LocalPostgres', 'local_postgres']
 
@@ -195,6 +195,10 @@ def worker_address() -> str:
     except (ImportError, ValueError):
         return f"local:{socket.gethostname()}"
 
+def free_workers(client, own_worker: str | None = None) -> list[str]:
+    "The addresses of the cluster's workers but `own_worker` (the worker whose one thread runs this task and waits for it)."
+    return sorted(a for a in client.scheduler_info()["workers"] if a != own_worker)
+
 # %% ../../nbs/platform/05_cluster.ipynb #81f5f8aa
 def _started_trials(study) -> int:
     return len(study.get_trials(deepcopy=False))          # every state: running trials count, so loops stop in time
@@ -234,7 +238,7 @@ def trials_on_cluster(scheduler: str, storage: str, seed: int = 0, own_worker: s
     def optimize(study, make_objective, n_trials: int) -> dict:
         from distributed import Client
         with Client(scheduler, timeout="60s") as client:
-            workers = sorted(a for a in client.scheduler_info()["workers"] if a != own_worker)
+            workers = free_workers(client, own_worker)
             futures = {w: client.submit(run_trials, storage, study.study_name, make_objective, n_trials,
                                         seed + 1 + i, workers=[w], allow_other_workers=True, pure=False)
                        for i, w in enumerate(workers)}
@@ -257,10 +261,6 @@ def trials_on_cluster(scheduler: str, storage: str, seed: int = 0, own_worker: s
     return optimize
 
 # %% ../../nbs/platform/05_cluster.ipynb #0e909b2c
-def free_workers(client, own_worker: str | None = None) -> list[str]:
-    "The addresses of the cluster's workers but `own_worker` (the worker whose one thread runs this task and waits for it)."
-    return sorted(a for a in client.scheduler_info()["workers"] if a != own_worker)
-
 @contextmanager
 def joblib_on_cluster(cluster: dict | None = None):
     """joblib's Dask backend for the `Parallel` calls inside, on the cluster of the cluster build running this task

@@ -670,6 +670,7 @@ def classify_on_cluster(input_dir: str | Path, output: str | Path, model: Classi
     from uuid import uuid4
     from distributed import Client, wait
     from distributed.client import FIRST_COMPLETED
+    from kronkers_ml.platform.cluster import free_workers
     if int(shard_size) < 1: raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     run = uuid4().hex[:8]
     queue = deque((i, list(names[s:s + int(shard_size)]), 1) for i, s in enumerate(range(0, len(names), int(shard_size))))
@@ -681,7 +682,7 @@ def classify_on_cluster(input_dir: str | Path, output: str | Path, model: Classi
     here, mine = own_worker or f"local:{socket.gethostname()}", None     # mine: this process's shard, names left, ...
     with Client(scheduler, timeout="60s") as client:
         def live() -> set:
-            return set(client.scheduler_info(n_workers=-1)["workers"]) - {own_worker}
+            return set(free_workers(client, own_worker))
         def lost(i, part, attempt, w, why):
             log.append({"shard": i, "photos": len(part), "worker": w, "attempt": attempt, "status": "lost", "error": why})
             if attempt < MAX_SHARD_ATTEMPTS: queue.appendleft((i, part, attempt + 1))
