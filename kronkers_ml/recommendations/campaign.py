@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from .evaluate import reranked_scores
-from .models import History, ease_scores, top_k
+from .models import History, ease_scores, item_features, top_k
 
 # %% auto #0
-__all__ = ['campaign_products', 'hit_rates', 'model_scores', 'basket_values', 'pick_customers', 'plan_customers', 'plan_by',
-           'stock_check', 'request_plan']
+__all__ = ['campaign_products', 'hit_rates', 'in_batches', 'model_scores', 'basket_values', 'pick_customers', 'plan_customers',
+           'plan_by', 'stock_check', 'request_plan']
 
 # %% ../../nbs/recommendations/05_campaign.ipynb #9a2ee71c
 def campaign_products(lines: pd.DataFrame, products: str = "", category: str = "", recent_days: int = 28,
@@ -62,17 +62,22 @@ def hit_rates(h: History, b: np.ndarray, repeat_weight: float, test: pd.DataFram
                          "hit_rate": np.where(rec > 0, hits / np.maximum(rec, 1), np.nan)})
 
 # %% ../../nbs/recommendations/05_campaign.ipynb #7249d3e5
+def in_batches(score, n_rows: int, n_items: int, batch: int = 2000) -> np.ndarray:
+    "`score(rows)` (customers x items) of the rows 0 .. `n_rows` - 1, `batch` rows at a time, stacked."
+    parts = [score(np.arange(i, min(i + batch, n_rows))) for i in range(0, n_rows, batch)]
+    return np.vstack(parts) if parts else np.zeros((0, n_items))
+
 def model_scores(h: History, purchases: pd.DataFrame, b: np.ndarray, repeat_weight: float, ranker=None,
                  n_candidates: int = 30, segments: pd.Series | None = None, season_days: int = 28,
                  batch: int = 2000) -> np.ndarray | None:
-    """The re-ranker's scores (`reranked_scores`, `batch` customers at a time) of every customer of `h`, when the
-    registered model is the re-ranker (a `ranker` given); None for EASE, which `hit_rates` and `pick_customers` score."""
+    """The re-ranker's scores (`reranked_scores`, `batch` customers at a time, the product features computed once) of
+    every customer of `h`, when the registered model is the re-ranker (a `ranker` given); None for EASE, which
+    `hit_rates` and `pick_customers` score."""
     if ranker is None:
         return None
-    rows = np.arange(len(h.customers))
-    parts = [reranked_scores(h, purchases, rows[i:i + batch], b, repeat_weight, ranker, n_candidates, segments, season_days)
-             for i in range(0, len(rows), batch)]
-    return np.vstack(parts) if parts else np.zeros((0, len(h.items)))
+    items = item_features(h, purchases, season_days)
+    return in_batches(lambda rows: reranked_scores(h, purchases, rows, b, repeat_weight, ranker, n_candidates, segments,
+                                                   season_days, items), len(h.customers), len(h.items), batch)
 
 # %% ../../nbs/recommendations/05_campaign.ipynb #0bdd2fa0
 def basket_values(lines: pd.DataFrame, products, cutoff) -> pd.DataFrame:
@@ -193,9 +198,8 @@ def request_plan(model, summary: dict, segments: pd.Series, forecast: pd.DataFra
     if unknown:
         raise ValueError(f"products: unknown product id(s) {', '.join(map(str, unknown[:5]))}")
     rates = table[["product_id", "recommended", "hits", "hit_rate"]]
-    rows = np.arange(len(model.h.customers))        # the re-ranker scores its customers a batch at a time; EASE its own way
-    scores = (np.vstack([model.scores(rows[i:i + 2000]) for i in range(0, len(rows), 2000)])
-              if getattr(model, "kind", "ease") == "lambdarank" and len(rows) else None)
+    scores = (in_batches(model.scores, len(model.h.customers), len(model.h.items))   # the re-ranker a batch at a time;
+              if getattr(model, "kind", "ease") == "lambdarank" else None)          # EASE its own way
     picked = pick_customers(model.h, model.model["b"], model.model["repeat_weight"], products, n_customers, scores)
     plan = plan_customers(picked, rates, table[["product_id", "units", "price", "value"]].loc[table["product_id"].isin(picked["product_id"])], segments)
     by = plan_by(plan, rates, "segment", draws, level, seed)
