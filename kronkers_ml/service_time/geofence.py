@@ -17,7 +17,8 @@ __all__ = ['PING_COLS', 'STOP_COLS', 'CUSTOMER_COLS', 'M_PER_DEG', 'SORT5', 'GEO
            'SETTING_NAMES', 'to_local_metres', 'from_local_metres', 'clean_pings', 'fence_table', 'candidate_pairs',
            'route_windows', 'window_slots', 'median5', 'smooth_positions', 'nearest_fences', 'geofence_settings',
            'sampling_intervals', 'driver_thresholds', 'dwell_runs', 'choose_runs', 'resolve_shared_runs',
-           'in_fence_pings', 'visit_diagnostics', 'explain_visits', 'detect_visits', 'geofence_accuracy']
+           'in_fence_pings', 'plan_shift_fit', 'visit_diagnostics', 'explain_visits', 'detect_visits',
+           'geofence_accuracy']
 
 # %% ../../nbs/service_time/03_geofence.ipynb #10d61ba0
 PING_COLS = tuple(SERVICE_TIME_CONTRACT["pings"])
@@ -327,9 +328,20 @@ def _quantiles(x, qs=(0.1, 0.5, 0.9)) -> list[float]:
     x = np.asarray(x, float)
     return [round(float(v), 1) for v in np.quantile(x, qs)] if len(x) else []
 
+def plan_shift_fit(runs: pd.DataFrame, fences: pd.DataFrame, max_shift_h: float = 12.0, within_s: float = 1800.0) -> dict:
+    "Share of stops with a stay within `within_s` of the plan moved by each whole hour; the best shift (0 on a tie) and the unshifted share."
+    n = len(fences)
+    if n == 0 or len(runs) == 0: return {"best_shift_h": 0, "share_at_best": 0.0, "share_unshifted": 0.0}
+    f = runs["fence"].to_numpy(np.int64)
+    lag = runs["entry_s"].to_numpy() - _epoch_s(fences["planned_arrival"].to_numpy())[f]
+    shifts = np.arange(-int(max_shift_h), int(max_shift_h) + 1)
+    share = {int(h): len(np.unique(f[np.abs(lag - h * 3600.0) <= within_s])) / n for h in shifts}
+    best = max(shifts, key=lambda h: (share[int(h)], h == 0))
+    return {"best_shift_h": int(best), "share_at_best": round(share[int(best)], 3), "share_unshifted": round(share[0], 3)}
+
 def visit_diagnostics(fences: pd.DataFrame, thresholds: pd.DataFrame, settings: dict, fj: np.ndarray, t_s: np.ndarray,
                       runs: pd.DataFrame, visits: pd.DataFrame, n_pings: int, n_pings_in_windows: int) -> dict:
-    "What the detector saw at each step (pings in route windows, in fences, gaps, segments, runs, clock offset)."
+    "What the detector saw at each step (pings in route windows, in fences, gaps, segments, runs, clock offset, plan shift)."
     o = np.lexsort((t_s, fj)); f, t = fj[o], t_s[o]
     same = (f[1:] == f[:-1]) if len(f) else np.zeros(0, bool)
     gaps = np.diff(t)[same] if len(f) else np.zeros(0)
@@ -345,7 +357,8 @@ def visit_diagnostics(fences: pd.DataFrame, thresholds: pd.DataFrame, settings: 
             "sampling_interval_s_min_median_max": _quantiles(thresholds["interval_s"], (0, 0.5, 1)),
             "thresholds_min_max": {k: _quantiles(thresholds[k], (0, 1)) for k in PER_DRIVER},
             "settings": settings, **{k: int(v) for k, v in runs.attrs.items()},
-            "visit_minus_planned_h_median": round(float(np.median(lag_h)), 2) if len(lag_h) else None}
+            "visit_minus_planned_h_median": round(float(np.median(lag_h)), 2) if len(lag_h) else None,
+            "plan_shift": plan_shift_fit(runs, fences, settings["window_h"])}
 
 
 # %% ../../nbs/service_time/03_geofence.ipynb #9a0c1e08
@@ -379,10 +392,17 @@ def explain_visits(diag: dict, timezone: str = "Europe/Oslo", few_share: float =
                 why.append(f"{diag['n_runs'] - diag['n_runs_kept']} of {diag['n_runs']} stays last less than "
                            f"{rng(th['min_dwell_s'])} s ({names['min_dwell_s']})")
         out.append(f"{nv} of {n} stops found a visit" + (": " + "; ".join(why) if why else ""))
-    h = diag.get("visit_minus_planned_h_median")
+    h, s = diag.get("visit_minus_planned_h_median"), diag.get("plan_shift") or {"best_shift_h": 0}
+    clocks = (f"pings and stops seem to be on different clocks; check {names['timezone']} (now {timezone}) and the UTC offsets "
+              f"in the files")
     if h is not None and abs(h) >= 0.75 and abs(h - round(h)) <= 0.25:
-        out.append(f"measured visits are {abs(round(h))} h {'later' if h > 0 else 'earlier'} than planned (median): pings and stops "
-                   f"seem to be on different clocks; check {names['timezone']} (now {timezone}) and the UTC offsets in the files")
+        out.append(f"measured visits are {abs(round(h))} h {'later' if h > 0 else 'earlier'} than planned (median): {clocks}")
+    elif s["best_shift_h"] and s["share_at_best"] >= max(0.5, 1.25 * s["share_unshifted"]):
+        # a place visited again and again (a ferry terminal, a depot) hides a shifted clock from the median: the
+        # stays are chosen near the wrong plan; the whole-hour shift that fits the plan best shows it
+        b = s["best_shift_h"]
+        out.append(f"stays fit the plan best {abs(b)} h {'later' if b > 0 else 'earlier'} than planned ({s['share_at_best']:.0%} of "
+                   f"stops have one within 30 min, against {s['share_unshifted']:.0%} as planned): {clocks}")
     return out
 
 def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFrame, radius_m: float = 50.0,
@@ -431,15 +451,17 @@ def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFr
 
 # %% ../../nbs/service_time/03_geofence.ipynb #9789a161
 def geofence_accuracy(visits: pd.DataFrame, truth: pd.DataFrame, stops: pd.DataFrame) -> dict:
-    "Recall, precision and timing errors of detected visits against simulator truth."
+    "Recall, precision and timing errors of detected visits against the true stays; a hit overlaps its stop's true stay in time."
     require_columns(visits, VISIT_COLS, "visits"); require_columns(truth, ["stop_id", "arrival", "departure", "service_time_s"], "truth")
     require_columns(stops, ["stop_id"], "stops")
     m = visits.merge(truth, on="stop_id", how="inner", suffixes=("", "_true"))
+    overlaps = (m["entry"] < m["departure"]) & (m["exit"] > m["arrival"])
+    m = m[overlaps]                                     # a visit at another time than the true stay is not a hit
     err = m["service_time_s"] - m["service_time_s_true"]
     cancelled = ~stops["stop_id"].isin(truth["stop_id"])
     nan = float("nan")
     return {"n_planned": int(len(stops)), "n_truth": int(len(truth)), "n_cancelled": int(cancelled.sum()),
-            "n_visits": int(len(visits)), "n_true_positive": int(len(m)),
+            "n_visits": int(len(visits)), "n_true_positive": int(len(m)), "n_visits_at_another_time": int((~overlaps).sum()),
             "n_visits_on_cancelled": int(visits["stop_id"].isin(stops.loc[cancelled, "stop_id"]).sum()),
             "stop_recall": len(m) / len(truth) if len(truth) else nan,
             "stop_precision": len(m) / len(visits) if len(visits) else nan,

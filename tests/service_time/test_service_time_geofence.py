@@ -13,18 +13,12 @@ from conftest import ROOT, ploomber_build, product_at
 from kronkers_ml.service_time.geofence import M_PER_DEG, detect_visits, geofence_accuracy
 from kronkers_ml.service_time.data import load_service_data
 from kronkers_ml.service_time.generator import TINY_SIZE, simulate_service_data, utc_clock
-
-# env.yaml key -> detect_visits argument: the settings a user runs with
-ENV_TO_ARG = {"geofence_radius_m": "radius_m", "min_dwell_s": "min_dwell_s", "max_gap_s": "max_gap_s", "flap_gap_s": "flap_gap_s",
-              "min_segment_pings": "min_segment_pings", "edge_s": "edge_s", "smooth_s": "smooth_s", "window_h": "window_h",
-              "timezone": "timezone"}
-
+from kronkers_ml.service_time.settings import CleanGeofences
 
 @pytest.fixture(scope="module")
 def env_settings() -> dict:
-    "The geofence settings of the default run, as env.yaml states them."
-    st = yaml.safe_load((ROOT / "env.yaml").read_text())["service_time"]
-    return {arg: st[key] for key, arg in ENV_TO_ARG.items()}
+    "The geofence settings of the default run, as env.yaml states them and the pipeline reads them (detect_visits' arguments)."
+    return CleanGeofences.from_env(yaml.safe_load((ROOT / "env.yaml").read_text())).as_params()
 
 
 def _visits(tables: dict, settings: dict) -> pd.DataFrame:
