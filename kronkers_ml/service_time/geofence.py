@@ -17,8 +17,8 @@ __all__ = ['PING_COLS', 'STOP_COLS', 'CUSTOMER_COLS', 'M_PER_DEG', 'SORT5', 'GEO
            'SETTING_NAMES', 'to_local_metres', 'from_local_metres', 'clean_pings', 'fence_table', 'candidate_pairs',
            'route_windows', 'window_slots', 'median5', 'smooth_positions', 'nearest_fences', 'geofence_settings',
            'sampling_intervals', 'driver_thresholds', 'dwell_runs', 'choose_runs', 'resolve_shared_runs',
-           'in_fence_pings', 'plan_shift_fit', 'visit_diagnostics', 'explain_visits', 'detect_visits',
-           'geofence_accuracy']
+           'follow_across_windows', 'in_fence_pings', 'plan_shift_fit', 'visit_diagnostics', 'explain_visits',
+           'detect_visits', 'geofence_accuracy']
 
 # %% ../../nbs/service_time/03_geofence.ipynb #10d61ba0
 PING_COLS = tuple(SERVICE_TIME_CONTRACT["pings"])
@@ -283,6 +283,60 @@ def resolve_shared_runs(chosen: pd.DataFrame) -> pd.DataFrame:
         r.loc[m.index, "entry_s"] = a; r.loc[m.index, "exit_s"] = b
     return r.drop(columns="cluster").reset_index(drop=True)
 
+# %% ../../nbs/service_time/03_geofence.ipynb #93616911
+def _follow(lat, lon, drv, t_s, i, step, t_prev, fx, fy, lat0, lon0, radius_m, max_gap_s, stop_s, smooth_s, block=512) -> tuple[int, int]:
+    "From ping i on, in direction step (+1/-1), the last ping index still inside the fence at (fx, fy) and the count; (-1, 0) if none."
+    n, d, last, count = len(t_s), drv[i], -1, 0
+    while 0 <= i < n and drv[i] == d:
+        j = np.arange(i, np.clip(i + step * block, -1, n), step)
+        j = j[drv[j] == d]
+        lo, hi = max(j.min() - 2, 0), min(j.max() + 3, n)
+        x, y = to_local_metres(lat[lo:hi], lon[lo:hi], lat0, lon0)
+        sx, sy = smooth_positions(x, y, drv[lo:hi], t_s[lo:hi], j - lo, max_dt_s=smooth_s)
+        prev = np.r_[t_prev, t_s[j[:-1]]]
+        ok = (np.hypot(sx - fx, sy - fy) <= radius_m) & (np.abs(t_s[j] - prev) <= max_gap_s) & (step * (stop_s - t_s[j]) > 0)
+        bad = np.flatnonzero(~ok)
+        k = bad[0] if len(bad) else len(j)
+        if k: last, count = int(j[k - 1]), count + k
+        if len(bad) or len(j) < block: break
+        i, t_prev = int(j[-1]) + step, t_s[j[-1]]
+    return last, count
+
+def follow_across_windows(v: pd.DataFrame, windows: pd.DataFrame, fences: pd.DataFrame, p: pd.DataFrame, fx: np.ndarray, fy: np.ndarray,
+                          lat0: float, lon0: float, radius_m: float, thresholds: pd.DataFrame, smooth_s: float = 30.0) -> pd.DataFrame:
+    "Chosen runs `v` that reach their route window's cut, followed past it while the driver's clean, sorted pings `p` stay in the fence."
+    if len(v) == 0: return v
+    v = v.copy()
+    w = windows.set_index("route_id")
+    drivers = fences["driver_id"].to_numpy(np.int64)[v["fence"].to_numpy()]
+    th = thresholds.reindex(drivers)
+    gap, edge = th["max_gap_s"].to_numpy(float), th["edge_s"].to_numpy(float)
+    start, end = w["start_s"].reindex(v["route_id"]).to_numpy(), w["end_s"].reindex(v["route_id"]).to_numpy()
+    first_ping, last_ping = v["entry_s"].to_numpy() + edge, v["exit_s"].to_numpy() - edge
+    late, early = last_ping >= end - gap, first_ping <= start + gap
+    if not (late | early).any(): return v
+    drv, t_s = p["driver_id"].to_numpy(np.int64), _epoch_s(p["timestamp"].to_numpy("datetime64[ns]"))
+    lat, lon = p["lat"].to_numpy(float), p["lon"].to_numpy(float)
+    key = np.lexsort((v["entry_s"].to_numpy(), drivers))                  # each driver's visits in time order: the bounds
+    nxt, prv = np.full(len(v), np.inf), np.full(len(v), -np.inf)
+    same = drivers[key][1:] == drivers[key][:-1]
+    nxt[key[:-1][same]] = v["entry_s"].to_numpy()[key[1:][same]]
+    prv[key[1:][same]] = v["exit_s"].to_numpy()[key[:-1][same]]
+    entry, exit_, n_pings = v["entry_s"].to_numpy().copy(), v["exit_s"].to_numpy().copy(), v["n_pings"].to_numpy().copy()
+    f = v["fence"].to_numpy()
+    for k in np.flatnonzero(late | early):
+        a, b = np.searchsorted(drv, drivers[k], "left"), np.searchsorted(drv, drivers[k], "right")
+        for at_cut, step, anchor, cut, bound in ((late[k], 1, last_ping[k], end[k], nxt[k]), (early[k], -1, first_ping[k], start[k], prv[k])):
+            if not at_cut: continue
+            i = a + np.searchsorted(t_s[a:b], anchor, "right" if step > 0 else "left") - (0 if step > 0 else 1)
+            if not a <= i < b or step * (t_s[i] - cut) < 0: continue     # a ping of the window left out of the stay: it ended there
+            last, count = _follow(lat, lon, drv, t_s, i, step, anchor, fx[f[k]], fy[f[k]], lat0, lon0, radius_m, gap[k], bound, smooth_s)
+            if last < 0: continue
+            n_pings[k] += count
+            if step > 0: exit_[k] = min(t_s[last] + edge[k], bound)
+            else: entry[k] = max(t_s[last] - edge[k], bound)
+    return v.assign(entry_s=entry, exit_s=exit_, n_pings=n_pings)
+
 # %% ../../nbs/service_time/03_geofence.ipynb #29761575
 VISIT_COLS = ["stop_id", "entry", "exit", "service_time_s", "n_pings"]
 
@@ -435,6 +489,7 @@ def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFr
                       th[:, col["flap_gap_s"]], th[:, col["edge_s"]])
     attrs = runs.attrs
     v = resolve_shared_runs(choose_runs(runs, fences)) if len(runs) else runs.assign(route_id=0, seq=0, score=0.0)
+    v = follow_across_windows(v, windows, fences, p, fx, fy, lat0, lon0, settings["radius_m"], thresholds, settings["smooth_s"])
     fi = v["fence"].to_numpy()
     visits = pd.DataFrame({"stop_id": fences["stop_id"].to_numpy(np.int64)[fi],
                            "entry": (np.round(v["entry_s"].to_numpy() * 1e9).astype(np.int64)).view("datetime64[ns]"),
