@@ -19,9 +19,9 @@ from ..metrics import mase, regression_metrics
 
 # %% auto #0
 __all__ = ['MODELS', 'BASELINES', 'LEVELS', 'rolling_origins', 'validation_origins', 'run_fold', 'run_backtest', 'fold_mase',
-           'backtest_scores', 'choose_model', 'choice_window', 'rolling_choice', 'log_residuals', 'conformal_quantiles',
-           'apply_intervals', 'conformal_backtest', 'interval_coverage', 'calibrate_intervals', 'error_by_horizon',
-           'chosen_backtest']
+           'backtest_scores', 'choose_model', 'choice_window', 'rolling_choice', 'log_residuals', 'residual_quantile',
+           'level_bounds', 'conformal_quantiles', 'apply_intervals', 'conformal_backtest', 'interval_coverage',
+           'calibrate_intervals', 'error_by_horizon', 'chosen_backtest']
 
 # %% ../../nbs/demand/06_backtest.ipynb #4e9669ba
 MODELS = list(CANDIDATES)
@@ -130,12 +130,25 @@ def rolling_choice(forecasts: pd.DataFrame, daily: pd.DataFrame, models, origins
 LEVELS = (80, 95)
 
 def log_residuals(forecasts: pd.DataFrame, model: str) -> pd.DataFrame:
-    "origin, horizon and log(actual / forecast) of `model` on the days with sales and a positive forecast."
+    "origin, horizon and log(actual / forecast) of `model` on the days with a positive forecast; -inf on such a day without sales."
     require_columns(forecasts, ["origin", "horizon", "actual", model], "log_residuals")
-    ok = (forecasts["actual"] > 0) & (forecasts[model] > 0)
-    f = forecasts[ok]
-    return pd.DataFrame({"origin": f["origin"].to_numpy(), "horizon": f["horizon"].to_numpy(),
-                         "residual": np.log(f["actual"].to_numpy(float) / f[model].to_numpy(float))})
+    f = forecasts[forecasts[model] > 0]
+    actual = f["actual"].to_numpy(float)
+    with np.errstate(divide="ignore"):
+        residual = np.where(actual > 0, np.log(np.maximum(actual, 1e-300) / f[model].to_numpy(float)), -np.inf)
+    return pd.DataFrame({"origin": f["origin"].to_numpy(), "horizon": f["horizon"].to_numpy(), "residual": residual})
+
+def residual_quantile(r: np.ndarray, q: float) -> float | None:
+    "Quantile q of residuals r where -inf (a day without sales) is a point mass: None when it reaches that mass (the bound is 0)."
+    r = np.asarray(r, float)
+    zero = float(np.mean(np.isneginf(r)))
+    if q <= zero: return None
+    return float(np.quantile(r[~np.isneginf(r)], (q - zero) / (1 - zero)))
+
+def level_bounds(r: np.ndarray, level: float) -> list:
+    "[lo, hi] residual bounds of the central `level`% interval; one that starts at 0 (lo None) holds its level by its upper bound alone."
+    lo = residual_quantile(r, (1 - level / 100) / 2)
+    return [lo, residual_quantile(r, (1 + level / 100) / 2 if lo is not None else level / 100)]
 
 def conformal_quantiles(residuals: pd.DataFrame, horizon: int, bucket_days: int = 7, min_n: int = 30,
                         levels=LEVELS) -> dict:
@@ -150,8 +163,7 @@ def conformal_quantiles(residuals: pd.DataFrame, horizon: int, bucket_days: int 
         r = residuals.loc[(residuals["horizon"] - 1) // bucket_days == b, "residual"].to_numpy()
         if len(r) < min_n:
             r, per_week = r_all, False
-        bounds.append({str(lv): [float(np.quantile(r, (1 - lv / 100) / 2)), float(np.quantile(r, (1 + lv / 100) / 2))]
-                       for lv in levels})
+        bounds.append({str(lv): level_bounds(r, lv) for lv in levels})
     return {"bucket_days": int(bucket_days), "n": int(len(r_all)), "bounds": bounds, "per_week": bool(per_week)}
 
 def apply_intervals(point, steps, quantiles: dict) -> pd.DataFrame:
@@ -160,8 +172,8 @@ def apply_intervals(point, steps, quantiles: dict) -> pd.DataFrame:
     b = np.minimum((np.asarray(steps) - 1) // quantiles["bucket_days"], len(quantiles["bounds"]) - 1)
     out = pd.DataFrame({"forecast": point})
     for lv in quantiles["bounds"][0]:
-        lo = np.array([quantiles["bounds"][i][lv][0] for i in b])
-        hi = np.array([quantiles["bounds"][i][lv][1] for i in b])
+        lo, hi = (np.array([-np.inf if quantiles["bounds"][i][lv][k] is None else quantiles["bounds"][i][lv][k] for i in b])
+                  for k in (0, 1))                                 # None: the bound is 0 (days without sales)
         out[f"lo{lv}"], out[f"hi{lv}"] = point * np.exp(lo), point * np.exp(hi)
     return out
 

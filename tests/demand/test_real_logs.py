@@ -110,3 +110,7 @@ def test_the_demand_branch_builds_on_superstore(tmp_path):
     check_demand_products(out, log, "US", "America/New_York")
     lines = pd.read_parquet(product_at(out, "demand.transactions"))
     assert lines.date.min() == pd.Timestamp("2014-01-03") and lines.invoice_id.nunique() == 5009   # every order kept
+    bt = pd.read_parquet(product_at(out, "demand.backtest"))
+    open_days = bt[bt.model > 0]
+    assert (open_days.actual == 0).any()                            # about seven lines a day: some days sell nothing,
+    assert (open_days.model_lo95 == 0).any()                         # and the calibration saw them: the 95% interval reaches 0
