@@ -385,13 +385,14 @@ def _quantiles(x, qs=(0.1, 0.5, 0.9)) -> list[float]:
 def plan_shift_fit(runs: pd.DataFrame, fences: pd.DataFrame, max_shift_h: float = 12.0, within_s: float = 1800.0) -> dict:
     "Share of stops with a stay within `within_s` of the plan moved by each whole hour; the best shift (0 on a tie) and the unshifted share."
     n = len(fences)
-    if n == 0 or len(runs) == 0: return {"best_shift_h": 0, "share_at_best": 0.0, "share_unshifted": 0.0}
+    if n == 0 or len(runs) == 0: return {"best_shift_h": 0, "share_at_best": 0.0, "share_unshifted": 0.0, "within_s": within_s}
     f = runs["fence"].to_numpy(np.int64)
     lag = runs["entry_s"].to_numpy() - _epoch_s(fences["planned_arrival"].to_numpy())[f]
     shifts = np.arange(-int(max_shift_h), int(max_shift_h) + 1)
     share = {int(h): len(np.unique(f[np.abs(lag - h * 3600.0) <= within_s])) / n for h in shifts}
     best = max(shifts, key=lambda h: (share[int(h)], h == 0))
-    return {"best_shift_h": int(best), "share_at_best": round(share[int(best)], 3), "share_unshifted": round(share[0], 3)}
+    return {"best_shift_h": int(best), "share_at_best": round(share[int(best)], 3), "share_unshifted": round(share[0], 3),
+            "within_s": within_s}
 
 def visit_diagnostics(fences: pd.DataFrame, thresholds: pd.DataFrame, settings: dict, fj: np.ndarray, t_s: np.ndarray,
                       runs: pd.DataFrame, visits: pd.DataFrame, n_pings: int, n_pings_in_windows: int) -> dict:
@@ -456,7 +457,7 @@ def explain_visits(diag: dict, timezone: str = "Europe/Oslo", few_share: float =
         # stays are chosen near the wrong plan; the whole-hour shift that fits the plan best shows it
         b = s["best_shift_h"]
         out.append(f"stays fit the plan best {abs(b)} h {'later' if b > 0 else 'earlier'} than planned ({s['share_at_best']:.0%} of "
-                   f"stops have one within 30 min, against {s['share_unshifted']:.0%} as planned): {clocks}")
+                   f"stops have one within {s['within_s'] / 60:g} min, against {s['share_unshifted']:.0%} as planned): {clocks}")
     return out
 
 def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFrame, radius_m: float = 50.0,

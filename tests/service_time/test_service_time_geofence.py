@@ -15,6 +15,7 @@ from kronkers_ml.service_time.data import load_service_data
 from kronkers_ml.service_time.generator import TINY_SIZE, simulate_service_data, utc_clock
 from kronkers_ml.service_time.settings import CleanGeofences
 
+
 @pytest.fixture(scope="module")
 def env_settings() -> dict:
     "The geofence settings of the default run, as env.yaml states them and the pipeline reads them (detect_visits' arguments)."
