@@ -328,7 +328,8 @@ def follow_across_windows(v: pd.DataFrame, windows: pd.DataFrame, fences: pd.Dat
         a, b = np.searchsorted(drv, drivers[k], "left"), np.searchsorted(drv, drivers[k], "right")
         for at_cut, step, anchor, cut, bound in ((late[k], 1, last_ping[k], end[k], nxt[k]), (early[k], -1, first_ping[k], start[k], prv[k])):
             if not at_cut: continue
-            i = a + np.searchsorted(t_s[a:b], anchor, "right" if step > 0 else "left") - (0 if step > 0 else 1)
+            # the first ping past the stay's end (before its start): anchor +- 0.5 ms, as entry/exit +- edge_s may round
+            i = a + np.searchsorted(t_s[a:b], anchor + step * 5e-4, "right" if step > 0 else "left") - (0 if step > 0 else 1)
             if not a <= i < b or step * (t_s[i] - cut) < 0: continue     # a ping of the window left out of the stay: it ended there
             last, count = _follow(lat, lon, drv, t_s, i, step, anchor, fx[f[k]], fy[f[k]], lat0, lon0, radius_m, gap[k], bound, smooth_s)
             if last < 0: continue
