@@ -302,9 +302,10 @@ def _follow(lat, lon, drv, t_s, i, step, t_prev, fx, fy, lat0, lon0, radius_m, m
         i, t_prev = int(j[-1]) + step, t_s[j[-1]]
     return last, count
 
-def follow_across_windows(v: pd.DataFrame, windows: pd.DataFrame, fences: pd.DataFrame, p: pd.DataFrame, fx: np.ndarray, fy: np.ndarray,
-                          lat0: float, lon0: float, radius_m: float, thresholds: pd.DataFrame, smooth_s: float = 30.0) -> pd.DataFrame:
-    "Chosen runs `v` that reach their route window's cut, followed past it while the driver's clean, sorted pings `p` stay in the fence."
+def follow_across_windows(v: pd.DataFrame, windows: pd.DataFrame, fences: pd.DataFrame, p: pd.DataFrame, t_s: np.ndarray, fx: np.ndarray,
+                          fy: np.ndarray, lat0: float, lon0: float, radius_m: float, thresholds: pd.DataFrame,
+                          smooth_s: float = 30.0) -> pd.DataFrame:
+    "Chosen runs `v` that reach their route window's cut, followed past it while the driver's clean, sorted pings `p` (at epoch seconds `t_s`) stay in the fence."
     if len(v) == 0: return v
     v = v.copy()
     w = windows.set_index("route_id")
@@ -315,8 +316,7 @@ def follow_across_windows(v: pd.DataFrame, windows: pd.DataFrame, fences: pd.Dat
     first_ping, last_ping = v["entry_s"].to_numpy() + edge, v["exit_s"].to_numpy() - edge
     late, early = last_ping >= end - gap, first_ping <= start + gap
     if not (late | early).any(): return v
-    drv, t_s = p["driver_id"].to_numpy(np.int64), _epoch_s(p["timestamp"].to_numpy("datetime64[ns]"))
-    lat, lon = p["lat"].to_numpy(float), p["lon"].to_numpy(float)
+    drv, lat, lon = p["driver_id"].to_numpy(np.int64), p["lat"].to_numpy(float), p["lon"].to_numpy(float)
     key = np.lexsort((v["entry_s"].to_numpy(), drivers))                  # each driver's visits in time order: the bounds
     nxt, prv = np.full(len(v), np.inf), np.full(len(v), -np.inf)
     same = drivers[key][1:] == drivers[key][:-1]
@@ -478,8 +478,9 @@ def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFr
     fx, fy = to_local_metres(fences["lat"].to_numpy(), fences["lon"].to_numpy(), lat0, lon0)
     drv_all, ts_all = p["driver_id"].to_numpy(np.int64), p["timestamp"].to_numpy("datetime64[ns]")
     windows = route_windows(fences, settings["window_h"])
-    n_in_windows = int((window_slots(drv_all, _epoch_s(ts_all), windows) >= 0).sum())
-    thresholds = driver_thresholds(sampling_intervals(drv_all, _epoch_s(ts_all)), settings)
+    t_all = _epoch_s(ts_all)
+    n_in_windows = int((window_slots(drv_all, t_all, windows) >= 0).sum())
+    thresholds = driver_thresholds(sampling_intervals(drv_all, t_all), settings)
     bounds = _chunk_bounds(drv_all, ts_all, chunk_pings)
     parts = [in_fence_pings(p.iloc[a:b], fences, fx, fy, lat0, lon0, settings["radius_m"], share_m, windows, settings["smooth_s"])
              for a, b in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="geofence", disable=not progress)]
@@ -491,7 +492,7 @@ def detect_visits(pings: pd.DataFrame, stops: pd.DataFrame, customers: pd.DataFr
                       th[:, col["flap_gap_s"]], th[:, col["edge_s"]])
     attrs = runs.attrs
     v = resolve_shared_runs(choose_runs(runs, fences)) if len(runs) else runs.assign(route_id=0, seq=0, score=0.0)
-    v = follow_across_windows(v, windows, fences, p, fx, fy, lat0, lon0, settings["radius_m"], thresholds, settings["smooth_s"])
+    v = follow_across_windows(v, windows, fences, p, t_all, fx, fy, lat0, lon0, settings["radius_m"], thresholds, settings["smooth_s"])
     fi = v["fence"].to_numpy()
     visits = pd.DataFrame({"stop_id": fences["stop_id"].to_numpy(np.int64)[fi],
                            "entry": (np.round(v["entry_s"].to_numpy() * 1e9).astype(np.int64)).view("datetime64[ns]"),
