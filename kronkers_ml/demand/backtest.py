@@ -134,8 +134,9 @@ def log_residuals(forecasts: pd.DataFrame, model: str) -> pd.DataFrame:
     require_columns(forecasts, ["origin", "horizon", "actual", model], "log_residuals")
     f = forecasts[forecasts[model] > 0]
     actual = f["actual"].to_numpy(float)
-    with np.errstate(divide="ignore"):
-        residual = np.where(actual > 0, np.log(np.maximum(actual, 1e-300) / f[model].to_numpy(float)), -np.inf)
+    sold = actual > 0
+    residual = np.full(len(f), -np.inf)
+    residual[sold] = np.log(actual[sold] / f[model].to_numpy(float)[sold])
     return pd.DataFrame({"origin": f["origin"].to_numpy(), "horizon": f["horizon"].to_numpy(), "residual": residual})
 
 def residual_quantile(r: np.ndarray, q: float) -> float | None:
