@@ -110,8 +110,8 @@ def ferry_tables(pings: pd.DataFrame, places: pd.DataFrame = FERRY_TERMINALS, ra
     if routes not in ("vessel", "day"):
         raise ValueError(f"routes={routes!r}: 'vessel' (one route per vessel) or 'day' (one per vessel and local day)")
     ids = pd.Index(sorted(pings["object_id"].unique()))
-    driver = pd.Series(pd.to_numeric(ids, errors="coerce") if pd.to_numeric(ids, errors="coerce").notna().all() else np.arange(1, len(ids) + 1),
-                       index=ids).astype(np.int64)
+    numeric = pd.to_numeric(ids, errors="coerce")                  # MMSI numbers as they are; other ids numbered 1, 2, ...
+    driver = pd.Series(numeric if numeric.notna().all() else np.arange(1, len(ids) + 1), index=ids).astype(np.int64)
     stays = true_stays(pings, places, radius_m)
     local = stays["arrival"].dt.tz_convert(timezone).dt.tz_localize(None)
     planned = local.dt.round(plan_round)
